@@ -1,0 +1,199 @@
+"""The public functions: apply methods, count, merge, resize, save and load adapters."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autopeft import inject
+from autopeft.backbones import vit_info
+from autopeft.config import parse_options, per_block
+from autopeft.errors import ConfigError
+from autopeft.methods import REGISTRY, elastic_modules
+
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+
+
+def apply(model: nn.Module, methods: Mapping[str, Mapping[str, Any] | None]) -> nn.Module:
+    """Attach ``methods`` (name -> options) to ``model`` in place, freeze the rest, return it.
+
+    The classifier head is always trainable. Methods attach in a fixed order (LoRA, SSF,
+    key-value prompts, adapters, VPT, then the baselines) whatever the mapping's order.
+    """
+    if getattr(model, "autopeft_methods", None):
+        raise ConfigError(
+            f"apply: the model already has methods {sorted(model.autopeft_methods)}; apply all methods "
+            f"in one call on a fresh backbone"
+        )
+    if not isinstance(methods, Mapping) or not methods:
+        raise ConfigError(f"apply: give a mapping of method -> options; allowed methods: {', '.join(REGISTRY)}")
+    parsed = {name: parse_options(_spec(name).options, opts, name) for name, opts in methods.items()}
+    vit_methods = [name for name in parsed if REGISTRY[name].needs_vit]
+    info = vit_info(model, vit_methods[0]) if vit_methods else None
+    for name in sorted(parsed, key=lambda n: REGISTRY[n].order):
+        REGISTRY[name].attach(model, parsed[name], info)
+    _set_trainable(model, parsed)
+    model.autopeft_methods = {name: asdict(opts) for name, opts in parsed.items()}
+    return model
+
+
+def _spec(name: str):
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method '{name}'; allowed: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return list(head.parameters()) if isinstance(head, nn.Module) else []
+
+
+def _set_trainable(model: nn.Module, methods: Mapping[str, Any]) -> None:
+    model.requires_grad_(False)
+    chosen = [p for m in elastic_modules(model) for p in m.own_parameters()]
+    for name in methods:
+        if REGISTRY[name].trainable is not None:
+            chosen += REGISTRY[name].trainable(model)
+    for param in chosen + _head_parameters(model):
+        param.requires_grad_(True)
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Trainable parameters at the active sizes, classifier head excluded."""
+    modules = elastic_modules(model)
+    skip = {id(p) for m in modules for p in m.own_parameters()} | {id(p) for p in _head_parameters(model)}
+    rest = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in skip)
+    return rest + sum(m.count() for m in modules)
+
+
+def get_sizes(model: nn.Module, method: str) -> list[int]:
+    """Active size per block of an elastic method (0 where the block has none)."""
+    sizes = [0] * len(model.blocks)
+    for module in elastic_modules(model, method):
+        for block, size in module.block_sizes().items():
+            sizes[block] = max(sizes[block], size)
+    return sizes
+
+
+def set_sizes(model: nn.Module, method: str, sizes: int | list[int]) -> None:
+    """Set the active size per block (each <= the allocated maximum; 0 = off)."""
+    modules = elastic_modules(model, _spec(method).name)
+    if not modules:
+        raise ConfigError(f"set_sizes: the model has no '{method}' modules; apply it first")
+    expanded = per_block(sizes, len(model.blocks), f"{method} sizes")
+    for module in modules:
+        module.set_block_sizes(expanded)
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold LoRA and SSF into the weights they modify, in place; other methods keep running."""
+    inject.replace_modules(model, lambda m: m.merged_module() if hasattr(m, "merged_module") else None)
+    methods = getattr(model, "autopeft_methods", {})
+    merged = [name for name in methods if REGISTRY[name].mergeable]
+    model.autopeft_methods = {n: o for n, o in methods.items() if n not in merged}
+    model.autopeft_merged = sorted(set(getattr(model, "autopeft_merged", [])) | set(merged))
+    return model
+
+
+def backbone_name(model: nn.Module) -> str:
+    recorded = getattr(model, "autopeft_backbone", None)
+    if recorded:
+        return recorded["name"]
+    return getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> Path:
+    """Write ``adapter.safetensors`` (trainable tensors, head included) and ``adapter_config.json``."""
+    if getattr(model, "autopeft_merged", None):
+        raise ConfigError(
+            f"save_adapter: {model.autopeft_merged} are merged into the backbone weights; save the "
+            f"unmerged model, or the merged model's full state_dict"
+        )
+    methods = getattr(model, "autopeft_methods", {})
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    config = {
+        "format": "autopeft-adapter",
+        "version": 1,
+        "backbone": backbone_name(model),
+        "num_classes": getattr(model, "num_classes", None),
+        "methods": methods,
+        "sizes": {m: get_sizes(model, m) for m in methods if REGISTRY[m].size_option},
+    }
+    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return directory
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a saved adapter into ``model``: applies its methods to a plain backbone first."""
+    directory = Path(path)
+    config = _read_config(directory / CONFIG_FILE)
+    methods = getattr(model, "autopeft_methods", None)
+    if not methods:
+        apply(model, config["methods"])
+    elif methods != config["methods"]:
+        raise ConfigError(
+            f"{directory / CONFIG_FILE}: methods {sorted(config['methods'])} differ from the model's {sorted(methods)}"
+        )
+    for method, sizes in config.get("sizes", {}).items():
+        set_sizes(model, method, sizes)
+    _copy_tensors(model, directory / WEIGHTS_FILE, config.get("backbone"))
+    return model
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such file; save_adapter writes {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{file}: not valid JSON ({err})") from err
+    if not isinstance(config, dict) or not isinstance(config.get("methods"), dict):
+        raise ConfigError(f"{file}: missing key 'methods' (a mapping of method -> options)")
+    return config
+
+
+def _copy_tensors(model: nn.Module, file: Path, saved_for: str | None) -> None:
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such file")
+    tensors = load_file(str(file))
+    params = dict(model.named_parameters())
+    where = f"(saved for backbone '{saved_for}', model is '{backbone_name(model)}')"
+    for name, tensor in tensors.items():
+        if name not in params:
+            raise ConfigError(f"{file}: tensor '{name}' does not exist in the model {where}")
+        if params[name].shape != tensor.shape:
+            raise ConfigError(
+                f"{file}: tensor '{name}' is {tuple(tensor.shape)} in the file but "
+                f"{tuple(params[name].shape)} in the model {where}"
+            )
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
+    if missing:
+        raise ConfigError(f"{file}: trainable tensor '{missing[0]}' is missing from the file {where}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write via a temporary file in the same directory, then rename over ``target``."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,151 @@
+"""Build timm Vision Transformers, from timm names, local checkpoints or the Hub."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from autopeft.errors import BackboneError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".npz")
+
+
+@dataclass(frozen=True)
+class ViTInfo:
+    """The shape facts of a ViT backbone that methods and parameter counts need."""
+
+    width: int
+    depth: int
+    mlp_hidden: int
+    num_heads: int
+    head_dim: int
+    num_prefix_tokens: int
+    patch_size: tuple[int, int]
+    in_chans: int
+
+
+def vit_info(model: torch.nn.Module, method: str = "autopeft") -> ViTInfo:
+    """Describe ``model``; raise a clear error if it is not a timm VisionTransformer."""
+    if not isinstance(model, VisionTransformer):
+        raise BackboneError(
+            f"{method}: needs a timm VisionTransformer (vit_*, deit_*) with token blocks; "
+            f"got {type(model).__name__}"
+        )
+    block = model.blocks[0]
+    attn = getattr(block.attn, "base", block.attn)
+    return ViTInfo(
+        width=model.embed_dim,
+        depth=len(model.blocks),
+        mlp_hidden=_mlp(block).fc1.out_features,
+        num_heads=attn.num_heads,
+        head_dim=attn.head_dim,
+        num_prefix_tokens=model.num_prefix_tokens,
+        patch_size=tuple(model.patch_embed.patch_size),
+        in_chans=model.patch_embed.proj.in_channels,
+    )
+
+
+def _mlp(block: torch.nn.Module) -> torch.nn.Module:
+    mlp = block.mlp
+    while hasattr(mlp, "base"):
+        mlp = mlp.base
+    return mlp
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    **timm_kwargs: Any,
+) -> VisionTransformer:
+    """Create a timm ViT with a fresh ``num_classes`` head.
+
+    ``checkpoint`` loads local weights (.safetensors; .pth/.pt with ``weights_only=True``;
+    .npz as timm reads JAX checkpoints). ``pretrained=True`` uses timm's Hub download.
+    """
+    if checkpoint is not None and pretrained:
+        raise BackboneError("create_backbone: pass either checkpoint=PATH or pretrained=True, not both")
+    _check_name(name)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
+    except TypeError as err:
+        raise BackboneError(f"backbone '{name}': invalid timm option ({err})") from err
+    except (OSError, RuntimeError, ValueError) as err:
+        if not pretrained:
+            raise
+        raise BackboneError(
+            f"backbone '{name}': pretrained weights could not be fetched from the Hugging Face Hub "
+            f"({type(err).__name__}); offline, download them elsewhere and pass "
+            f"checkpoint=PATH (.safetensors, .pth/.pt or .npz) instead of pretrained=True"
+        ) from err
+    vit_info(model, f"backbone '{name}'")
+    if checkpoint is not None:
+        load_checkpoint(model, Path(checkpoint))
+    model.autopeft_backbone = {"name": name, "checkpoint": str(checkpoint) if checkpoint else None}
+    return model
+
+
+def _check_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    known = timm.list_models("vit_*") + timm.list_models("deit*")
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('vit_*')"
+    raise BackboneError(f"unknown backbone '{name}'{hint}")
+
+
+def load_checkpoint(model: VisionTransformer, path: Path) -> None:
+    """Load a local checkpoint into ``model``; a classifier of another size is skipped."""
+    if not path.is_file():
+        raise BackboneError(f"checkpoint {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise BackboneError(f"checkpoint {path}: unsupported suffix '{suffix}'; allowed: {', '.join(CHECKPOINT_SUFFIXES)}")
+    if suffix == ".npz":
+        try:
+            model.load_pretrained(str(path))
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise BackboneError(f"checkpoint {path}: not a timm/JAX ViT .npz for this backbone ({err})") from err
+        return
+    state = _read_state_dict(path)
+    state = checkpoint_filter_fn(state, model)
+    head_keys = {f"head.{k}" for k in model.get_classifier().state_dict()}
+    own = model.state_dict()
+    for key, tensor in list(state.items()):
+        if key in own and own[key].shape != tensor.shape:
+            if key in head_keys:
+                del state[key]
+                continue
+            raise BackboneError(
+                f"checkpoint {path}: tensor '{key}' is {tuple(tensor.shape)} in the file "
+                f"but {tuple(own[key].shape)} in the model"
+            )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in head_keys]
+    if missing or unexpected:
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise BackboneError(f"checkpoint {path}: does not match the backbone ({problem})")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decode failure is a bad file
+        raise BackboneError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BackboneError(f"checkpoint {path}: holds no state dict")
+    return state

@@ -1,0 +1,104 @@
+"""Typed options: dataclasses whose fields are the YAML keys, checked with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, Union
+
+from autopeft.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def parse_options(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of options, got {_show(data)}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in fields:
+            allowed = ", ".join(fields) if fields else "none"
+            raise ConfigError(f"{where}: unknown option '{key}'; allowed: {allowed}")
+    hints = typing.get_type_hints(cls)
+    values = {key: check_type(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+    return cls(**values)
+
+
+def check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` (int -> float only), or raise ConfigError."""
+    ok, converted = _match(value, tp)
+    if not ok:
+        raise ConfigError(f"{where}: got {_show(value)}; allowed: {describe_type(tp)}")
+    return converted
+
+
+def describe_type(tp: Any) -> str:
+    """A short human description of a type hint."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in args if a is not type(None)) + (
+            " or null" if type(None) in args else ""
+        )
+    if origin is list:
+        return f"a list of ({describe_type(args[0])})"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _match(value: Any, tp: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True, value
+    if tp is type(None):
+        return value is None, value
+    if origin is Literal:
+        return (value in args and type(value) in {type(a) for a in args}), value
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            ok, converted = _match(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_match(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number, float(value) if is_number else value
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def per_block(value: int | list[int], depth: int, where: str, maximum: int | None = None) -> list[int]:
+    """Expand an int-or-list size option to one non-negative int per block."""
+    sizes = [value] * depth if isinstance(value, int) else list(value)
+    if len(sizes) != depth:
+        raise ConfigError(
+            f"{where}: per-block list has {len(sizes)} entries; allowed: exactly {depth} "
+            f"(one per block) or a single integer"
+        )
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"{where}: got {_show(size)}; allowed: a non-negative integer")
+        if maximum is not None and size > maximum:
+            raise ConfigError(f"{where}: got {size}; allowed: 0..{maximum}")
+    return sizes

@@ -1,0 +1,13 @@
+"""Errors that autopeft reports to users as one clear line."""
+
+
+class AutopeftError(Exception):
+    """Base class: the message is complete and meant for the user as is."""
+
+
+class ConfigError(AutopeftError, ValueError):
+    """A configuration value, key or file is invalid."""
+
+
+class BackboneError(AutopeftError, ValueError):
+    """A backbone cannot be built, loaded or hosted."""

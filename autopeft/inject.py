@@ -1,0 +1,69 @@
+"""The only code that edits a timm module tree: locate sites, wrap and unwrap modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from torch import nn
+
+from autopeft.errors import BackboneError
+
+# Where each named site lives inside a timm ViT block (attribute path from the block).
+BLOCK_SITES: dict[str, tuple[str, ...]] = {
+    "norm1": ("norm1",),
+    "attn": ("attn",),
+    "qkv": ("attn", "qkv"),
+    "proj": ("attn", "proj"),
+    "norm2": ("norm2",),
+    "mlp": ("mlp",),
+    "fc1": ("mlp", "fc1"),
+    "fc2": ("mlp", "fc2"),
+}
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """Follow ``.base`` through autopeft wrappers to the original timm module."""
+    while isinstance(getattr(module, "base", None), nn.Module):
+        module = module.base
+    return module
+
+
+def locate(block: nn.Module, site: str, method: str, index: int) -> tuple[nn.Module, str]:
+    """Return ``(parent, attribute)`` of ``site`` in ``block``, looking through wrappers."""
+    *path, attr = BLOCK_SITES[site]
+    parent = block
+    for step in path:
+        parent = unwrapped(getattr(parent, step))
+    if not isinstance(getattr(parent, attr, None), nn.Module):
+        raise BackboneError(
+            f"{method}: site '{site}' not found in block {index} ({type(parent).__name__} has no '{attr}')"
+        )
+    return parent, attr
+
+
+def wrap(parent: nn.Module, attr: str, factory: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Replace ``parent.attr`` by ``factory(parent.attr)`` and return the new module."""
+    new = factory(getattr(parent, attr))
+    setattr(parent, attr, new)
+    return new
+
+
+def swap(parent: nn.Module, attr: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``parent.attr`` and return the module that was there."""
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    return old
+
+
+def replace_modules(root: nn.Module, select: Callable[[nn.Module], nn.Module | None]) -> None:
+    """Replace every module for which ``select`` returns a substitute, innermost first."""
+    for name, module in reversed(list(root.named_modules())):
+        substitute = select(module)
+        if substitute is not None and substitute is not module and name:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(root.get_submodule(parent_name), attr, substitute)
+
+
+def blocks_of(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
+    """Enumerate the transformer blocks of a ViT."""
+    yield from enumerate(model.blocks)

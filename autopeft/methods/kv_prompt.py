@@ -1,0 +1,101 @@
+"""E2VPT-style key-value prompts: learnable tokens prepended to K and V after projection."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+from torch import nn
+
+from autopeft import inject
+from autopeft.backbones import ViTInfo
+from autopeft.config import per_block
+from autopeft.errors import ConfigError
+from autopeft.methods.base import ElasticWrapper, MethodSpec, register, tensor_kwargs
+
+
+@dataclass
+class KVPromptOptions:
+    length: int | list[int] = 5
+    shared: bool = True
+
+
+class PromptedAttention(ElasticWrapper):
+    """timm's Attention, reusing its weights, with ``t`` prompt tokens prepended to K and V.
+
+    Prompts have shape ``(heads, t_max, head_dim)``; queries are unchanged, so attention is
+    ``N x (N + t)``. With ``shared`` one tensor serves K and V. Size 0 calls timm's own forward.
+    """
+
+    method = "kv_prompt"
+
+    def __init__(self, base: Attention, block: int, length: int, shared: bool) -> None:
+        super().__init__(base, block, length)
+        kw = tensor_kwargs(base)
+        shape = (base.num_heads, length, base.head_dim)
+        bound = 1.0 / math.sqrt(base.head_dim)  # kaiming-uniform(a=sqrt(5)) with fan_in = head_dim
+        self.prompt_k = nn.Parameter(torch.empty(shape, **kw).uniform_(-bound, bound))
+        self.prompt_v = None if shared else nn.Parameter(torch.empty(shape, **kw).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        t = self.size
+        attn = self.base
+        if t == 0:
+            return attn(x, attn_mask=attn_mask, is_causal=is_causal)
+        if is_causal:
+            raise ConfigError("kv_prompt: causal attention is not supported with key-value prompts")
+        B, N, _ = x.shape
+        gate = attn.gate(x).sigmoid() if attn.gate is not None else None
+        q, k, v = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        prompt_k = self.prompt_k[:, :t].expand(B, -1, -1, -1)
+        prompt_v = prompt_k if self.prompt_v is None else self.prompt_v[:, :t].expand(B, -1, -1, -1)
+        k = torch.cat([prompt_k, k], dim=2)
+        v = torch.cat([prompt_v, v], dim=2)
+        if attn_mask is not None:
+            attn_mask = F.pad(attn_mask, (t, 0), value=True if attn_mask.dtype == torch.bool else 0.0)
+        if attn.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if self.training else 0.0
+            )
+        else:
+            scores = (q * attn.scale) @ k.transpose(-2, -1)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+            x = attn.attn_drop(scores.softmax(dim=-1)) @ v
+        x = attn.norm(x.transpose(1, 2).reshape(B, N, attn.attn_dim))
+        if gate is not None:
+            x = x * gate
+        return attn.proj_drop(attn.proj(x))
+
+    def count(self) -> int:
+        per_tensor = self.prompt_k.shape[0] * self.size * self.prompt_k.shape[2]
+        return per_tensor * (1 if self.prompt_v is None else 2)
+
+
+def attach(model: nn.Module, opts: KVPromptOptions, info: ViTInfo) -> None:
+    lengths = per_block(opts.length, info.depth, "kv_prompt.length")
+    for index, block in inject.blocks_of(model):
+        if lengths[index] == 0:
+            continue
+        parent, attr = inject.locate(block, "attn", "kv_prompt", index)
+        attn = getattr(parent, attr)
+        if type(attn) is not Attention:
+            raise ConfigError(
+                f"kv_prompt: block {index} attention is {type(attn).__name__}; allowed: timm's standard Attention"
+            )
+        inject.wrap(parent, attr, lambda base: PromptedAttention(base, index, lengths[index], opts.shared))
+
+
+SPEC = register(
+    MethodSpec(
+        name="kv_prompt",
+        options=KVPromptOptions,
+        attach=attach,
+        order=2,
+        size_option="length",
+    )
+)

@@ -1,0 +1,168 @@
+"""LoRA: W' = W + (alpha / r) B A on chosen Linears, with q/k/v slices of timm's fused qkv."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autopeft import inject
+from autopeft.backbones import ViTInfo
+from autopeft.config import per_block
+from autopeft.errors import ConfigError
+from autopeft.methods.base import ElasticWrapper, MethodSpec, register, tensor_kwargs
+
+Target = Literal["q", "k", "v", "qkv", "proj", "fc1", "fc2"]
+QKV_PARTS = ("q", "k", "v")
+
+
+@dataclass
+class LoRAOptions:
+    rank: int | list[int] = 8
+    alpha: float | None = None
+    targets: list[Target] = field(default_factory=lambda: ["q", "v"])
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ConfigError("lora.targets: empty list; allowed: some of q, k, v, qkv, proj, fc1, fc2")
+        if len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"lora.targets: {self.targets} repeats a target")
+        if "qkv" in self.targets and set(QKV_PARTS) & set(self.targets):
+            raise ConfigError("lora.targets: 'qkv' (fused) cannot be combined with 'q', 'k' or 'v'")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"lora.alpha: got {self.alpha}; allowed: a positive number or null (= rank)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout: got {self.dropout}; allowed: 0 <= dropout < 1")
+
+
+class LoRALinear(ElasticWrapper):
+    """A Linear plus low-rank updates on slices of its output (one slice per target part).
+
+    ``parts`` maps a part name to its output rows, e.g. ``{"q": (0, d), "v": (2d, 3d)}``.
+    Active rank ``r`` uses ``A[:r]`` and ``B[:, :r]``; the scale is ``alpha / r`` (1 when
+    ``alpha`` is None).
+    """
+
+    method = "lora"
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        parts: dict[str, tuple[int, int]],
+        block: int,
+        rank: int,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(base, block, rank)
+        self.parts = dict(parts)
+        self.alpha = alpha
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        kw = tensor_kwargs(base)
+        self.lora_A = nn.ParameterDict(
+            {p: nn.Parameter(torch.empty(rank, base.in_features, **kw)) for p in parts}
+        )
+        self.lora_B = nn.ParameterDict(
+            {p: nn.Parameter(torch.zeros(hi - lo, rank, **kw)) for p, (lo, hi) in parts.items()}
+        )
+        for weight in self.lora_A.values():
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        self.merged = False
+
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else self.alpha / self.size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        r = self.size
+        if r == 0 or self.merged:
+            return out
+        dx = self.dropout(x)
+        scale = self.scale()
+        for part, (lo, hi) in self.parts.items():
+            up = self.lora_B[part][:, :r]
+            delta = F.linear(F.linear(dx, self.lora_A[part][:r]), up if scale == 1.0 else up * scale)
+            if hi - lo == out.shape[-1]:
+                out = out + delta
+            else:
+                out[..., lo:hi] += delta
+        return out
+
+    def delta_weight(self) -> torch.Tensor:
+        """The full ``(out, in)`` weight update of the active rank."""
+        delta = torch.zeros_like(self.base.weight)
+        r = self.size
+        if r:
+            for part, (lo, hi) in self.parts.items():
+                delta[lo:hi] = self.lora_B[part][:, :r] @ self.lora_A[part][:r] * self.scale()
+        return delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into ``base.weight`` (reversible with :meth:`unmerge`)."""
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
+    def merged_module(self) -> nn.Linear:
+        """The base Linear with the update folded in, for permanent merging."""
+        self.merge()
+        return self.base
+
+    def count(self) -> int:
+        in_features = self.base.in_features
+        return self.size * sum(in_features + hi - lo for lo, hi in self.parts.values())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, parts={list(self.parts)}, alpha={self.alpha}"
+
+
+def _parts(target_group: list[str], out_features: int) -> dict[str, tuple[int, int]]:
+    if target_group == ["qkv"]:
+        return {"qkv": (0, out_features)}
+    third = out_features // 3
+    return {p: (i * third, (i + 1) * third) for i, p in enumerate(QKV_PARTS) if p in target_group}
+
+
+def attach(model: nn.Module, opts: LoRAOptions, info: ViTInfo) -> None:
+    ranks = per_block(opts.rank, info.depth, "lora.rank")
+    qkv_group = [t for t in opts.targets if t in (*QKV_PARTS, "qkv")]
+    sites = ([("qkv", qkv_group)] if qkv_group else []) + [(t, [t]) for t in opts.targets if t not in qkv_group]
+    for index, block in inject.blocks_of(model):
+        if ranks[index] == 0:
+            continue
+        for site, group in sites:
+            parent, attr = inject.locate(block, site, "lora", index)
+            linear = getattr(parent, attr)
+            if not isinstance(linear, nn.Linear):
+                raise ConfigError(f"lora: target '{site}' in block {index} is {type(linear).__name__}, not a Linear")
+            parts = _parts(group, linear.out_features) if site == "qkv" else {site: (0, linear.out_features)}
+            inject.wrap(
+                parent,
+                attr,
+                lambda base, parts=parts: LoRALinear(base, parts, index, ranks[index], opts.alpha, opts.dropout),
+            )
+
+
+SPEC = register(
+    MethodSpec(
+        name="lora",
+        options=LoRAOptions,
+        attach=attach,
+        order=0,
+        size_option="rank",
+        identity_at_init=True,
+        mergeable=True,
+    )
+)

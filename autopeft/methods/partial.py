@@ -1,0 +1,51 @@
+"""Baselines that unfreeze existing backbone tensors: bitfit, ln_tune, linear (head only), full."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from autopeft.backbones import ViTInfo
+from autopeft.methods.base import MethodSpec, register
+
+
+@dataclass
+class NoOptions:
+    """These methods take no options."""
+
+
+def _biases(model: nn.Module) -> list[nn.Parameter]:
+    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+
+
+def _layer_norms(model: nn.Module) -> list[nn.Parameter]:
+    return [p for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)]
+
+
+def _nothing(model: nn.Module) -> list[nn.Parameter]:
+    return []
+
+
+def _everything(model: nn.Module) -> list[nn.Parameter]:
+    return list(model.parameters())
+
+
+def _attach_nothing(model: nn.Module, opts: NoOptions, info: ViTInfo | None) -> None:
+    """These baselines add no modules; ``trainable`` selects what they unfreeze."""
+
+
+for order, (name, select) in enumerate(
+    [("bitfit", _biases), ("ln_tune", _layer_norms), ("linear", _nothing), ("full", _everything)], start=10
+):
+    register(
+        MethodSpec(
+            name=name,
+            options=NoOptions,
+            attach=_attach_nothing,
+            order=order,
+            identity_at_init=True,
+            needs_vit=False,
+            trainable=select,
+        )
+    )

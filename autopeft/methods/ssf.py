@@ -1,0 +1,126 @@
+"""SSF: a per-channel scale and shift after chosen operations, foldable into them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from autopeft import inject
+from autopeft.backbones import ViTInfo
+from autopeft.config import per_block
+from autopeft.errors import ConfigError
+from autopeft.methods.base import ElasticWrapper, MethodSpec, register, tensor_kwargs
+
+Site = Literal["patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "norm"]
+BLOCK_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
+ALL_SITES = ("patch_embed", *BLOCK_SITES, "norm")
+
+
+@dataclass
+class SSFOptions:
+    enabled: bool | int | list[bool | int] = 1
+    sites: list[Site] = field(default_factory=lambda: list(ALL_SITES))
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            raise ConfigError(f"ssf.sites: empty list; allowed: some of {', '.join(ALL_SITES)}")
+
+
+class ScaleShift(ElasticWrapper):
+    """``y = gamma * base(x) + beta`` per channel; size 1 = on, 0 = off.
+
+    ``channel_dim`` is -1 for Linear/LayerNorm outputs and 1 for a Conv2d (NCHW) output.
+    A wrapper with ``block=None`` (patch embedding, final norm) is on while any block is.
+    """
+
+    method = "ssf"
+
+    def __init__(self, base: nn.Module, width: int, block: int | None, channel_dim: int = -1) -> None:
+        super().__init__(base, block, 1)
+        self.channel_dim = channel_dim
+        kw = tensor_kwargs(base)
+        self.gamma = nn.Parameter(torch.empty(width, **kw).normal_(1.0, 0.02))
+        self.beta = nn.Parameter(torch.empty(width, **kw).normal_(0.0, 0.02))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.size == 0:
+            return y
+        if self.channel_dim == 1:
+            return torch.addcmul(self.beta[:, None, None], y, self.gamma[:, None, None])
+        return torch.addcmul(self.beta, y, self.gamma)
+
+    def set_block_sizes(self, sizes: list[int]) -> None:
+        self.size = sizes[self.block] if self.block is not None else int(any(sizes))
+
+    def count(self) -> int:
+        return 2 * self.gamma.numel() * self.size
+
+    @torch.no_grad()
+    def merged_module(self) -> nn.Module:
+        """The wrapped Linear / LayerNorm / Conv2d with gamma and beta folded in."""
+        base = self.base
+        if self.size == 0:
+            return base
+        if isinstance(base, nn.LayerNorm) and not base.elementwise_affine:
+            raise ConfigError("ssf: cannot merge into a LayerNorm without affine parameters")
+        if not isinstance(base, (nn.Linear, nn.LayerNorm, nn.Conv2d)):
+            raise ConfigError(f"ssf: cannot merge into {type(base).__name__}")
+        shape = (-1,) + (1,) * (base.weight.dim() - 1)
+        base.weight.mul_(self.gamma.view(shape))
+        if base.bias is None:
+            base.bias = nn.Parameter(self.beta.detach().clone(), requires_grad=False)
+        else:
+            base.bias.mul_(self.gamma).add_(self.beta)
+        return base
+
+
+def _patch_embed_site(model: nn.Module) -> tuple[nn.Module, str, int]:
+    patch_embed = model.patch_embed
+    if isinstance(patch_embed.norm, nn.LayerNorm):
+        return patch_embed, "norm", -1
+    return patch_embed, "proj", 1
+
+
+def _final_norm_site(model: nn.Module) -> tuple[nn.Module, str]:
+    for attr in ("norm", "fc_norm"):
+        if isinstance(getattr(model, attr, None), nn.LayerNorm):
+            return model, attr
+    raise ConfigError("ssf: site 'norm' needs a final LayerNorm (norm or fc_norm); this backbone has none")
+
+
+def attach(model: nn.Module, opts: SSFOptions, info: ViTInfo) -> None:
+    flags = [int(f) for f in opts.enabled] if isinstance(opts.enabled, list) else int(opts.enabled)
+    enabled = per_block(flags, info.depth, "ssf.enabled", maximum=1)
+    widths = {"norm1": info.width, "qkv": 3 * info.num_heads * info.head_dim, "proj": info.width,
+              "norm2": info.width, "fc1": info.mlp_hidden, "fc2": info.width}
+    for index, block in inject.blocks_of(model):
+        if not enabled[index]:
+            continue
+        for site in BLOCK_SITES:
+            if site in opts.sites:
+                parent, attr = inject.locate(block, site, "ssf", index)
+                inject.wrap(parent, attr, lambda base, w=widths[site]: ScaleShift(base, w, index))
+    if not any(enabled):
+        return
+    if "patch_embed" in opts.sites:
+        parent, attr, channel_dim = _patch_embed_site(model)
+        inject.wrap(parent, attr, lambda base: ScaleShift(base, info.width, None, channel_dim))
+    if "norm" in opts.sites:
+        parent, attr = _final_norm_site(model)
+        inject.wrap(parent, attr, lambda base: ScaleShift(base, info.width, None))
+
+
+SPEC = register(
+    MethodSpec(
+        name="ssf",
+        options=SSFOptions,
+        attach=attach,
+        order=1,
+        size_option="enabled",
+        mergeable=True,
+    )
+)
