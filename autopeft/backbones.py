@@ -12,6 +12,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from autopeft.errors import BackboneError
+from autopeft.inject import unwrapped
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".npz")
 
@@ -34,28 +35,20 @@ def vit_info(model: torch.nn.Module, method: str = "autopeft") -> ViTInfo:
     """Describe ``model``; raise a clear error if it is not a timm VisionTransformer."""
     if not isinstance(model, VisionTransformer):
         raise BackboneError(
-            f"{method}: needs a timm VisionTransformer (vit_*, deit_*) with token blocks; "
-            f"got {type(model).__name__}"
+            f"{method}: needs a timm VisionTransformer (vit_*, deit_*) with token blocks; got {type(model).__name__}"
         )
     block = model.blocks[0]
-    attn = getattr(block.attn, "base", block.attn)
+    attn = unwrapped(block.attn)
     return ViTInfo(
         width=model.embed_dim,
         depth=len(model.blocks),
-        mlp_hidden=_mlp(block).fc1.out_features,
+        mlp_hidden=unwrapped(block.mlp).fc2.in_features,
         num_heads=attn.num_heads,
         head_dim=attn.head_dim,
         num_prefix_tokens=model.num_prefix_tokens,
         patch_size=tuple(model.patch_embed.patch_size),
         in_chans=model.patch_embed.proj.in_channels,
     )
-
-
-def _mlp(block: torch.nn.Module) -> torch.nn.Module:
-    mlp = block.mlp
-    while hasattr(mlp, "base"):
-        mlp = mlp.base
-    return mlp
 
 
 def create_backbone(
@@ -107,7 +100,9 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> None:
         raise BackboneError(f"checkpoint {path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
-        raise BackboneError(f"checkpoint {path}: unsupported suffix '{suffix}'; allowed: {', '.join(CHECKPOINT_SUFFIXES)}")
+        raise BackboneError(
+            f"checkpoint {path}: unsupported suffix '{suffix}'; allowed: {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
     if suffix == ".npz":
         try:
             model.load_pretrained(str(path))
@@ -141,11 +136,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any decode failure is a bad file
-        raise BackboneError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+    except Exception as err:
+        raise BackboneError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {_one_line(err)})") from err
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise BackboneError(f"checkpoint {path}: holds no state dict")
     return state
+
+
+def _one_line(err: Exception) -> str:
+    """The gist of a reader's error on one line (torch's weights_only errors span several paragraphs)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from torch import nn
 
@@ -41,9 +42,10 @@ def locate(block: nn.Module, site: str, method: str, index: int) -> tuple[nn.Mod
     return parent, attr
 
 
-def wrap(parent: nn.Module, attr: str, factory: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """Replace ``parent.attr`` by ``factory(parent.attr)`` and return the new module."""
-    new = factory(getattr(parent, attr))
+def wrap(parent: nn.Module, attr: str, wrapper: Callable[..., nn.Module], *args: Any) -> nn.Module:
+    """Replace ``parent.attr`` by ``wrapper(parent.attr, *args)`` (in the same train/eval mode)."""
+    old = getattr(parent, attr)
+    new = wrapper(old, *args).train(old.training)
     setattr(parent, attr, new)
     return new
 

@@ -44,7 +44,7 @@ class Adapter(ElasticWrapper):
     method = "adapter"
 
     def __init__(
-        self, norm: nn.Module, base: nn.Module, width: int, block: int, dim: int, position: Position, scale: Scale
+        self, base: nn.Module, norm: nn.Module, width: int, block: int, dim: int, position: Position, scale: Scale
     ) -> None:
         super().__init__(base, block, dim)
         self.norm = norm
@@ -96,11 +96,7 @@ def attach(model: nn.Module, opts: AdapterOptions, info: ViTInfo) -> None:
             norm_parent, norm_attr = inject.locate(block, NORM_OF_SITE[site], "adapter", index)
             norm = inject.swap(norm_parent, norm_attr, nn.Identity())
             parent, attr = inject.locate(block, site, "adapter", index)
-            inject.wrap(
-                parent,
-                attr,
-                lambda base: Adapter(norm, base, info.width, index, dims[index], opts.position, opts.scale),
-            )
+            inject.wrap(parent, attr, Adapter, norm, info.width, index, dims[index], opts.position, opts.scale)
 
 
 SPEC = register(

@@ -64,7 +64,11 @@ class PromptedAttention(ElasticWrapper):
         else:
             scores = (q * attn.scale) @ k.transpose(-2, -1)
             if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+                scores = (
+                    scores.masked_fill(~attn_mask, float("-inf"))
+                    if attn_mask.dtype == torch.bool
+                    else scores + attn_mask
+                )
             x = attn.attn_drop(scores.softmax(dim=-1)) @ v
         x = attn.norm(x.transpose(1, 2).reshape(B, N, attn.attn_dim))
         if gate is not None:
@@ -87,7 +91,7 @@ def attach(model: nn.Module, opts: KVPromptOptions, info: ViTInfo) -> None:
             raise ConfigError(
                 f"kv_prompt: block {index} attention is {type(attn).__name__}; allowed: timm's standard Attention"
             )
-        inject.wrap(parent, attr, lambda base: PromptedAttention(base, index, lengths[index], opts.shared))
+        inject.wrap(parent, attr, PromptedAttention, index, lengths[index], opts.shared)
 
 
 SPEC = register(

@@ -64,9 +64,7 @@ class LoRALinear(ElasticWrapper):
         self.alpha = alpha
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         kw = tensor_kwargs(base)
-        self.lora_A = nn.ParameterDict(
-            {p: nn.Parameter(torch.empty(rank, base.in_features, **kw)) for p in parts}
-        )
+        self.lora_A = nn.ParameterDict({p: nn.Parameter(torch.empty(rank, base.in_features, **kw)) for p in parts})
         self.lora_B = nn.ParameterDict(
             {p: nn.Parameter(torch.zeros(hi - lo, rank, **kw)) for p, (lo, hi) in parts.items()}
         )
@@ -148,11 +146,7 @@ def attach(model: nn.Module, opts: LoRAOptions, info: ViTInfo) -> None:
             if not isinstance(linear, nn.Linear):
                 raise ConfigError(f"lora: target '{site}' in block {index} is {type(linear).__name__}, not a Linear")
             parts = _parts(group, linear.out_features) if site == "qkv" else {site: (0, linear.out_features)}
-            inject.wrap(
-                parent,
-                attr,
-                lambda base, parts=parts: LoRALinear(base, parts, index, ranks[index], opts.alpha, opts.dropout),
-            )
+            inject.wrap(parent, attr, LoRALinear, parts, index, ranks[index], opts.alpha, opts.dropout)
 
 
 SPEC = register(

@@ -95,23 +95,29 @@ def _final_norm_site(model: nn.Module) -> tuple[nn.Module, str]:
 def attach(model: nn.Module, opts: SSFOptions, info: ViTInfo) -> None:
     flags = [int(f) for f in opts.enabled] if isinstance(opts.enabled, list) else int(opts.enabled)
     enabled = per_block(flags, info.depth, "ssf.enabled", maximum=1)
-    widths = {"norm1": info.width, "qkv": 3 * info.num_heads * info.head_dim, "proj": info.width,
-              "norm2": info.width, "fc1": info.mlp_hidden, "fc2": info.width}
+    widths = {
+        "norm1": info.width,
+        "qkv": 3 * info.num_heads * info.head_dim,
+        "proj": info.width,
+        "norm2": info.width,
+        "fc1": info.mlp_hidden,
+        "fc2": info.width,
+    }
     for index, block in inject.blocks_of(model):
         if not enabled[index]:
             continue
         for site in BLOCK_SITES:
             if site in opts.sites:
                 parent, attr = inject.locate(block, site, "ssf", index)
-                inject.wrap(parent, attr, lambda base, w=widths[site]: ScaleShift(base, w, index))
+                inject.wrap(parent, attr, ScaleShift, widths[site], index)
     if not any(enabled):
         return
     if "patch_embed" in opts.sites:
         parent, attr, channel_dim = _patch_embed_site(model)
-        inject.wrap(parent, attr, lambda base: ScaleShift(base, info.width, None, channel_dim))
+        inject.wrap(parent, attr, ScaleShift, info.width, None, channel_dim)
     if "norm" in opts.sites:
         parent, attr = _final_norm_site(model)
-        inject.wrap(parent, attr, lambda base: ScaleShift(base, info.width, None))
+        inject.wrap(parent, attr, ScaleShift, info.width, None)
 
 
 SPEC = register(

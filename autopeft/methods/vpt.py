@@ -98,7 +98,7 @@ def attach(model: nn.Module, opts: VPTOptions, info: ViTInfo) -> None:
         lengths = per_block(opts.length, 1, "vpt.length") + [0] * (info.depth - 1)
     if not any(lengths):
         return
-    inject.wrap(model, "blocks", lambda blocks: PromptedBlocks(blocks, info, lengths, deep, opts.dropout))
+    inject.wrap(model, "blocks", PromptedBlocks, info, lengths, deep, opts.dropout)
 
 
 SPEC = register(

@@ -1,0 +1,62 @@
+"""The ``autopeft`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import asdict
+
+from autopeft.errors import AutopeftError
+
+
+def _methods(args: argparse.Namespace) -> None:
+    """List the methods with their default options and trainable parameters on a backbone."""
+    import copy
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    import autopeft
+
+    table = Table(title=f"methods on {args.backbone} ({args.num_classes} classes, head excluded)")
+    for column in ("method", "default options", "trainable params"):
+        table.add_column(column)
+    with torch.device("meta"):  # shapes only: no memory, no weight init cost
+        backbone = autopeft.create_backbone(args.backbone, args.num_classes)
+        for name, spec in autopeft.METHODS.items():
+            model = autopeft.apply(copy.deepcopy(backbone), {name: {}})
+            table.add_row(name, str(asdict(spec.options())), f"{autopeft.count_trainable(model):,}")
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from autopeft import __version__
+
+    parser = argparse.ArgumentParser(prog="autopeft", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"autopeft {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    methods = commands.add_parser("methods", help="list methods, default options and parameter counts")
+    methods.add_argument("--backbone", default="vit_base_patch16_224")
+    methods.add_argument("--num-classes", type=int, default=100)
+    methods.set_defaults(run=_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except AutopeftError as err:
+        if args.debug:
+            raise
+        print(f"autopeft: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Tiny timm ViTs built offline, shared by the tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+import autopeft
+
+WIDTH, DEPTH, HEADS, HIDDEN = 32, 3, 2, 128
+VARIANTS = {
+    "cls": {},
+    "avg": {"class_token": False, "global_pool": "avg"},
+    "reg": {"reg_tokens": 2, "no_embed_class": True},
+}
+
+
+def tiny_vit(variant: str = "cls", seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A width-32, depth-3 ViT on 32 px images with 8 px patches (16 patch tokens)."""
+    torch.manual_seed(seed)
+    options = dict(img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, **VARIANTS[variant])
+    options.update(kwargs)
+    return autopeft.create_backbone("vit_tiny_patch16_224", 5, **options).eval()
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def randomise_trainable(model: torch.nn.Module, seed: int = 2) -> None:
+    """Give every trainable tensor but the head random values (SSF scales stay near 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad and not name.startswith("head."):
+                noise = torch.randn(param.shape, generator=generator) * 0.2
+                param.copy_(noise + (1.0 if name.endswith("gamma") else 0.0))

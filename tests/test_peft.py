@@ -1,0 +1,32 @@
+"""autopeft's LoRA on timm's fused qkv equals HF peft's LoRA given the same A and B."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+import autopeft
+from tests.conftest import tiny_vit
+
+
+def test_lora_qkv_matches_peft(images):
+    base = tiny_vit()
+    ours = autopeft.apply(copy.deepcopy(base), {"lora": {"rank": 4, "alpha": 8.0, "targets": ["qkv"]}})
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["qkv"]))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for index, block in enumerate(ours.blocks):
+            peft_qkv = theirs.base_model.model.blocks[index].attn.qkv
+            a = torch.randn(peft_qkv.lora_A["default"].weight.shape, generator=generator)
+            b = torch.randn(peft_qkv.lora_B["default"].weight.shape, generator=generator)
+            peft_qkv.lora_A["default"].weight.copy_(a)
+            peft_qkv.lora_B["default"].weight.copy_(b)
+            block.attn.qkv.lora_A["qkv"].copy_(a)
+            block.attn.qkv.lora_B["qkv"].copy_(b)
+    expected = theirs(images)
+    assert not torch.allclose(expected, base(images), atol=1e-3)
+    assert (ours(images) - expected).abs().max().item() <= 1e-5
+    peft_count = sum(p.numel() for n, p in theirs.named_parameters() if "lora_" in n)
+    assert autopeft.count_trainable(ours) == peft_count
