@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,18 @@ from autopeft.errors import BackboneError
 from autopeft.inject import unwrapped
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".npz")
+ASSETS = Path(__file__).parent / "assets"
+
+# Backbones shipped inside the package (weights in ``assets/``, model card beside them).
+DEMO_BACKBONES: dict[str, dict[str, Any]] = {
+    "vit_demo_fmnist": {
+        "timm_name": "vit_tiny_patch16_224",
+        "timm": {"img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 12, "num_heads": 3},
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "sha256": None,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,18 @@ def create_backbone(
     """
     if checkpoint is not None and pretrained:
         raise BackboneError("create_backbone: pass either checkpoint=PATH or pretrained=True, not both")
+    if name in DEMO_BACKBONES:
+        model = build_demo_architecture(name, num_classes, **timm_kwargs)
+        load_checkpoint(model, Path(checkpoint) if checkpoint else demo_weights(name))
+    else:
+        model = _create_timm(name, num_classes, pretrained, **timm_kwargs)
+        if checkpoint is not None:
+            load_checkpoint(model, Path(checkpoint))
+    model.autopeft_backbone = {"name": name, "checkpoint": str(checkpoint) if checkpoint else None}
+    return model
+
+
+def _create_timm(name: str, num_classes: int, pretrained: bool, **timm_kwargs: Any) -> VisionTransformer:
     _check_name(name)
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
@@ -79,10 +104,32 @@ def create_backbone(
             f"checkpoint=PATH (.safetensors, .pth/.pt or .npz) instead of pretrained=True"
         ) from err
     vit_info(model, f"backbone '{name}'")
-    if checkpoint is not None:
-        load_checkpoint(model, Path(checkpoint))
-    model.autopeft_backbone = {"name": name, "checkpoint": str(checkpoint) if checkpoint else None}
     return model
+
+
+def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> VisionTransformer:
+    """A shipped demo backbone's architecture, randomly initialised, with its normalisation."""
+    spec = DEMO_BACKBONES[name]
+    model = timm.create_model(spec["timm_name"], num_classes=num_classes, **{**spec["timm"], **timm_kwargs})
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "architecture": name,
+        "input_size": (3, spec["timm"]["img_size"], spec["timm"]["img_size"]),
+        "mean": spec["mean"],
+        "std": spec["std"],
+    }
+    return model
+
+
+def demo_weights(name: str) -> Path:
+    """The shipped weights of a demo backbone, checked against their recorded sha256."""
+    path = ASSETS / f"{name}.safetensors"
+    if not path.is_file():
+        raise BackboneError(f"backbone '{name}': shipped weights {path} are missing; reinstall autopeft")
+    expected = DEMO_BACKBONES[name]["sha256"]
+    if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise BackboneError(f"backbone '{name}': {path} does not match its recorded sha256; reinstall autopeft")
+    return path
 
 
 def _check_name(name: str) -> None:

@@ -75,30 +75,35 @@ class LoRALinear(ElasticWrapper):
     def scale(self) -> float:
         return 1.0 if self.alpha is None else self.alpha / self.size
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(down, up)`` of the active rank with every part stacked: update = ``up @ down``.
+
+        ``down`` is ``(parts * r, in)``; ``up`` is ``(out, parts * r)``, block-structured so
+        each part writes only its own output rows, and carries the ``alpha / r`` scale.
+        """
+        r, scale = self.size, self.scale()
+        down = torch.cat([a[:r] for a in self.lora_A.values()])
+        if len(self.parts) == 1 and next(iter(self.parts.values())) == (0, self.base.out_features):
+            up = next(iter(self.lora_B.values()))[:, :r]
+        else:
+            up = down.new_zeros(self.base.out_features, down.shape[0])
+            for i, (part, (lo, hi)) in enumerate(self.parts.items()):
+                up[lo:hi, i * r : (i + 1) * r] = self.lora_B[part][:, :r]
+        return down, up if scale == 1.0 else up * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        r = self.size
-        if r == 0 or self.merged:
+        if self.size == 0 or self.merged:
             return out
-        dx = self.dropout(x)
-        scale = self.scale()
-        for part, (lo, hi) in self.parts.items():
-            up = self.lora_B[part][:, :r]
-            delta = F.linear(F.linear(dx, self.lora_A[part][:r]), up if scale == 1.0 else up * scale)
-            if hi - lo == out.shape[-1]:
-                out = out + delta
-            else:
-                out[..., lo:hi] += delta
-        return out
+        down, up = self.factors()
+        return out + F.linear(F.linear(self.dropout(x), down), up)
 
     def delta_weight(self) -> torch.Tensor:
         """The full ``(out, in)`` weight update of the active rank."""
-        delta = torch.zeros_like(self.base.weight)
-        r = self.size
-        if r:
-            for part, (lo, hi) in self.parts.items():
-                delta[lo:hi] = self.lora_B[part][:, :r] @ self.lora_A[part][:r] * self.scale()
-        return delta
+        if self.size == 0:
+            return torch.zeros_like(self.base.weight)
+        down, up = self.factors()
+        return up @ down
 
     @torch.no_grad()
     def merge(self) -> None:
