@@ -31,6 +31,22 @@ def _methods(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
+def _datasets(args: argparse.Namespace) -> None:
+    """List the built-in offline tasks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from autopeft.data import BUILTIN_TASKS, builtin_arrays
+
+    table = Table(title="built-in offline tasks (VTAB-1k protocol; use data.name in a config)")
+    for column in ("name", "classes", "train / val / test", "what the label is", "source"):
+        table.add_column(column)
+    for name, task in BUILTIN_TASKS.items():
+        sizes = " / ".join(str(len(labels)) for _, labels in builtin_arrays(name).values())
+        table.add_row(name, str(task.num_classes), sizes, task.description, task.source)
+    Console().print(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from autopeft import __version__
 
@@ -42,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--backbone", default="vit_base_patch16_224")
     methods.add_argument("--num-classes", type=int, default=100)
     methods.set_defaults(run=_methods)
+    commands.add_parser("datasets", help="list the built-in offline datasets").set_defaults(run=_datasets)
     return parser
 
 

@@ -11,3 +11,7 @@ class ConfigError(AutopeftError, ValueError):
 
 class BackboneError(AutopeftError, ValueError):
     """A backbone cannot be built, loaded or hosted."""
+
+
+class DataError(AutopeftError, ValueError):
+    """A dataset file, line or image is missing or invalid."""

@@ -1,0 +1,156 @@
+"""Datasets: formats on disk, built-in offline tasks, a decode-once cache, tensor transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from autopeft.data.builtin import BUILTIN_TASKS, builtin_arrays
+from autopeft.data.cache import cached_pool, resize_arrays
+from autopeft.data.formats import SPLITS, FileTask, Item, read_fgvc, read_imagefolder, read_vtab
+from autopeft.errors import ConfigError, DataError
+
+__all__ = ["BUILTIN_TASKS", "SPLITS", "DataConfig", "Split", "TaskData", "from_arrays", "load_task"]
+
+
+@dataclass
+class DataConfig:
+    """Where a task's images come from: a built-in ``name``, or ``format`` + ``root`` (+ ``task``)."""
+
+    name: str | None = None
+    format: Literal["vtab", "imagefolder", "fgvc"] | None = None
+    root: str | None = None
+    task: str | None = None
+    seed: int = 0
+    cache: Literal["disk", "memory"] = "disk"
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.format is None):
+            raise ConfigError(
+                f"data: give either name (a built-in task: {', '.join(BUILTIN_TASKS)}) or format + root, not both"
+            )
+        if self.format is not None and not self.root:
+            raise ConfigError(f"data.root: required with format '{self.format}' (the dataset folder)")
+
+    @property
+    def label(self) -> str:
+        """A short dataset name for reports: the built-in name or the task folder."""
+        return self.name or self.task or Path(self.root).name
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: indices into a shared uint8 image pool ``(U, 3, S, S)`` and the labels."""
+
+    pool: torch.Tensor
+    index: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels at ``positions`` of this split."""
+        return self.pool[self.index[positions]], self.labels[positions]
+
+
+@dataclass
+class TaskData:
+    """A loaded task. Splits decode on first use; ``test`` is kept apart so it is read only when asked."""
+
+    name: str
+    num_classes: int
+    image_size: int
+    data_format: str
+    loaders: dict[str, Callable[[], dict[str, Split]]]
+    _splits: dict[str, Split] = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise ConfigError(f"split '{name}': allowed: {', '.join(SPLITS)}")
+        if name not in self._splits:
+            group = "test" if name == "test" else "trainval"
+            self._splits.update(self.loaders[group]())
+        return self._splits[name]
+
+
+def load_task(config: DataConfig, image_size: int) -> TaskData:
+    """Open the task described by ``config`` with images at ``image_size`` px."""
+    if config.name is not None:
+        return _builtin_task(config, image_size)
+    readers = {
+        "vtab": lambda: read_vtab(Path(config.root), config.task),
+        "fgvc": lambda: read_fgvc(Path(config.root), config.task),
+        "imagefolder": lambda: read_imagefolder(Path(config.root) / (config.task or ""), config.seed),
+    }
+    files = readers[config.format]()
+    return TaskData(
+        config.label,
+        files.num_classes,
+        image_size,
+        files.data_format,
+        {group: _file_loader(files, group, image_size, config.cache == "disk") for group in ("trainval", "test")},
+    )
+
+
+def _file_loader(files: FileTask, group: str, size: int, persist: bool) -> Callable[[], dict[str, Split]]:
+    names = ["test"] if group == "test" else ["train", "val", "trainval"]
+
+    def load() -> dict[str, Split]:
+        unique: dict[Path, Item] = {}
+        for name in names:
+            for item in files.items[name]:
+                unique.setdefault(item.path, item)
+        position = {path: i for i, path in enumerate(unique)}
+        pool = cached_pool(list(unique.values()), size, files.folder if persist else None, group)
+        return {
+            name: Split(
+                pool,
+                torch.tensor([position[item.path] for item in files.items[name]]),
+                torch.tensor([item.label for item in files.items[name]]),
+            )
+            for name in names
+        }
+
+    return load
+
+
+def from_arrays(
+    name: str,
+    arrays: Callable[[], dict[str, tuple[np.ndarray, np.ndarray]]],
+    image_size: int,
+    data_format: str = "arrays",
+) -> TaskData:
+    """A task from in-memory uint8 images: ``arrays()`` returns ``{"train"|"val"|"test": (images, labels)}``.
+
+    Images are (N, H, W) grayscale or (N, H, W, 3) RGB; ``trainval`` is train followed by val.
+    """
+
+    def trainval() -> dict[str, Split]:
+        (train_x, train_y), (val_x, val_y) = arrays()["train"], arrays()["val"]
+        pool = resize_arrays(np.concatenate([train_x, val_x]), image_size)
+        labels = torch.as_tensor(np.concatenate([train_y, val_y]), dtype=torch.int64)
+        n = len(train_y)
+        return {
+            "train": Split(pool, torch.arange(n), labels[:n]),
+            "val": Split(pool, torch.arange(n, len(labels)), labels[n:]),
+            "trainval": Split(pool, torch.arange(len(labels)), labels),
+        }
+
+    def test() -> dict[str, Split]:
+        images, labels = arrays()["test"]
+        return {"test": Split(resize_arrays(images, image_size), torch.arange(len(labels)), torch.as_tensor(labels))}
+
+    num_classes = int(max(labels.max() for _, labels in arrays().values())) + 1
+    return TaskData(name, num_classes, image_size, data_format, {"trainval": trainval, "test": test})
+
+
+def _builtin_task(config: DataConfig, image_size: int) -> TaskData:
+    if config.name not in BUILTIN_TASKS:
+        raise DataError(f"unknown built-in dataset '{config.name}'; allowed: {', '.join(BUILTIN_TASKS)}")
+    return from_arrays(config.name, lambda: builtin_arrays(config.name, config.seed), image_size, "builtin")

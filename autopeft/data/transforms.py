@@ -1,0 +1,32 @@
+"""Tensor-side transforms: normalisation from the backbone's config and optional augmentation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def input_config(model: torch.nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """``(image size, mean, std)`` from a timm model's pretrained config: the one normalisation used everywhere."""
+    cfg = model.pretrained_cfg
+    return int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` to float, scaled to [0, 1] and standardised per channel."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255.0
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255.0
+    return (images.float() - mean_t) / std_t
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, flip: bool = False, shift: int = 0) -> torch.Tensor:
+    """Random horizontal flips and random shifts of up to ``shift`` pixels (zero padded), on uint8 tensors."""
+    if flip:
+        mask = torch.rand(images.shape[0], generator=generator) < 0.5
+        images = torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+    if shift:
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (shift, shift, shift, shift))
+        dx, dy = torch.randint(0, 2 * shift + 1, (2,), generator=generator).tolist()
+        images = padded[..., dy : dy + height, dx : dx + width]
+    return images
