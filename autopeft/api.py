@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +16,7 @@ from autopeft import inject
 from autopeft.backbones import vit_info
 from autopeft.config import parse_options, per_block
 from autopeft.errors import ConfigError
+from autopeft.files import write_atomic, write_json
 from autopeft.methods import REGISTRY, elastic_modules
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -131,8 +130,8 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
         "methods": methods,
         "sizes": {m: get_sizes(model, m) for m in methods if REGISTRY[m].size_option},
     }
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    write_json(directory / CONFIG_FILE, config)
     return directory
 
 
@@ -185,15 +184,3 @@ def _copy_tensors(model: nn.Module, file: Path, saved_for: str | None) -> None:
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write via a temporary file in the same directory, then rename over ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,7 +22,7 @@ ASSETS = Path(__file__).parent / "assets"
 DEMO_BACKBONES: dict[str, dict[str, Any]] = {
     "vit_demo_fmnist": {
         "timm_name": "vit_tiny_patch16_224",
-        "timm": {"img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 12, "num_heads": 3},
+        "timm": {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4},
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
         "sha256": None,

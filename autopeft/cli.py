@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from autopeft.errors import AutopeftError
 
@@ -47,6 +48,34 @@ def _datasets(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
+def _train(args: argparse.Namespace) -> None:
+    """Train one configuration into a run directory."""
+    from autopeft.progress import TrainProgress
+    from autopeft.runconfig import load_run_config
+    from autopeft.runs import train_run
+
+    config = load_run_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    result = train_run(config, out, resume=args.resume, progress=TrainProgress(out.name))
+    if result["status"] != "completed":
+        raise AutopeftError(f"run failed: {result['reason']} (status in {out / 'result.json'})")
+    print(
+        f"{out}: val {_pct(result['val_acc'])}  test {_pct(result['test_acc'])}  "
+        f"trainable {result['trainable_params']:,}  {result['wall_time_s']:.0f} s"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def _export(args: argparse.Namespace) -> None:
+    """Write a run's weights: its adapter directory, or with --merge a plain timm checkpoint."""
+    from autopeft.runs import export_run
+
+    print(f"wrote {export_run(Path(args.run_dir), Path(args.out), args.merge)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from autopeft import __version__
 
@@ -59,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--num-classes", type=int, default=100)
     methods.set_defaults(run=_methods)
     commands.add_parser("datasets", help="list the built-in offline datasets").set_defaults(run=_datasets)
+    train = commands.add_parser("train", help="train one configuration (methods + hyperparameters)")
+    train.add_argument("config", help="run config YAML")
+    train.add_argument("--out", help="run directory (default runs/<config name>)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    train.set_defaults(run=_train)
+    export = commands.add_parser("export", help="export a finished run's weights")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")
+    export.add_argument("--merge", action="store_true", help="fold LoRA/SSF into the backbone (plain timm weights)")
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -48,6 +48,8 @@ def describe_type(tp: Any) -> str:
         )
     if origin is list:
         return f"a list of ({describe_type(args[0])})"
+    if origin is dict:
+        return "a mapping"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -71,6 +73,11 @@ def _match(value: Any, tp: Any) -> tuple[bool, Any]:
             return False, value
         items = [_match(v, args[0]) for v in value]
         return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return False, value
+        items = {k: _match(v, args[1]) for k, v in value.items()}
+        return all(ok for ok, _ in items.values()), {k: v for k, (_, v) in items.items()}
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:

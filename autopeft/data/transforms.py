@@ -7,9 +7,14 @@ import torch.nn.functional as F
 
 
 def input_config(model: torch.nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """``(image size, mean, std)`` from a timm model's pretrained config: the one normalisation used everywhere."""
+    """``(image size, mean, std)``: the size the model was built for and its pretrained config's normalisation.
+
+    The same normalisation is used in every stage (search, training, evaluation, export).
+    """
     cfg = model.pretrained_cfg
-    return int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"])
+    patch_embed = getattr(model, "patch_embed", None)
+    size = patch_embed.img_size[-1] if getattr(patch_embed, "img_size", None) else cfg["input_size"][-1]
+    return int(size), tuple(cfg["mean"]), tuple(cfg["std"])
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

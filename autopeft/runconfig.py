@@ -1,0 +1,112 @@
+"""The run config: one typed schema for backbone, data, methods, training and seed, read from YAML."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autopeft.config import check_type, parse_options
+from autopeft.data import DataConfig
+from autopeft.errors import ConfigError
+from autopeft.methods import REGISTRY
+from autopeft.train import TrainConfig
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "vit_demo_fmnist"
+    checkpoint: str | None = None
+    drop_path: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; YAML keys equal these field names."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="digits"))
+    methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {"lora": {}})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    final: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SECTIONS = {"backbone": BackboneConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def parse_run_config(data: Any, where: str) -> RunConfig:
+    """Build a RunConfig from a mapping; every error starts with ``where`` (the file) and names the key."""
+    try:
+        return _parse(data)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _parse(data: Any) -> RunConfig:
+    keys = list(RunConfig.__dataclass_fields__)
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping with keys {', '.join(keys)}")
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}'; allowed: {', '.join(keys)}")
+    values: dict[str, Any] = {key: parse_options(cls, data[key], key) for key, cls in SECTIONS.items() if key in data}
+    if "methods" in data:
+        values["methods"] = _parse_methods(data["methods"])
+    for key, tp in (("final", bool), ("seed", int)):
+        if key in data:
+            values[key] = check_type(data[key], tp, key)
+    return RunConfig(**values)
+
+
+def _parse_methods(methods: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(methods, dict) or not methods:
+        raise ConfigError(f"methods: expected a mapping of method -> options; allowed: {', '.join(REGISTRY)}")
+    parsed = {}
+    for name, options in methods.items():
+        if name not in REGISTRY:
+            raise ConfigError(f"methods: unknown method '{name}'; allowed: {', '.join(REGISTRY)}")
+        parsed[name] = asdict(parse_options(REGISTRY[name].options, options, f"methods.{name}"))
+    return parsed
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    return parse_run_config(apply_overrides(data, overrides), str(path))
+
+
+def apply_overrides(data: Any, overrides: list[str]) -> Any:
+    """``a.b=c`` sets ``data["a"]["b"] = yaml(c)``, creating mappings on the way."""
+    data = copy.deepcopy(data) if isinstance(data, dict) else {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {override!r}: expected key=value, e.g. train.lr=0.001")
+        *parents, leaf = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {override!r}: '{parent}' is not a mapping")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def dump_run_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,224 @@
+"""One training run in a run directory: config.yaml, metrics.jsonl, result.json, adapter, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+import autopeft
+from autopeft.api import apply, count_trainable, save_adapter
+from autopeft.backbones import create_backbone
+from autopeft.data import TaskData, load_task
+from autopeft.data.transforms import input_config
+from autopeft.errors import AutopeftError, ConfigError
+from autopeft.files import write_atomic, write_json, write_text
+from autopeft.methods import REGISTRY
+from autopeft.runconfig import RunConfig, dump_run_config
+from autopeft.train import (
+    NonFiniteLoss,
+    Normalization,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
+)
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+METRICS = "metrics.jsonl"
+
+
+class RunInterrupted(AutopeftError):
+    """Ctrl-C during training; the last epoch checkpoint is on disk."""
+
+
+def build_model(config: RunConfig, with_methods: bool = True) -> tuple[torch.nn.Module, TaskData, Normalization]:
+    """Backbone with a head for the task, methods applied; the task; the backbone's normalisation."""
+    backbone = config.backbone
+    model = create_backbone(
+        backbone.name, 1, backbone.checkpoint, drop_path_rate=backbone.drop_path, **backbone.options
+    )
+    size, mean, std = input_config(model)
+    task = load_task(config.data, size)
+    model.reset_classifier(task.num_classes)
+    if with_methods:
+        apply(model, config.methods)
+    return model, task, Normalization(mean, std)
+
+
+def provenance(config: RunConfig, task: TaskData, norm: Normalization) -> dict[str, Any]:
+    return {
+        "autopeft": autopeft.__version__,
+        "git_sha": _git_sha(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "checkpoint": config.backbone.checkpoint
+        or ("shipped" if config.backbone.name.startswith("vit_demo") else None),
+        "normalization": f"mean={list(norm.mean)} std={list(norm.std)}",
+        "data_format": task.data_format,
+        "selection": "val",
+        "reported_epoch": "final",
+        "train_split": "trainval" if config.final else "train",
+    }
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a finished or unfinished run unless resuming one."""
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise ConfigError(f"--resume: {out} holds no checkpoint ({CHECKPOINT}) to continue from")
+        return
+    if (out / RESULT).is_file() or (out / CHECKPOINT).is_file():
+        raise ConfigError(f"{out}: already holds a run; choose another --out, or pass --resume to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any = None) -> dict[str, Any]:
+    """Train ``config`` into ``out`` (select on val, test read once for the final epoch); return result.json."""
+    prepare_run_dir(out, resume)
+    write_text(out / "config.yaml", dump_run_config(config))
+    torch.manual_seed(config.seed)
+    model, task, norm = build_model(config)
+    train_split = task.split("trainval" if config.final else "train")
+    val_split = None if config.final else task.split("val")
+    optimizer = make_optimizer(model, config.train)
+    steps_per_epoch = -(-len(train_split) // config.train.batch_size)
+    scheduler = make_scheduler(optimizer, config.train, steps_per_epoch)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    elapsed = 0.0
+    if resume:
+        history, elapsed = _restore(out / CHECKPOINT, model, optimizer, scheduler, generator)
+    result = _base_result(config, task, model, norm)
+    start = time.perf_counter() - elapsed
+    if progress is not None:
+        progress.start(config.train.epochs, len(train_split), len(history))
+    try:
+        for epoch in range(len(history), config.train.epochs):
+            stats = train_epoch(
+                model,
+                train_split,
+                optimizer,
+                scheduler,
+                config.train,
+                norm,
+                generator,
+                progress.step if progress is not None else None,
+            )
+            val = evaluate(model, val_split, norm, config.train.eval_batch_size) if val_split is not None else None
+            history.append({"epoch": epoch + 1, **stats, "val_acc": val, "lr": scheduler.get_last_lr()[0]})
+            _save_checkpoint(out, model, optimizer, scheduler, generator, history, time.perf_counter() - start)
+            if progress is not None:
+                progress.epoch(history[-1])
+    except NonFiniteLoss as err:
+        return _finish(out, {**result, "status": "failed", "reason": str(err)}, history, start)
+    except KeyboardInterrupt as err:
+        raise RunInterrupted(
+            f"interrupted; {len(history)} epochs saved in {out / CHECKPOINT}: "
+            f"continue with `autopeft train {out / 'config.yaml'} --out {out} --resume`"
+        ) from err
+    finally:
+        if progress is not None:
+            progress.stop()
+    save_adapter(model, out)
+    result["val_acc"] = history[-1]["val_acc"]
+    result["test_acc"] = evaluate(model, task.split("test"), norm, config.train.eval_batch_size)
+    return _finish(out, {**result, "status": "completed"}, history, start)
+
+
+def _base_result(config: RunConfig, task: TaskData, model: torch.nn.Module, norm: Normalization) -> dict[str, Any]:
+    return {
+        "command": "train",
+        "dataset": task.name,
+        "backbone": config.backbone.name,
+        "methods": config.methods,
+        "trainable_params": count_trainable(model),
+        "val_acc": None,
+        "test_acc": None,
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "wall_time_s": None,
+        "provenance": provenance(config, task, norm),
+    }
+
+
+def _finish(out: Path, result: dict[str, Any], history: list[dict], start: float) -> dict[str, Any]:
+    result["wall_time_s"] = round(time.perf_counter() - start, 2)
+    write_text(out / METRICS, "".join(json.dumps(line) + "\n" for line in history))
+    write_json(out / RESULT, result)
+    return result
+
+
+def _save_checkpoint(out, model, optimizer, scheduler, generator, history, elapsed) -> None:
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state = {
+        "trainable": trainable,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "elapsed": elapsed,
+    }
+    write_atomic(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+    write_text(out / METRICS, "".join(json.dumps(line) + "\n" for line in history))
+
+
+def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[dict], float]:
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"{path}: checkpoint cannot be read ({type(err).__name__})") from err
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["elapsed"]
+
+
+def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
+    """Export a finished run: its adapter folder, or with ``merge`` a timm checkpoint (.safetensors)."""
+    from safetensors.torch import save_file
+
+    from autopeft.api import load_adapter
+    from autopeft.api import merge as merge_methods
+    from autopeft.runconfig import load_run_config
+
+    if not (run_dir / RESULT).is_file() or not (run_dir / "adapter.safetensors").is_file():
+        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULT} and adapter.safetensors)")
+    config = load_run_config(run_dir / "config.yaml")
+    model, _, _ = build_model(config, with_methods=False)
+    load_adapter(model, run_dir)
+    if not merge:
+        save_adapter(model, out)
+        return out
+    unmergeable = [m for m in config.methods if REGISTRY[m].needs_vit and not REGISTRY[m].mergeable]
+    if unmergeable:
+        raise ConfigError(
+            f"export --merge: {', '.join(unmergeable)} cannot be folded into timm weights; export without --merge"
+        )
+    merge_methods(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write_atomic(out, lambda tmp: save_file(tensors, tmp, metadata={"backbone": config.backbone.name}))
+    return out
