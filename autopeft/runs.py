@@ -26,6 +26,7 @@ from autopeft.train import (
     evaluate,
     make_optimizer,
     make_scheduler,
+    resolve_device,
     train_epoch,
 )
 
@@ -95,6 +96,7 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
     write_text(out / "config.yaml", dump_run_config(config))
     torch.manual_seed(config.seed)
     model, task, norm = build_model(config)
+    model.to(resolve_device(config.train.device))
     train_split = task.split("trainval" if config.final else "train")
     val_split = None if config.final else task.split("val")
     optimizer = make_optimizer(model, config.train)
@@ -109,19 +111,12 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
     start = time.perf_counter() - elapsed
     if progress is not None:
         progress.start(config.train.epochs, len(train_split), len(history))
+    runner = torch.compile(model) if config.train.compile else model
     try:
         for epoch in range(len(history), config.train.epochs):
-            stats = train_epoch(
-                model,
-                train_split,
-                optimizer,
-                scheduler,
-                config.train,
-                norm,
-                generator,
-                progress.step if progress is not None else None,
-            )
-            val = evaluate(model, val_split, norm, config.train.eval_batch_size) if val_split is not None else None
+            on_step = progress.step if progress is not None else None
+            stats = train_epoch(runner, train_split, optimizer, scheduler, config.train, norm, generator, on_step)
+            val = evaluate(runner, val_split, norm, config.train.eval_batch_size) if val_split is not None else None
             history.append({"epoch": epoch + 1, **stats, "val_acc": val, "lr": scheduler.get_last_lr()[0]})
             _save_checkpoint(out, model, optimizer, scheduler, generator, history, time.perf_counter() - start)
             if progress is not None:
@@ -138,7 +133,7 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
             progress.stop()
     save_adapter(model, out)
     result["val_acc"] = history[-1]["val_acc"]
-    result["test_acc"] = evaluate(model, task.split("test"), norm, config.train.eval_batch_size)
+    result["test_acc"] = evaluate(runner, task.split("test"), norm, config.train.eval_batch_size)
     return _finish(out, {**result, "status": "completed"}, history, start)
 
 

@@ -33,6 +33,14 @@ class TrainConfig:
     flip: bool = False
     shift: int = 0
     eval_batch_size: int = 256
+    compile: bool = False
+    device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)

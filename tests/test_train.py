@@ -15,8 +15,10 @@ import yaml
 
 from autopeft.backbones import create_backbone
 from autopeft.data import DataConfig, load_task
+from autopeft.runconfig import load_run_config
 from autopeft.train import Normalization, evaluate
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "search_spaces" / "train"
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 TINY_YAML = yaml.safe_dump({"backbone": {"name": "vit_tiny_patch16_224", "options": TINY}})
 RESULT_KEYS = {
@@ -168,3 +170,10 @@ def test_existing_run_is_never_overwritten(tmp_path):
     again = cli("train", str(config), "--out", str(tmp_path / "run"))
     assert again.returncode == 2 and "already holds a run" in again.stderr
     assert (tmp_path / "run" / "result.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_parse(path):
+    config = load_run_config(path)
+    assert config.methods and config.train.epochs > 0
+    assert path.stem.split("_", 1 if path.stem.startswith("demo") else 3)[-1] in config.methods
