@@ -18,10 +18,18 @@ from autopeft.train import TrainConfig
 
 @dataclass
 class BackboneConfig:
+    """``pretrained``: the shipped weights (demo backbones), ``checkpoint`` if given, else timm's Hub
+    download; ``false`` starts from random weights. ``options`` go to ``timm.create_model``."""
+
     name: str = "vit_demo_fmnist"
     checkpoint: str | None = None
+    pretrained: bool = True
     drop_path: float = 0.0
-    options: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint and not self.pretrained:
+            raise ConfigError("backbone: checkpoint is set but pretrained is false; drop one of them")
 
 
 @dataclass

@@ -13,13 +13,13 @@ import torch
 
 import autopeft
 from autopeft.api import apply, count_trainable, save_adapter
-from autopeft.backbones import create_backbone
+from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone
 from autopeft.data import TaskData, load_task
 from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
 from autopeft.files import write_atomic, write_json, write_text
 from autopeft.methods import REGISTRY
-from autopeft.runconfig import RunConfig, dump_run_config
+from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
 from autopeft.train import (
     NonFiniteLoss,
     Normalization,
@@ -40,17 +40,22 @@ class RunInterrupted(AutopeftError):
 
 
 def build_model(config: RunConfig, with_methods: bool = True) -> tuple[torch.nn.Module, TaskData, Normalization]:
-    """Backbone with a head for the task, methods applied; the task; the backbone's normalisation."""
-    backbone = config.backbone
-    model = create_backbone(
-        backbone.name, 1, backbone.checkpoint, drop_path_rate=backbone.drop_path, **backbone.options
-    )
+    """Backbone with a head for the task (methods applied); the task; the backbone's normalisation."""
+    model = build_backbone(config.backbone)
     size, mean, std = input_config(model)
     task = load_task(config.data, size)
     model.reset_classifier(task.num_classes)
     if with_methods:
         apply(model, config.methods)
     return model, task, Normalization(mean, std)
+
+
+def build_backbone(backbone: BackboneConfig) -> torch.nn.Module:
+    kwargs = {"drop_path_rate": backbone.drop_path, **backbone.options}
+    if backbone.name in DEMO_BACKBONES and not backbone.pretrained:
+        return build_demo_architecture(backbone.name, 1, **kwargs)
+    hub = backbone.pretrained and backbone.checkpoint is None and backbone.name not in DEMO_BACKBONES
+    return create_backbone(backbone.name, 1, backbone.checkpoint, pretrained=hub, **kwargs)
 
 
 def provenance(config: RunConfig, task: TaskData, norm: Normalization) -> dict[str, Any]:
@@ -67,6 +72,14 @@ def provenance(config: RunConfig, task: TaskData, norm: Normalization) -> dict[s
         "reported_epoch": "final",
         "train_split": "trainval" if config.final else "train",
     }
+
+
+def _weights(backbone: BackboneConfig) -> str:
+    if not backbone.pretrained:
+        return "random init"
+    if backbone.checkpoint:
+        return backbone.checkpoint
+    return "shipped with autopeft" if backbone.name in DEMO_BACKBONES else "timm Hub"
 
 
 def _git_sha() -> str | None:

@@ -20,7 +20,7 @@ from autopeft.train import Normalization, evaluate
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "search_spaces" / "train"
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
-TINY_YAML = yaml.safe_dump({"backbone": {"name": "vit_tiny_patch16_224", "options": TINY}})
+TINY_YAML = yaml.safe_dump({"backbone": {"name": "vit_tiny_patch16_224", "pretrained": False, "options": TINY}})
 RESULT_KEYS = {
     "command",
     "dataset",
@@ -39,7 +39,7 @@ RESULT_KEYS = {
 
 def write_config(folder: Path, epochs: int = 2, **sections) -> Path:
     config = {
-        "backbone": {"name": "vit_tiny_patch16_224", "options": TINY},
+        "backbone": {"name": "vit_tiny_patch16_224", "pretrained": False, "options": TINY},
         "data": {"name": "digits"},
         "methods": {"lora": {"rank": 4}},
         "train": {"epochs": epochs, "batch_size": 100, "lr": 0.003, "warmup_epochs": 1},
@@ -126,10 +126,11 @@ def test_export_merge_reloads_to_the_same_test_accuracy(tmp_path):
     assert exported.returncode == 0, exported.stderr
     model = create_backbone("vit_tiny_patch16_224", 10, checkpoint=tmp_path / "merged.safetensors", **TINY)
     task = load_task(DataConfig(name="digits"), 32)
-    accuracy = evaluate(
-        model, task.split("test"), Normalization(model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
-    )
-    assert accuracy == json.loads((tmp_path / "run" / "result.json").read_text())["test_acc"]
+    test = task.split("test")
+    accuracy = evaluate(model, test, Normalization(model.pretrained_cfg["mean"], model.pretrained_cfg["std"]))
+    expected = json.loads((tmp_path / "run" / "result.json").read_text())["test_acc"]
+    # Folding changes the weights by ~1e-6, which may flip at most a borderline prediction or two.
+    assert abs(accuracy - expected) <= 100.0 / len(test) + 1e-9
     adapter = cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "adapter"))
     assert adapter.returncode == 0 and (tmp_path / "adapter" / "adapter.safetensors").is_file()
 
