@@ -40,7 +40,12 @@ class RunInterrupted(AutopeftError):
 
 
 def build_model(config: RunConfig, with_methods: bool = True) -> tuple[torch.nn.Module, TaskData, Normalization]:
-    """Backbone with a head for the task (methods applied); the task; the backbone's normalisation."""
+    """Backbone with a head for the task (methods applied); the task; the backbone's normalisation.
+
+    Seeded first, so a randomly initialised backbone (``pretrained: false``) is rebuilt identically
+    by ``export`` and by a resumed run.
+    """
+    torch.manual_seed(config.seed)
     model = build_backbone(config.backbone)
     size, mean, std = input_config(model)
     task = load_task(config.data, size)
@@ -107,7 +112,6 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
     """Train ``config`` into ``out`` (select on val, test read once for the final epoch); return result.json."""
     prepare_run_dir(out, resume)
     write_text(out / "config.yaml", dump_run_config(config))
-    torch.manual_seed(config.seed)
     model, task, norm = build_model(config)
     model.to(resolve_device(config.train.device))
     train_split = task.split("trainval" if config.final else "train")

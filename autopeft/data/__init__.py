@@ -144,7 +144,11 @@ def from_arrays(
 
     def test() -> dict[str, Split]:
         images, labels = arrays()["test"]
-        return {"test": Split(resize_arrays(images, image_size), torch.arange(len(labels)), torch.as_tensor(labels))}
+        return {
+            "test": Split(
+                resize_arrays(images, image_size), torch.arange(len(labels)), torch.tensor(labels, dtype=torch.int64)
+            )
+        }
 
     num_classes = int(max(labels.max() for _, labels in arrays().values())) + 1
     return TaskData(name, num_classes, image_size, data_format, {"trainval": trainval, "test": test})

@@ -45,7 +45,8 @@ def decode_images(items: list[Item], size: int) -> torch.Tensor:
 
 def resize_arrays(images: np.ndarray, size: int) -> torch.Tensor:
     """In-memory uint8 images (N, H, W) or (N, H, W, 3) to ``(N, 3, size, size)`` uint8."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    array = np.ascontiguousarray(images)
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     if tensor.dim() == 3:
         tensor = tensor.unsqueeze(-1)
     if tensor.dim() != 4 or tensor.shape[-1] not in (1, 3) or tensor.dtype != torch.uint8:
