@@ -170,7 +170,7 @@ patch {config["timm"]["patch_size"]}, 32 px RGB input) pretrained from scratch o
 - Recipe: AdamW lr {args.lr} (linear warm-up {args.warmup_epochs} epoch, cosine decay), weight decay
   {args.weight_decay} (not on norms, biases, position embedding), batch {args.batch_size}, label smoothing
   {args.label_smoothing}, gradient clipping 1.0, random horizontal flip and +-3 px shift, {args.epochs} epochs,
-  seed {args.seed}, 2 CPU threads, {minutes:.0f} minutes.
+  seed {args.seed}, 2 CPU threads; {minutes:.0f} minutes of wall time (on a machine also running other jobs).
 - Fashion-MNIST test accuracy after the final epoch: **{history[-1]["test_acc"]:.2f}%** (10,000 test images;
   the final epoch is reported, no selection on the test split).
 
