@@ -126,8 +126,7 @@ def demo_weights(name: str) -> Path:
     path = ASSETS / f"{name}.safetensors"
     if not path.is_file():
         raise BackboneError(f"backbone '{name}': shipped weights {path} are missing; reinstall autopeft")
-    expected = DEMO_BACKBONES[name]["sha256"]
-    if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+    if hashlib.sha256(path.read_bytes()).hexdigest() != DEMO_BACKBONES[name]["sha256"]:
         raise BackboneError(f"backbone '{name}': {path} does not match its recorded sha256; reinstall autopeft")
     return path
 

@@ -77,7 +77,7 @@ class PILDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[index]
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR))
+            array = np.array(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR))
         return normalize(torch.from_numpy(array).permute(2, 0, 1)[None], MEAN, STD)[0], label
 
 

@@ -263,3 +263,27 @@ def test_deit_builds_tiny():
     model = autopeft.create_backbone("deit_tiny_patch16_224", TARGET_CLASSES, **TINY)
     assert vit_info(model) == expected_info(1)
     assert model.autopeft_backbone == {"name": "deit_tiny_patch16_224", "checkpoint": None}
+
+
+def test_demo_backbone_loads_its_shipped_weights_exactly():
+    from safetensors.torch import load_file
+
+    from autopeft.backbones import DEMO_BACKBONES, demo_weights
+
+    model = autopeft.create_backbone("vit_demo_fmnist", 7)
+    shipped = load_file(demo_weights("vit_demo_fmnist"))
+    state = model.state_dict()
+    assert set(shipped) == set(state) - {"head.weight", "head.bias"}
+    assert all(torch.equal(state[key], tensor.float()) for key, tensor in shipped.items())
+    assert state["head.weight"].shape == (7, DEMO_BACKBONES["vit_demo_fmnist"]["timm"]["embed_dim"])
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_demo_backbone_refuses_weights_that_do_not_match_their_sha256(tmp_path, monkeypatch):
+    from autopeft import backbones
+
+    original = backbones.demo_weights("vit_demo_fmnist").read_bytes()
+    (tmp_path / "vit_demo_fmnist.safetensors").write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    monkeypatch.setattr(backbones, "ASSETS", tmp_path)
+    with pytest.raises(autopeft.BackboneError, match="does not match its recorded sha256"):
+        autopeft.create_backbone("vit_demo_fmnist", 10)

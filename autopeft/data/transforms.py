@@ -21,7 +21,7 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     """uint8 ``(N, 3, H, W)`` to float, scaled to [0, 1] and standardised per channel."""
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255.0
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255.0
-    return (images.float() - mean_t) / std_t
+    return images.to(torch.float32, copy=True).sub_(mean_t).div_(std_t)  # in place: half the memory traffic
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, flip: bool = False, shift: int = 0) -> torch.Tensor:

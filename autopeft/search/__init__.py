@@ -1,0 +1,1 @@
+"""Candidate search over a supernet's subnets, and the supernet -> search -> retrain pipeline."""

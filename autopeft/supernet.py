@@ -1,0 +1,274 @@
+"""NOAH-style weight-sharing supernet over the elastic methods, its search space and candidates.
+
+A ``SearchSpace`` says which sizes each block may take per method, which scalar method options
+and training hyperparameters are searched, and (optionally) NOAH's depth gene. ``suggest`` is
+the one define-by-run function of a space (``trial.suggest_*`` only): Optuna studies, Ray
+Tune's ``OptunaSearch``, evolution and random sampling all reach candidates through it, and
+each candidate is a frozen, hashable ``SubnetConfig``.
+
+``Supernet`` attaches every searched method at its largest size through ``autopeft.apply``
+(the same modules a standalone run uses) and ``set_subnet`` is its only mutation point.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+from autopeft.api import apply, count_trainable, set_sizes
+from autopeft.config import parse_options
+from autopeft.errors import ConfigError
+from autopeft.methods import REGISTRY, elastic_modules
+
+SEARCHABLE = ("lora", "adapter", "vpt", "kv_prompt", "ssf")
+# Method options a subnet may change at run time without new weights: (method, option) -> attribute.
+RUNTIME_OPTIONS = {("lora", "alpha"): "alpha", ("adapter", "scale"): "fixed_scale"}
+TRAIN_HPARAMS = ("lr", "weight_decay")
+Scalar = bool | int | float | str
+
+
+@dataclass
+class MethodSpace:
+    """Per-method genes: ``sizes`` a block may take (0 = off; ssf: 0/1), fixed ``options`` for
+    every candidate, and ``search``: option -> values tried (scalar values only)."""
+
+    sizes: list[int]
+    options: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, list[Scalar]] = field(default_factory=dict)
+
+
+@dataclass
+class FloatRange:
+    """A searched float hyperparameter, sampled on a log scale unless ``log`` is false."""
+
+    low: float
+    high: float
+    log: bool = True
+
+
+@dataclass
+class SearchSpace:
+    """Which methods, sizes per block, options and hyperparameters a search may choose."""
+
+    methods: dict[str, MethodSpace]
+    depths: list[int] | None = None
+    train: dict[str, FloatRange] = field(default_factory=dict)
+    sizes_per: Literal["block", "model"] = "block"
+
+
+@dataclass(frozen=True)
+class SubnetConfig:
+    """One candidate: per-block active sizes per method, searched method options and searched
+    training hyperparameters. Stored as sorted tuples, so equal candidates hash equal."""
+
+    sizes: tuple[tuple[str, tuple[int, ...]], ...]
+    options: tuple[tuple[str, tuple[tuple[str, Scalar], ...]], ...] = ()
+    train: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        sizes: Mapping[str, Sequence[int]],
+        options: Mapping[str, Mapping[str, Scalar]] | None = None,
+        train: Mapping[str, float] | None = None,
+    ) -> SubnetConfig:
+        return cls(
+            tuple(sorted((m, tuple(s)) for m, s in sizes.items())),
+            tuple(sorted((m, tuple(sorted(o.items()))) for m, o in (options or {}).items() if o)),
+            tuple(sorted((train or {}).items())),
+        )
+
+    def size(self, method: str) -> tuple[int, ...]:
+        return dict(self.sizes)[method]
+
+    def method_options(self, method: str) -> dict[str, Scalar]:
+        return dict(dict(self.options).get(method, ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and mappings (for YAML and CSV)."""
+        return {
+            "sizes": {m: list(s) for m, s in self.sizes},
+            "options": {m: dict(o) for m, o in self.options},
+            "train": dict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SubnetConfig:
+        return cls.of(data["sizes"], data.get("options"), data.get("train"))
+
+
+def parse_space(data: Any, where: str) -> SearchSpace:
+    """A SearchSpace from a mapping (a YAML file's contents); errors name ``where`` and the key."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("methods"), Mapping) or not data["methods"]:
+        raise ConfigError(f"{where}: needs a 'methods' mapping of method -> {{sizes: [...]}}")
+    methods = {name: _parse_method(name, spec, f"{where}: methods.{name}") for name, spec in data["methods"].items()}
+    rest = parse_options(_SpaceRest, {k: v for k, v in data.items() if k != "methods"}, where)
+    train = {key: parse_options(FloatRange, spec, f"{where}: train.{key}") for key, spec in rest.train.items()}
+    for key, spec in train.items():
+        if key not in TRAIN_HPARAMS:
+            raise ConfigError(f"{where}: train.{key}: unknown; allowed: {', '.join(TRAIN_HPARAMS)}")
+        if not 0 < spec.low <= spec.high:
+            raise ConfigError(f"{where}: train.{key}: need 0 < low <= high, got {spec.low}..{spec.high}")
+    if rest.depths is not None and (not rest.depths or min(rest.depths) < 1):
+        raise ConfigError(f"{where}: depths: got {rest.depths}; allowed: a non-empty list of block counts >= 1")
+    return SearchSpace(methods, rest.depths, train, rest.sizes_per)
+
+
+@dataclass
+class _SpaceRest:
+    depths: list[int] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    sizes_per: Literal["block", "model"] = "block"
+
+
+def _parse_method(name: str, spec: Any, where: str) -> MethodSpace:
+    if name not in SEARCHABLE:
+        raise ConfigError(f"{where}: not searchable; allowed: {', '.join(SEARCHABLE)}")
+    space = parse_options(MethodSpace, spec, where)
+    size_option = REGISTRY[name].size_option
+    if not space.sizes or min(space.sizes) < 0 or len(set(space.sizes)) != len(space.sizes):
+        raise ConfigError(f"{where}.sizes: got {space.sizes}; allowed: distinct non-negative integers")
+    if name == "ssf" and not set(space.sizes) <= {0, 1}:
+        raise ConfigError(f"{where}.sizes: got {space.sizes}; allowed for ssf: 0 (off) and 1 (on)")
+    for option in (*space.options, *space.search):
+        if option == size_option:
+            raise ConfigError(f"{where}: '{option}' is the size; give it as sizes")
+    both = set(space.options) & set(space.search)
+    if both:
+        raise ConfigError(f"{where}: {sorted(both)} both fixed (options) and searched (search); keep one")
+    parse_options(REGISTRY[name].options, space.options, where)  # fixed options must be valid as they are
+    for option, values in space.search.items():
+        if not values:
+            raise ConfigError(f"{where}.search.{option}: give at least one value")
+        for value in values:
+            parse_options(REGISTRY[name].options, {**space.options, option: value}, f"{where}.search")
+    return space
+
+
+def suggest(trial: Any, space: SearchSpace, depth: int) -> SubnetConfig:
+    """The define-by-run function of ``space`` for a backbone of ``depth`` blocks."""
+    active = trial.suggest_categorical("depth", space.depths) if space.depths else depth
+    sizes = {}
+    for method, spec in space.methods.items():
+        if space.sizes_per == "model":
+            size = trial.suggest_categorical(f"{method}.size", spec.sizes)
+            sizes[method] = [size if block < active else 0 for block in range(depth)]
+        else:
+            sizes[method] = [
+                trial.suggest_categorical(f"{method}.{block}", spec.sizes) if block < active else 0
+                for block in range(depth)
+            ]
+    options = {
+        method: {
+            option: trial.suggest_categorical(f"{method}.{option}", values) for option, values in spec.search.items()
+        }
+        for method, spec in space.methods.items()
+    }
+    train = {key: trial.suggest_float(key, r.low, r.high, log=r.log) for key, r in space.train.items()}
+    return SubnetConfig.of(sizes, options, train)
+
+
+def size_genes(space: SearchSpace, depth: int) -> dict[str, list[int]]:
+    """The depth gene (if any) and every size gene ``suggest`` may ask for, with their values."""
+    genes = {"depth": list(space.depths)} if space.depths else {}
+    blocks = ["size"] if space.sizes_per == "model" else [str(b) for b in range(depth)]
+    for method, spec in space.methods.items():
+        genes.update({f"{method}.{block}": list(spec.sizes) for block in blocks})
+    return genes
+
+
+def option_genes(space: SearchSpace) -> dict[str, list[Scalar]]:
+    """Every searched method option, with its values."""
+    return {f"{m}.{o}": list(values) for m, spec in space.methods.items() for o, values in spec.search.items()}
+
+
+def method_config(space: SearchSpace, subnet: SubnetConfig) -> dict[str, dict[str, Any]]:
+    """The run-config ``methods`` section that trains ``subnet`` standalone (``linear`` when empty)."""
+    methods = {}
+    for method, spec in space.methods.items():
+        sizes = list(subnet.size(method))
+        if any(sizes):
+            size = sizes[0] if len(set(sizes)) == 1 else sizes
+            methods[method] = {**spec.options, **subnet.method_options(method), REGISTRY[method].size_option: size}
+    return methods or {"linear": {}}
+
+
+class Supernet:
+    """Every method of ``space`` attached to ``model`` at its largest size; a subnet activates a part.
+
+    The model is edited in place (``apply``); block count comes from ``model.blocks``.
+    """
+
+    def __init__(self, model: nn.Module, space: SearchSpace) -> None:
+        self.model, self.space, self.depth = model, space, len(model.blocks)
+        if space.train:
+            raise ConfigError(
+                f"supernet: train {sorted(space.train)} cannot be scored with inherited supernet weights; "
+                f"search them with the optuna or ray engine, or drop 'train' from the space"
+            )
+        for method, spec in space.methods.items():
+            structural = [o for o in spec.search if (method, o) not in RUNTIME_OPTIONS]
+            if structural:
+                raise ConfigError(
+                    f"supernet: {method}.search {structural} change the module structure, so one set of shared "
+                    f"weights cannot serve every value; fix them under options, or search them with the "
+                    f"optuna or ray engine (each trial trains standalone)"
+                )
+        methods = {m: {**s.options, REGISTRY[m].size_option: max(s.sizes)} for m, s in space.methods.items()}
+        apply(model, methods)
+        self.subnet = self.largest()
+
+    def set_subnet(self, subnet: SubnetConfig) -> None:
+        """Activate ``subnet``: sizes per block and run-time options (LoRA alpha, adapter scale)."""
+        for method, spec in self.space.methods.items():
+            sizes = list(subnet.size(method))
+            if len(sizes) != self.depth or not set(sizes) <= set(spec.sizes) | {0}:
+                raise ConfigError(f"set_subnet: {method} sizes {sizes} are not {self.depth} values from {spec.sizes}")
+            options = subnet.method_options(method)
+            if set(options) != set(spec.search):
+                raise ConfigError(
+                    f"set_subnet: {method} options {sorted(options)}; the space searches {sorted(spec.search)}"
+                )
+            set_sizes(self.model, method, sizes)
+            for option, value in options.items():
+                for module in elastic_modules(self.model, method):
+                    setattr(module, RUNTIME_OPTIONS[(method, option)], value)
+        self.subnet = subnet
+
+    def count(self, subnet: SubnetConfig) -> int:
+        """Trainable parameters of ``subnet`` standalone (head excluded), without a forward pass."""
+        current = self.subnet
+        self.set_subnet(subnet)
+        try:
+            return count_trainable(self.model)
+        finally:
+            self.set_subnet(current)
+
+    def sample(self, rng: random.Random) -> SubnetConfig:
+        """A subnet with every gene drawn uniformly from its values."""
+        genes = {**size_genes(self.space, self.depth), **option_genes(self.space)}
+        return self.from_genes({name: rng.choice(values) for name, values in genes.items()})
+
+    def largest(self) -> SubnetConfig:
+        return self._extreme(max)
+
+    def smallest(self) -> SubnetConfig:
+        return self._extreme(min)
+
+    def sandwich(self, rng: random.Random) -> list[SubnetConfig]:
+        """The largest, the smallest and one uniformly sampled subnet (the sandwich rule)."""
+        return [self.largest(), self.smallest(), self.sample(rng)]
+
+    def from_genes(self, genes: Mapping[str, Scalar]) -> SubnetConfig:
+        import optuna
+
+        return suggest(optuna.trial.FixedTrial(dict(genes)), self.space, self.depth)
+
+    def _extreme(self, pick) -> SubnetConfig:
+        """Every size gene (and depth) at ``pick`` of its values; searched options at their first value."""
+        sizes = {name: pick(values) for name, values in size_genes(self.space, self.depth).items()}
+        return self.from_genes({**sizes, **{name: values[0] for name, values in option_genes(self.space).items()}})
