@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,32 +115,63 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
     write_text(out / "config.yaml", dump_run_config(config))
     model, task, norm = build_model(config)
     model.to(resolve_device(config.train.device))
+    result = _base_result(config, task, model, norm)
+    start = time.perf_counter()
+    try:
+        history, start = fit(model, task, norm, config, out, resume, progress)
+    except NonFiniteLoss as err:
+        return _finish(out, {**result, "status": "failed", "reason": str(err)}, err.history, start)
+    save_adapter(model, out)
+    result["val_acc"] = history[-1]["val_acc"]
+    result["test_acc"] = evaluate(model, task.split("test"), norm, config.train.eval_batch_size)
+    return _finish(out, {**result, "status": "completed"}, history, start)
+
+
+def fit(
+    model: torch.nn.Module,
+    task: TaskData,
+    norm: Normalization,
+    config: RunConfig,
+    out: Path,
+    resume: bool = False,
+    progress: Any = None,
+    before_step: Callable[[int], None] | None = None,
+    before_eval: Callable[[], None] | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Train on train (trainval when ``config.final``), val accuracy per epoch, a checkpoint in
+    ``out`` after every epoch; returns the per-epoch history and the start time (perf_counter,
+    shifted back by the time already spent before a resume).
+
+    ``before_step`` / ``before_eval`` let a supernet pick the subnet for each step and for val.
+    Raises NonFiniteLoss (with ``.history``) or RunInterrupted.
+    """
+    out.mkdir(parents=True, exist_ok=True)
     train_split = task.split("trainval" if config.final else "train")
     val_split = None if config.final else task.split("val")
     optimizer = make_optimizer(model, config.train)
-    steps_per_epoch = -(-len(train_split) // config.train.batch_size)
-    scheduler = make_scheduler(optimizer, config.train, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, config.train, -(-len(train_split) // config.train.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, Any]] = []
-    elapsed = 0.0
-    if resume:
-        history, elapsed = _restore(out / CHECKPOINT, model, optimizer, scheduler, generator)
-    result = _base_result(config, task, model, norm)
+    history, elapsed = _restore(out / CHECKPOINT, model, optimizer, scheduler, generator) if resume else ([], 0.0)
     start = time.perf_counter() - elapsed
     if progress is not None:
         progress.start(config.train.epochs, len(train_split), len(history))
     runner = torch.compile(model) if config.train.compile else model
+    on_step = progress.step if progress is not None else None
     try:
         for epoch in range(len(history), config.train.epochs):
-            on_step = progress.step if progress is not None else None
-            stats = train_epoch(runner, train_split, optimizer, scheduler, config.train, norm, generator, on_step)
+            try:
+                stats = train_epoch(
+                    runner, train_split, optimizer, scheduler, config.train, norm, generator, on_step, before_step
+                )
+            except NonFiniteLoss as err:
+                raise NonFiniteLoss(str(err), history) from err
+            if before_eval is not None:
+                before_eval()
             val = evaluate(runner, val_split, norm, config.train.eval_batch_size) if val_split is not None else None
             history.append({"epoch": epoch + 1, **stats, "val_acc": val, "lr": scheduler.get_last_lr()[0]})
             _save_checkpoint(out, model, optimizer, scheduler, generator, history, time.perf_counter() - start)
             if progress is not None:
                 progress.epoch(history[-1])
-    except NonFiniteLoss as err:
-        return _finish(out, {**result, "status": "failed", "reason": str(err)}, history, start)
     except KeyboardInterrupt as err:
         raise RunInterrupted(
             f"interrupted; {len(history)} epochs saved in {out / CHECKPOINT}: "
@@ -148,10 +180,7 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
     finally:
         if progress is not None:
             progress.stop()
-    save_adapter(model, out)
-    result["val_acc"] = history[-1]["val_acc"]
-    result["test_acc"] = evaluate(runner, task.split("test"), norm, config.train.eval_batch_size)
-    return _finish(out, {**result, "status": "completed"}, history, start)
+    return history, start
 
 
 def _base_result(config: RunConfig, task: TaskData, model: torch.nn.Module, norm: Normalization) -> dict[str, Any]:

@@ -50,7 +50,11 @@ class Normalization:
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite; ``history`` holds the epochs completed before."""
+
+    def __init__(self, message: str, history: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.history = history or []
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -102,8 +106,13 @@ def train_epoch(
     norm: Normalization,
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``split``; returns mean loss and images per second. Raises NonFiniteLoss."""
+    """One pass over ``split``; returns mean loss and images per second. Raises NonFiniteLoss.
+
+    ``before_step(step)`` runs before each batch with the global step count (the supernet
+    activates a sampled subnet there).
+    """
     model.train()
     device = device_of(model)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
@@ -111,6 +120,8 @@ def train_epoch(
         images, labels = split.batch(positions)
         images = augment(images, generator, config.flip, config.shift)
         inputs = normalize(images.to(device, non_blocking=True), norm.mean, norm.std)
+        if before_step is not None:
+            before_step(scheduler.last_epoch)
         with autocast(device):
             logits = model(inputs)
         loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=config.label_smoothing)
