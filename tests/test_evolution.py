@@ -28,9 +28,9 @@ def test_evolution_climbs_to_the_optimum_and_never_scores_a_subnet_twice():
     candidates = evolve(supernet(), lambda s: scored.append(s) or closeness(s), SMALL)
     assert len(scored) == len(set(scored)) == len(candidates)
     best = max(candidates, key=lambda c: c.score)
-    initial_best = max(c.score for c in candidates if c.generation == 0)
+    initial_best = max(c.score for c in candidates if c.round == 0)
     assert best.score > initial_best and best.score >= -1.0  # random start is ~ -6 of 9 genes wrong
-    assert [c.generation for c in candidates] == sorted(c.generation for c in candidates)
+    assert [c.round for c in candidates] == sorted(c.round for c in candidates)
 
 
 def test_budget_is_respected_by_repair_not_by_dropping_candidates():
@@ -38,7 +38,7 @@ def test_budget_is_respected_by_repair_not_by_dropping_candidates():
     budget = net.count(net.largest()) // 4
     candidates = evolve(net, closeness, SMALL, budget=budget)
     assert all(c.params <= budget and c.params == net.count(c.subnet) for c in candidates)
-    assert sum(c.generation == 0 for c in candidates) == SMALL.population
+    assert sum(c.round == 0 for c in candidates) == SMALL.population
 
 
 def test_same_seed_same_search():

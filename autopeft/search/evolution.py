@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autopeft.errors import ConfigError
+from autopeft.search.candidates import Candidate, ranked
 from autopeft.supernet import SubnetConfig, Supernet, option_genes, size_genes
 
 Genes = dict[str, object]
@@ -37,17 +38,6 @@ class EvolutionConfig:
             raise ConfigError(f"evolution.mutation_prob: got {self.mutation_prob}; allowed: 0..1")
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A scored subnet, with its trainable parameters and the generation that produced it."""
-
-    subnet: SubnetConfig
-    genes: tuple[tuple[str, object], ...]
-    params: int
-    score: float
-    generation: int
-
-
 def evolve(
     supernet: Supernet,
     score: Callable[[SubnetConfig], float],
@@ -59,7 +49,7 @@ def evolve(
     search = _Evolution(supernet, score, config, budget, on_candidate)
     population = search.initial()
     for generation in range(1, config.generations):
-        parents = sorted(population, key=lambda c: (-c.score, c.params))[: config.parents]
+        parents = ranked(population)[: config.parents]
         population = parents + search.children(parents, generation)
     return search.scored
 

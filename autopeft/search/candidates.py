@@ -1,0 +1,59 @@
+"""Scored candidates, the Pareto front (val accuracy up, trainable parameters down) and their CSV files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from autopeft.files import write_text
+from autopeft.supernet import Scalar, SubnetConfig
+
+COLUMNS = ("rank", "round", "score", "params", "scored_by", "subnet")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A scored subnet: its genes, trainable parameters (head excluded), val score and the
+    search round that produced it (evolution generation or Optuna trial number)."""
+
+    subnet: SubnetConfig
+    genes: tuple[tuple[str, Scalar], ...]
+    params: int
+    score: float
+    round: int
+
+
+def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Candidates no other candidate beats on both score (higher) and params (lower), by params."""
+    front: list[Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: (c.params, -c.score)):
+        if not front or candidate.score > front[-1].score:
+            front.append(candidate)
+    return front
+
+
+def ranked(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Best score first; ties go to fewer parameters, then to the earlier round."""
+    return sorted(candidates, key=lambda c: (-c.score, c.params, c.round))
+
+
+def write_candidates(path: Path, candidates: Iterable[Candidate], scored_by: str) -> None:
+    """``candidates.csv`` or ``pareto.csv``: one row per candidate, its subnet as JSON."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for rank, c in enumerate(ranked(candidates), 1):
+        subnet = json.dumps(c.subnet.to_dict(), separators=(",", ":"))
+        writer.writerow([rank, c.round, f"{c.score:.4f}", c.params, scored_by, subnet])
+    write_text(path, buffer.getvalue())
+
+
+def read_candidates(path: Path) -> list[tuple[SubnetConfig, float, int]]:
+    """``(subnet, score, params)`` per row of a file written by ``write_candidates``, best first."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [(SubnetConfig.from_dict(json.loads(r["subnet"])), float(r["score"]), int(r["params"])) for r in rows]
