@@ -8,6 +8,7 @@ parameters down, for NSGA-II, TPE or GP. A hard ``budget`` marks larger subnets 
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import optuna
 
 from autopeft.errors import ConfigError
