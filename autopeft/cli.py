@@ -65,6 +65,22 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
+def _run(args: argparse.Namespace) -> None:
+    """The main job: supernet, search, retrain, final runs, comparison table."""
+    from autopeft.progress import PipelineProgress
+    from autopeft.runconfig import apply_overrides, read_yaml
+    from autopeft.search.pipeline import parse_pipeline, run_pipeline
+
+    data = read_yaml(args.config) if args.config else {}
+    config = parse_pipeline(apply_overrides(data, args.set), args.config or "the embedded default")
+    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "demo")
+    run_pipeline(config, out, resume=args.resume, progress=PipelineProgress())
+    print((out / "summary.md").read_text())
+    print(
+        f"{out}: result.json, candidates.csv, pareto.csv, best.yaml (train the winner: autopeft train {out}/best.yaml)"
+    )
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
@@ -94,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     train.set_defaults(run=_train)
+    run = commands.add_parser("run", help="main job: supernet -> search -> retrain -> test -> comparison table")
+    run.add_argument("config", nargs="?", help="pipeline config YAML (default: the embedded offline demo)")
+    run.add_argument("--out", help="run directory (default runs/<config name>, or runs/demo)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted pipeline in --out")
+    run.set_defaults(run=_run)
     export = commands.add_parser("export", help="export a finished run's weights")
     export.add_argument("run_dir")
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")

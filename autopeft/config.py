@@ -23,14 +23,17 @@ def parse_options(cls: type[T], data: Any, where: str) -> T:
     for key in data:
         if key not in fields:
             allowed = ", ".join(fields) if fields else "none"
-            raise ConfigError(f"{where}: unknown option '{key}'; allowed: {allowed}")
+            raise ConfigError(f"{where or 'config'}: unknown option '{key}'; allowed: {allowed}")
     hints = typing.get_type_hints(cls)
-    values = {key: check_type(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+    values = {key: check_type(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()}
     return cls(**values)
 
 
 def check_type(value: Any, tp: Any, where: str) -> Any:
-    """Return ``value`` converted to ``tp`` (int -> float only), or raise ConfigError."""
+    """Return ``value`` converted to ``tp`` (int -> float only; a mapping to a nested options
+    dataclass), or raise ConfigError."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        return parse_options(tp, value, where)
     ok, converted = _match(value, tp)
     if not ok:
         raise ConfigError(f"{where}: got {_show(value)}; allowed: {describe_type(tp)}")

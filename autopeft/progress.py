@@ -56,3 +56,16 @@ class TrainProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class PipelineProgress:
+    """Stage messages for ``autopeft run``, and a TrainProgress for each training run in it."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+
+    def say(self, message: str) -> None:
+        print(f"autopeft: {message}", file=self.stream, flush=True)
+
+    def run(self, label: str) -> TrainProgress:
+        return TrainProgress(label, self.stream)

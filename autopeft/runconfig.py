@@ -41,6 +41,7 @@ class RunConfig:
     methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {"lora": {}})
     train: TrainConfig = field(default_factory=TrainConfig)
     final: bool = False
+    test: bool = True
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def _parse(data: Any) -> RunConfig:
     values: dict[str, Any] = {key: parse_options(cls, data[key], key) for key, cls in SECTIONS.items() if key in data}
     if "methods" in data:
         values["methods"] = _parse_methods(data["methods"])
-    for key, tp in (("final", bool), ("seed", int)):
+    for key, tp in (("final", bool), ("test", bool), ("seed", int)):
         if key in data:
             values[key] = check_type(data[key], tp, key)
     return RunConfig(**values)
@@ -87,16 +88,20 @@ def _parse_methods(methods: Any) -> dict[str, dict[str, Any]]:
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML run config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    return parse_run_config(apply_overrides(read_yaml(path), overrides), str(path))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents ({} when empty); a missing file or bad YAML is one ConfigError line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
-    return parse_run_config(apply_overrides(data, overrides), str(path))
 
 
 def apply_overrides(data: Any, overrides: list[str]) -> Any:

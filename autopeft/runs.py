@@ -123,8 +123,17 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
         return _finish(out, {**result, "status": "failed", "reason": str(err)}, err.history, start)
     save_adapter(model, out)
     result["val_acc"] = history[-1]["val_acc"]
-    result["test_acc"] = evaluate(model, task.split("test"), norm, config.train.eval_batch_size)
+    if config.test:
+        result["test_acc"] = evaluate(model, task.split("test"), norm, config.train.eval_batch_size)
     return _finish(out, {**result, "status": "completed"}, history, start)
+
+
+def train_or_reuse(config: RunConfig, out: Path, progress: Any = None) -> dict[str, Any]:
+    """``train_run`` unless ``out`` already holds a finished (completed or failed) run, whose
+    result.json is returned; an interrupted one is resumed. For pipelines run again after a stop."""
+    if (out / RESULT).is_file():
+        return json.loads((out / RESULT).read_text())
+    return train_run(config, out, resume=(out / CHECKPOINT).is_file(), progress=progress)
 
 
 def fit(

@@ -7,8 +7,6 @@ up where it stopped and every figure in it can be traced to its run directory.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 from autopeft.backbones import DEMO_BACKBONES
 from autopeft.runconfig import parse_run_config
-from autopeft.runs import RESULT, train_run
+from autopeft.runs import train_or_reuse
 
 
 def runs_folder(report: str, backbone: str = "vit_demo_fmnist") -> Path:
@@ -25,17 +23,11 @@ def runs_folder(report: str, backbone: str = "vit_demo_fmnist") -> Path:
 
 
 def run_all(runs: Iterable[tuple[str, dict[str, Any]]], root: Path) -> dict[str, dict[str, Any]]:
-    """Train each ``(name, config mapping)`` into ``root/name``; return result.json by name."""
+    """Train each ``(name, config mapping)`` into ``root/name`` (reusing finished runs); result.json by name."""
     results = {}
     for name, data in runs:
-        out = root / name
-        finished = out / RESULT
-        if finished.is_file() and json.loads(finished.read_text()).get("status") == "completed":
-            results[name] = json.loads(finished.read_text())
-            continue
-        shutil.rmtree(out, ignore_errors=True)  # an unfinished run from an earlier interruption
         start = time.perf_counter()
-        results[name] = train_run(parse_run_config(data, name), out)
+        results[name] = train_or_reuse(parse_run_config(data, name), root / name)
         print(f"{name}: val {results[name]['val_acc']:.1f}  {time.perf_counter() - start:.0f} s", flush=True)
     return results
 

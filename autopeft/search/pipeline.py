@@ -1,0 +1,328 @@
+"""The main job: supernet -> search -> retrain top-k -> final runs with seeds -> comparison table.
+
+Every stage writes into one run directory and is skipped or resumed when the pipeline is run
+again with ``resume``: the supernet from its epoch checkpoint, the search by replaying the
+deterministic engine with the scores already in ``candidates.csv``, the standalone runs from
+their own run directories.
+
+    out/
+      config.yaml  result.json  summary.md  candidates.csv  pareto.csv  best.yaml
+      supernet/        checkpoint.pt  metrics.jsonl
+      retrain/<k>/     top-k candidates standalone on train, scored on val (no test)
+      baselines/<m>/   each single method at its default size on train, scored on val (no test)
+      final/<row>/seed<s>/   the winner and each baseline on train+val, test read once
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from autopeft.config import parse_options
+from autopeft.data import DataConfig
+from autopeft.errors import AutopeftError, ConfigError
+from autopeft.files import write_json, write_text
+from autopeft.methods import REGISTRY
+from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, read_yaml
+from autopeft.runs import CHECKPOINT, RESULT, RunInterrupted, build_model, provenance, train_or_reuse
+from autopeft.search.candidates import Candidate, pareto_front, ranked, read_candidates, write_candidates
+from autopeft.search.evolution import EvolutionConfig, evolve
+from autopeft.search.optuna_search import SAMPLERS, optuna_search
+from autopeft.search.supernet_stage import inherited_score, train_supernet
+from autopeft.supernet import SearchSpace, SubnetConfig, Supernet, method_config, parse_space
+from autopeft.train import NonFiniteLoss, TrainConfig
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+ENGINES = ("evolution", *SAMPLERS)
+SCORED_BY = "val accuracy (%) with inherited supernet weights"
+
+
+@dataclass
+class SupernetStage:
+    """Supernet training: one subnet per step, ``uniform`` or ``sandwich`` sampling."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=2e-3, warmup_epochs=1))
+    sampling: Literal["uniform", "sandwich"] = "uniform"
+
+
+@dataclass
+class SearchStage:
+    """Candidate search on val with inherited weights: ``evolution`` or an Optuna sampler."""
+
+    engine: str = "evolution"
+    evolution: EvolutionConfig = field(
+        default_factory=lambda: EvolutionConfig(population=16, parents=4, mutations=8, crossovers=8, generations=4)
+    )
+    trials: int = 64  # Optuna engines
+    pareto: bool = True  # Optuna engines: val accuracy up and trainable parameters down
+    budget: int | None = None  # most trainable parameters (head excluded) a candidate may have
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"search.engine: got {self.engine!r}; allowed: {', '.join(ENGINES)}")
+
+
+@dataclass
+class RetrainStage:
+    """Top-k candidates standalone on train (chosen on val); the winner on train+val per seed."""
+
+    top_k: int = 8
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=1e-3, warmup_epochs=1))
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or not self.seeds:
+            raise ConfigError(f"retrain: need top_k >= 1 and at least one seed, got {self.top_k} and {self.seeds}")
+
+
+@dataclass
+class PipelineConfig:
+    """``autopeft run``'s config; the defaults are the embedded offline demo."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="digits"))
+    space: str | dict[str, Any] = "demo"
+    supernet: SupernetStage = field(default_factory=SupernetStage)
+    search: SearchStage = field(default_factory=SearchStage)
+    retrain: RetrainStage = field(default_factory=RetrainStage)
+    baselines: list[str] = field(default_factory=lambda: ["linear", "lora", "adapter", "vpt", "ssf", "kv_prompt"])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in self.baselines:
+            if name not in REGISTRY:
+                raise ConfigError(f"baselines: unknown method '{name}'; allowed: {', '.join(REGISTRY)}")
+
+
+STAGES = ("supernet", "search", "retrain")  # given keys override the demo defaults one by one
+
+
+def parse_pipeline(data: Any, where: str) -> PipelineConfig:
+    """A PipelineConfig from a mapping; every error names ``where`` and the key."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(PipelineConfig.__dataclass_fields__)}")
+    defaults = asdict(PipelineConfig())
+    merged = {**data, **{k: _merge(defaults[k], data[k]) for k in STAGES if isinstance(data.get(k), dict)}}
+    try:
+        return parse_options(PipelineConfig, merged, "")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _merge(default: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(default)
+    for key, value in given.items():
+        both = isinstance(value, dict) and isinstance(default.get(key), dict)
+        merged[key] = _merge(default[key], value) if both else value
+    return merged
+
+
+def load_space(space: str | dict[str, Any]) -> SearchSpace:
+    """A named space (``search_spaces/<name>.yaml``), a YAML path, or an inline mapping."""
+    if isinstance(space, dict):
+        return parse_space(space, "space")
+    path = Path(space) if space.endswith((".yaml", ".yml")) else SPACES / f"{space}.yaml"
+    if not path.is_file():
+        named = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml"))) if SPACES.is_dir() else "none found"
+        raise ConfigError(f"space: {path} not found; give a YAML path or one of: {named}")
+    return parse_space(read_yaml(path), str(path))
+
+
+def run_pipeline(config: PipelineConfig, out: Path, resume: bool = False, progress: Any = None) -> dict[str, Any]:
+    """Run (or with ``resume`` continue) the whole pipeline into ``out``; returns result.json.
+
+    ``progress`` has ``say(message)`` and ``run(label)`` (a display per training run); None is silent.
+    """
+    start = time.perf_counter()
+    _prepare(out, resume)
+    try:
+        return _pipeline(config, out, resume, progress or _Silent(), start)
+    except RunInterrupted as err:
+        raise RunInterrupted(
+            f"interrupted; finished stages are saved in {out}: continue with "
+            f"`autopeft run {out / 'config.yaml'} --out {out} --resume`"
+        ) from err
+    except NonFiniteLoss as err:
+        raise AutopeftError(f"supernet training diverged ({err}); lower supernet.train.lr") from err
+
+
+class _Silent:
+    def say(self, message: str) -> None: ...
+
+    def run(self, label: str) -> None:
+        return None
+
+
+def _pipeline(config: PipelineConfig, out: Path, resume: bool, progress: Any, start: float) -> dict[str, Any]:
+    write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+    space = load_space(config.space)
+    run = RunConfig(config.backbone, config.data, {"linear": {}}, config.supernet.train, seed=config.seed)
+    model, task, norm = build_model(run, with_methods=False)
+    supernet = Supernet(model, space)
+    largest = supernet.count(supernet.largest())
+    progress.say(f"supernet: {len(space.methods)} methods in {supernet.depth} blocks, {largest:,} parameters at most")
+    supernet_dir = out / "supernet"
+    resumed = (supernet_dir / CHECKPOINT).is_file()
+    train_supernet(supernet, task, norm, run, supernet_dir, config.supernet.sampling, resumed, progress.run("supernet"))
+    candidates = _search(config.search, supernet, inherited_score(supernet, task, norm), out, resume, progress)
+    top = ranked(candidates)[: config.retrain.top_k]
+    progress.say(f"retrain: the top {len(top)} of {len(candidates)} candidates standalone on train, chosen on val")
+    standalone = [
+        _train(config, method_config(space, c.subnet), out / "retrain" / f"{i:02d}", progress)
+        for i, c in enumerate(top, 1)
+    ]
+    pick = max(range(len(top)), key=lambda i: (standalone[i]["val_acc"] or -1.0, -top[i].params, -i))
+    winner = method_config(space, top[pick].subnet)
+    best = RunConfig(
+        config.backbone, config.data, winner, config.retrain.train, final=True, seed=config.retrain.seeds[0]
+    )
+    write_text(out / "best.yaml", dump_run_config(best))
+    rows = {"searched": (winner, standalone[pick])}
+    for name in config.baselines:
+        progress.say(f"baseline: {name} at its default size on train, scored on val")
+        rows[name] = ({name: {}}, _train(config, {name: {}}, out / "baselines" / name, progress))
+    progress.say(f"final: {len(rows)} strategies on train+val, seeds {config.retrain.seeds}, test read once each")
+    table = [_final_row(config, name, methods, val_run, out, progress) for name, (methods, val_run) in rows.items()]
+    result = {
+        "command": "run",
+        "dataset": task.name,
+        "backbone": config.backbone.name,
+        "methods": winner,
+        "trainable_params": table[0]["params"],
+        "val_acc": table[0]["val_acc"],
+        "test_acc": table[0]["test_acc"],
+        "test_acc_std": table[0]["test_acc_std"],
+        "seed": config.seed,
+        "seeds": config.retrain.seeds,
+        "epochs": config.retrain.train.epochs,
+        "candidates": len(candidates),
+        "retrained": len(top),
+        "kendall_tau": kendall_tau([c.score for c in top], [r["val_acc"] for r in standalone]),
+        "table": table,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "provenance": provenance(run, task, norm),
+        "status": "completed",
+    }
+    write_text(out / "summary.md", render_table(result))
+    write_json(out / RESULT, result)
+    return result
+
+
+def _prepare(out: Path, resume: bool) -> None:
+    if resume and not (out / "config.yaml").is_file():
+        raise ConfigError(f"--resume: {out} holds no pipeline run (config.yaml missing)")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: already holds a run; choose another --out, or pass --resume to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bool, progress) -> list[Candidate]:
+    """Score candidates; on resume the engine replays with the scores already in candidates.csv."""
+    known = (
+        {s: v for s, v, _ in read_candidates(out / "candidates.csv")}
+        if resume and (out / "candidates.csv").is_file()
+        else {}
+    )
+    found: list[Candidate] = []
+
+    def cached(subnet: SubnetConfig) -> float:
+        return known[subnet] if subnet in known else score(subnet)
+
+    def record(candidate: Candidate) -> None:
+        found.append(candidate)
+        write_candidates(out / "candidates.csv", found, SCORED_BY)
+
+    progress.say(
+        f"search: {stage.engine} on val with inherited weights" + (f", budget {stage.budget:,}" if stage.budget else "")
+    )
+    if stage.engine == "evolution":
+        candidates = evolve(supernet, cached, stage.evolution, stage.budget, record)
+    else:
+        seed = stage.evolution.seed
+        candidates = optuna_search(
+            supernet, cached, stage.engine, stage.trials, stage.pareto, stage.budget, seed, record
+        )
+    if not candidates:
+        raise ConfigError("search: no candidate fits the space and budget")
+    write_candidates(out / "candidates.csv", candidates, SCORED_BY)
+    write_candidates(out / "pareto.csv", pareto_front(candidates), SCORED_BY)
+    return candidates
+
+
+def _train(config: PipelineConfig, methods: dict, out: Path, progress: Any, seed: int | None = None) -> dict:
+    """A standalone run: on train scored on val (no test) when ``seed`` is None, else on train+val
+    with that seed and the test split read once at the end."""
+    final = seed is not None
+    seed = config.seed if seed is None else seed
+    run = RunConfig(config.backbone, config.data, methods, config.retrain.train, final=final, test=final, seed=seed)
+    return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
+
+
+def _final_row(config: PipelineConfig, name: str, methods: dict, val_run: dict, out: Path, progress: Any) -> dict:
+    """Retrain on train+val once per seed, test read once per run; mean and std over seeds."""
+    runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s) for s in config.retrain.seeds]
+    tests = [r["test_acc"] for r in runs if r["status"] == "completed"]
+    return {
+        "name": name,
+        "methods": methods,
+        "params": val_run["trainable_params"],
+        "val_acc": val_run["val_acc"],
+        "test_acc": statistics.mean(tests) if tests else None,
+        "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+        "seeds_completed": len(tests),
+    }
+
+
+def kendall_tau(first: list[float], second: list[float]) -> float | None:
+    """Kendall's tau-b between paired scores, pairs with a missing score dropped (None when fewer
+    than two pairs remain or a list does not vary)."""
+    from scipy.stats import kendalltau
+
+    pairs = [(a, b) for a, b in zip(first, second, strict=True) if a is not None and b is not None]
+    if len(pairs) < 2:
+        return None
+    tau = kendalltau(*zip(*pairs, strict=True)).statistic
+    return None if tau != tau else round(float(tau), 4)
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The comparison table: the searched subnet vs each baseline (params, val, test mean +- std)."""
+    seeds = len(result["seeds"])
+    lines = [
+        f"# autopeft run: {result['dataset']} on {result['backbone']}",
+        "",
+        f"val: trained on train, scored on val. test: retrained on train+val, final epoch, mean +- std over "
+        f"{seeds} seed{'s' if seeds > 1 else ''}. params: trainable, classifier head excluded.",
+        "",
+        "| strategy | params | val % | test % |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in result["table"]:
+        test = "failed" if row["test_acc"] is None else f"{row['test_acc']:.2f} +- {row['test_acc_std']:.2f}"
+        val = "-" if row["val_acc"] is None else f"{row['val_acc']:.2f}"
+        lines.append(f"| {row['name']} | {row['params']:,} | {val} | {test} |")
+    tau = result["kendall_tau"]
+    lines += [
+        "",
+        f"Searched subnet: {_describe(result['methods'])}.",
+        f"{result['candidates']} candidates scored with inherited supernet weights; Kendall tau between inherited "
+        f"and standalone val accuracy over the top {result['retrained']}: "
+        f"{'n/a' if tau is None else f'{tau:.2f}'}. Wall time {result['wall_time_s'] / 60:.1f} min.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _describe(methods: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for name, options in methods.items():
+        size_option = REGISTRY[name].size_option
+        sizes = options.get(size_option) if size_option else None
+        parts.append(name if sizes is None else f"{name} {size_option} {sizes}")
+    return "; ".join(parts)
