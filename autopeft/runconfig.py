@@ -44,6 +44,9 @@ class RunConfig:
     test: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.methods = _parse_methods(self.methods)  # every option spelled out, as saved and reported
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -68,7 +71,7 @@ def _parse(data: Any) -> RunConfig:
         raise ConfigError(f"unknown key '{unknown[0]}'; allowed: {', '.join(keys)}")
     values: dict[str, Any] = {key: parse_options(cls, data[key], key) for key, cls in SECTIONS.items() if key in data}
     if "methods" in data:
-        values["methods"] = _parse_methods(data["methods"])
+        values["methods"] = data["methods"]
     for key, tp in (("final", bool), ("test", bool), ("seed", int)):
         if key in data:
             values[key] = check_type(data[key], tp, key)

@@ -197,6 +197,24 @@ def method_config(space: SearchSpace, subnet: SubnetConfig) -> dict[str, dict[st
     return methods or {"linear": {}}
 
 
+def check_shareable(space: SearchSpace) -> None:
+    """Refuse what one set of shared weights cannot score: training hyperparameters and options
+    that change the module structure (they need a standalone trial per candidate)."""
+    if space.train:
+        raise ConfigError(
+            f"supernet: train {sorted(space.train)} cannot be scored with inherited supernet weights; "
+            f"drop 'train' from the space (standalone trials that search them belong to `autopeft search`)"
+        )
+    for method, spec in space.methods.items():
+        structural = [o for o in spec.search if (method, o) not in RUNTIME_OPTIONS]
+        if structural:
+            raise ConfigError(
+                f"supernet: {method}.search {structural} change the module structure, so one set of shared "
+                f"weights cannot serve every value; fix them under options (standalone trials that search "
+                f"them belong to `autopeft search`)"
+            )
+
+
 class Supernet:
     """Every method of ``space`` attached to ``model`` at its largest size; a subnet activates a part.
 
@@ -205,19 +223,7 @@ class Supernet:
 
     def __init__(self, model: nn.Module, space: SearchSpace) -> None:
         self.model, self.space, self.depth = model, space, len(model.blocks)
-        if space.train:
-            raise ConfigError(
-                f"supernet: train {sorted(space.train)} cannot be scored with inherited supernet weights; "
-                f"search them with the optuna or ray engine, or drop 'train' from the space"
-            )
-        for method, spec in space.methods.items():
-            structural = [o for o in spec.search if (method, o) not in RUNTIME_OPTIONS]
-            if structural:
-                raise ConfigError(
-                    f"supernet: {method}.search {structural} change the module structure, so one set of shared "
-                    f"weights cannot serve every value; fix them under options, or search them with the "
-                    f"optuna or ray engine (each trial trains standalone)"
-                )
+        check_shareable(space)
         methods = {m: {**s.options, REGISTRY[m].size_option: max(s.sizes)} for m, s in space.methods.items()}
         apply(model, methods)
         self.subnet = self.largest()

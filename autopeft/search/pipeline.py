@@ -34,7 +34,7 @@ from autopeft.search.candidates import Candidate, pareto_front, ranked, read_can
 from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
 from autopeft.search.supernet_stage import inherited_score, train_supernet
-from autopeft.supernet import SearchSpace, SubnetConfig, Supernet, method_config, parse_space
+from autopeft.supernet import SearchSpace, SubnetConfig, Supernet, check_shareable, method_config, parse_space
 from autopeft.train import NonFiniteLoss, TrainConfig
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -140,6 +140,7 @@ def run_pipeline(config: PipelineConfig, out: Path, resume: bool = False, progre
     ``progress`` has ``say(message)`` and ``run(label)`` (a display per training run); None is silent.
     """
     start = time.perf_counter()
+    check_shareable(load_space(config.space))  # a bad space fails before anything is written
     _prepare(out, resume)
     try:
         return _pipeline(config, out, resume, progress or _Silent(), start)
@@ -183,17 +184,17 @@ def _pipeline(config: PipelineConfig, out: Path, resume: bool, progress: Any, st
         config.backbone, config.data, winner, config.retrain.train, final=True, seed=config.retrain.seeds[0]
     )
     write_text(out / "best.yaml", dump_run_config(best))
-    rows = {"searched": (winner, standalone[pick])}
+    rows = {"searched": standalone[pick]}
     for name in config.baselines:
         progress.say(f"baseline: {name} at its default size on train, scored on val")
-        rows[name] = ({name: {}}, _train(config, {name: {}}, out / "baselines" / name, progress))
+        rows[name] = _train(config, {name: {}}, out / "baselines" / name, progress)
     progress.say(f"final: {len(rows)} strategies on train+val, seeds {config.retrain.seeds}, test read once each")
-    table = [_final_row(config, name, methods, val_run, out, progress) for name, (methods, val_run) in rows.items()]
+    table = [_final_row(config, name, val_run, out, progress) for name, val_run in rows.items()]
     result = {
         "command": "run",
         "dataset": task.name,
         "backbone": config.backbone.name,
-        "methods": winner,
+        "methods": table[0]["methods"],
         "trainable_params": table[0]["params"],
         "val_acc": table[0]["val_acc"],
         "test_acc": table[0]["test_acc"],
@@ -264,8 +265,10 @@ def _train(config: PipelineConfig, methods: dict, out: Path, progress: Any, seed
     return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
 
 
-def _final_row(config: PipelineConfig, name: str, methods: dict, val_run: dict, out: Path, progress: Any) -> dict:
-    """Retrain on train+val once per seed, test read once per run; mean and std over seeds."""
+def _final_row(config: PipelineConfig, name: str, val_run: dict, out: Path, progress: Any) -> dict:
+    """``val_run``'s methods retrained on train+val once per seed, test read once per run; mean and
+    std over seeds."""
+    methods = val_run["methods"]
     runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s) for s in config.retrain.seeds]
     tests = [r["test_acc"] for r in runs if r["status"] == "completed"]
     return {
