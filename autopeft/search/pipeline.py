@@ -72,7 +72,7 @@ class RetrainStage:
     """Top-k candidates standalone on train (chosen on val); the winner on train+val per seed."""
 
     top_k: int = 8
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=1e-3, warmup_epochs=1))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=3e-3, warmup_epochs=0))
     seeds: list[int] = field(default_factory=lambda: [0, 1])
 
     def __post_init__(self) -> None:
