@@ -77,6 +77,9 @@ def test_run_killed_mid_pipeline_resumes_to_the_same_result(tmp_path):
     first, second = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "killed"))
     assert first["table"] == second["table"] and first["methods"] == second["methods"]
     assert (tmp_path / "whole" / "candidates.csv").read_text() == (out / "candidates.csv").read_text()
+    again = cli("run", str(out / "config.yaml"), "--out", str(out), "--resume", "--set", "seed=1")
+    assert again.returncode == 2 and "differs from the one" in again.stderr
+    assert json.loads((out / "result.json").read_text()) == second
 
 
 def cli_command(*args: str) -> list[str]:

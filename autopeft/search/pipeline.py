@@ -141,7 +141,7 @@ def run_pipeline(config: PipelineConfig, out: Path, resume: bool = False, progre
     """
     start = time.perf_counter()
     check_shareable(load_space(config.space))  # a bad space fails before anything is written
-    _prepare(out, resume)
+    _prepare(out, resume, yaml.safe_dump(asdict(config), sort_keys=False))
     try:
         return _pipeline(config, out, resume, progress or _Silent(), start)
     except RunInterrupted as err:
@@ -161,7 +161,6 @@ class _Silent:
 
 
 def _pipeline(config: PipelineConfig, out: Path, resume: bool, progress: Any, start: float) -> dict[str, Any]:
-    write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
     space = load_space(config.space)
     run = RunConfig(config.backbone, config.data, {"linear": {}}, config.supernet.train, seed=config.seed)
     model, task, norm = build_model(run, with_methods=False)
@@ -215,12 +214,20 @@ def _pipeline(config: PipelineConfig, out: Path, resume: bool, progress: Any, st
     return result
 
 
-def _prepare(out: Path, resume: bool) -> None:
-    if resume and not (out / "config.yaml").is_file():
+def _prepare(out: Path, resume: bool, resolved: str) -> None:
+    """Refuse to overwrite a run, or to resume one with another config; write config.yaml."""
+    saved = out / "config.yaml"
+    if resume and not saved.is_file():
         raise ConfigError(f"--resume: {out} holds no pipeline run (config.yaml missing)")
+    if resume and saved.read_text() != resolved:
+        raise ConfigError(
+            f"--resume: the config differs from the one {out} was started with; resume with that one: "
+            f"autopeft run {saved} --out {out} --resume"
+        )
     if not resume and out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: already holds a run; choose another --out, or pass --resume to continue it")
     out.mkdir(parents=True, exist_ok=True)
+    write_text(saved, resolved)
 
 
 def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bool, progress) -> list[Candidate]:
