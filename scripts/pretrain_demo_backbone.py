@@ -3,6 +3,9 @@
     apt-get install -y dataset-fashion-mnist
     HF_HUB_OFFLINE=1 python scripts/pretrain_demo_backbone.py
 
+``--init FILE`` continues from earlier backbone weights (a new head, a new schedule); the new
+model card then keeps the earlier card under "Initialisation", so every stage of the recipe
+stays written down.
 Writes ``autopeft/assets/<name>.safetensors`` (float16 weights, no head) and its model card
 ``autopeft/assets/<name>.md`` (recipe, epochs, test accuracy, sha256, data licence).
 Grayscale images are padded from 28 to 32 px and repeated to 3 channels, so the
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture
 
@@ -85,6 +88,7 @@ def main() -> None:
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, help="start from these backbone weights (safetensors, no head)")
     parser.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke test)")
     parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "autopeft-pretrain")
     parser.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --work-dir")
@@ -96,6 +100,7 @@ def main() -> None:
     config = DEMO_BACKBONES[args.name]
     mean, std = config["mean"][0], config["std"][0]
     model = build_demo_architecture(args.name, num_classes=10)
+    earlier_card = initialise(model, args.init) if args.init else ""
     train_x, train_y = load_split("train")
     test_x, test_y = load_split("test")
     if args.limit:
@@ -138,7 +143,21 @@ def main() -> None:
         save_atomic(
             {**state, "step": step, "history": history, "epoch": epoch + 1, "seconds": time.time() - start}, checkpoint
         )
-    write_assets(args, model, history, (time.time() - start) / 60)
+    write_assets(args, model, history, (time.time() - start) / 60, earlier_card)
+
+
+def initialise(model: torch.nn.Module, weights: Path) -> str:
+    """Load backbone weights (every tensor but the head must match); return their model card's text."""
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise SystemExit(f"{weights}: does not fit this architecture (missing {missing}, unexpected {unexpected})")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card = weights.with_suffix(".md")
+    earlier = card.read_text() if card.is_file() else "(no model card found beside the weights)\n"
+    return f"\n## Initialisation\n\nStarted from `{weights.name}` (sha256 `{digest}`), whose card was:\n\n" + "\n".join(
+        f"> {line}" if line else ">" for line in earlier.rstrip().splitlines()
+    )
 
 
 def save_atomic(state: dict, path: Path) -> None:
@@ -148,7 +167,9 @@ def save_atomic(state: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_assets(args: argparse.Namespace, model: torch.nn.Module, history: list[dict], minutes: float) -> None:
+def write_assets(
+    args: argparse.Namespace, model: torch.nn.Module, history: list[dict], minutes: float, earlier_card: str
+) -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
     weights = ASSETS / f"{args.name}.safetensors"
     state = {k: v.half().contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
@@ -156,6 +177,9 @@ def write_assets(args: argparse.Namespace, model: torch.nn.Module, history: list
     weights.chmod(0o644)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     config = DEMO_BACKBONES[args.name]
+    start = f"initialised from `{args.init.name}` (see Initialisation)" if args.init else "from scratch"
+    command = f"--epochs {args.epochs} --lr {args.lr} --warmup-epochs {args.warmup_epochs} --seed {args.seed}"
+    command += " --init <the earlier weights> (first regenerate them as their card says)" if args.init else ""
     card = f"""# {args.name}: autopeft's offline demo backbone
 
 A ViT ({config["timm"]["embed_dim"]} wide, {config["timm"]["depth"]} blocks, {config["timm"]["num_heads"]} heads,
@@ -169,15 +193,15 @@ patch {config["timm"]["patch_size"]}, 32 px RGB input) pretrained from scratch o
 - Normalisation (in the backbone's pretrained config): mean {config["mean"]}, std {config["std"]}.
 - Recipe: AdamW lr {args.lr} (linear warm-up {args.warmup_epochs} epoch, cosine decay), weight decay
   {args.weight_decay} (not on norms, biases, position embedding), batch {args.batch_size}, label smoothing
-  {args.label_smoothing}, gradient clipping 1.0, random horizontal flip and +-3 px shift, {args.epochs} epochs,
-  seed {args.seed}, 2 CPU threads; {minutes:.0f} minutes of wall time (on a machine also running other jobs).
+  {args.label_smoothing}, gradient clipping 1.0, random horizontal flip and +-3 px shift, {args.epochs} epochs
+  {start}, seed {args.seed}, 2 CPU threads; {minutes:.0f} minutes of wall time (on a machine also running other jobs).
 - Fashion-MNIST test accuracy after the final epoch: **{history[-1]["test_acc"]:.2f}%** (10,000 test images;
   the final epoch is reported, no selection on the test split).
 
 Per epoch: {json.dumps(history)}
 
-Regenerate: `HF_HUB_OFFLINE=1 python scripts/pretrain_demo_backbone.py --epochs {args.epochs}`.
-"""
+Regenerate: `HF_HUB_OFFLINE=1 python scripts/pretrain_demo_backbone.py {command}`.
+{earlier_card}"""
     (ASSETS / f"{args.name}.md").write_text(card)
     print(f"wrote {weights} ({digest})")
 
