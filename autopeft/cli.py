@@ -72,7 +72,8 @@ def _run(args: argparse.Namespace) -> None:
     from autopeft.search.pipeline import parse_pipeline, run_pipeline
 
     data = read_yaml(args.config) if args.config else {}
-    config = parse_pipeline(apply_overrides(data, args.set), args.config or "the embedded default")
+    base = Path(args.config).resolve().parent if args.config else None
+    config = parse_pipeline(apply_overrides(data, args.set), args.config or "the embedded default", base)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "demo")
     run_pipeline(config, out, resume=args.resume, progress=PipelineProgress())
     print((out / "summary.md").read_text())

@@ -25,6 +25,7 @@ from autopeft.train import (
     NonFiniteLoss,
     Normalization,
     evaluate,
+    evaluate_with_loss,
     make_optimizer,
     make_scheduler,
     resolve_device,
@@ -122,7 +123,7 @@ def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any 
     except NonFiniteLoss as err:
         return _finish(out, {**result, "status": "failed", "reason": str(err)}, err.history, start)
     save_adapter(model, out)
-    result["val_acc"] = history[-1]["val_acc"]
+    result["val_acc"], result["val_loss"] = history[-1]["val_acc"], history[-1]["val_loss"]
     if config.test:
         result["test_acc"] = evaluate(model, task.split("test"), norm, config.train.eval_batch_size)
     return _finish(out, {**result, "status": "completed"}, history, start)
@@ -176,8 +177,14 @@ def fit(
                 raise NonFiniteLoss(str(err), history) from err
             if before_eval is not None:
                 before_eval()
-            val = evaluate(runner, val_split, norm, config.train.eval_batch_size) if val_split is not None else None
-            history.append({"epoch": epoch + 1, **stats, "val_acc": val, "lr": scheduler.get_last_lr()[0]})
+            val, val_loss = (
+                evaluate_with_loss(runner, val_split, norm, config.train.eval_batch_size)
+                if val_split is not None
+                else (None, None)
+            )
+            history.append(
+                {"epoch": epoch + 1, **stats, "val_acc": val, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
+            )
             _save_checkpoint(out, model, optimizer, scheduler, generator, history, time.perf_counter() - start)
             if progress is not None:
                 progress.epoch(history[-1])
@@ -200,6 +207,7 @@ def _base_result(config: RunConfig, task: TaskData, model: torch.nn.Module, norm
         "methods": config.methods,
         "trainable_params": count_trainable(model),
         "val_acc": None,
+        "val_loss": None,
         "test_acc": None,
         "seed": config.seed,
         "epochs": config.train.epochs,

@@ -265,6 +265,20 @@ class Supernet:
     def smallest(self) -> SubnetConfig:
         return self._extreme(min)
 
+    def smallest_nonempty_count(self) -> int:
+        """Trainable parameters of the cheapest subnet that switches at least one method on: the
+        least a parameter budget must allow for a search to have anything to choose."""
+        floor = self.count(self.smallest())
+        if floor > 0:
+            return floor
+        base = {**self._genes(min), **{name: values[0] for name, values in option_genes(self.space).items()}}
+        counts = [
+            self.count(self.from_genes({**base, name: min(v for v in values if v > 0)}))
+            for name, values in size_genes(self.space, self.depth).items()
+            if name != "depth" and any(v > 0 for v in values)
+        ]
+        return min((c for c in counts if c > 0), default=0)
+
     def sandwich(self, rng: random.Random) -> list[SubnetConfig]:
         """The largest, the smallest and one uniformly sampled subnet (the sandwich rule)."""
         return [self.largest(), self.smallest(), self.sample(rng)]
@@ -276,5 +290,8 @@ class Supernet:
 
     def _extreme(self, pick) -> SubnetConfig:
         """Every size gene (and depth) at ``pick`` of its values; searched options at their first value."""
-        sizes = {name: pick(values) for name, values in size_genes(self.space, self.depth).items()}
-        return self.from_genes({**sizes, **{name: values[0] for name, values in option_genes(self.space).items()}})
+        options = {name: values[0] for name, values in option_genes(self.space).items()}
+        return self.from_genes({**self._genes(pick), **options})
+
+    def _genes(self, pick) -> dict[str, int]:
+        return {name: pick(values) for name, values in size_genes(self.space, self.depth).items()}

@@ -20,7 +20,12 @@ CONFIG = {
     "space": {"methods": {"lora": {"sizes": [0, 2, 4]}, "adapter": {"sizes": [0, 4]}, "vpt": {"sizes": [0, 2]}}},
     "supernet": {"train": {"epochs": 2, "batch_size": 200, "lr": 0.01, "warmup_epochs": 0}},
     "search": {"evolution": {"population": 6, "parents": 2, "mutations": 3, "crossovers": 3, "generations": 2}},
-    "retrain": {"top_k": 3, "train": {"epochs": 1, "batch_size": 200, "lr": 0.01, "warmup_epochs": 0}, "seeds": [0, 1]},
+    "retrain": {
+        "top_k": 3,
+        "train": {"epochs": 2, "batch_size": 200, "lr": 0.01, "warmup_epochs": 0},
+        "select_epochs": 1,
+        "seeds": [0, 1],
+    },
     "baselines": ["linear", "lora"],
 }
 
@@ -49,13 +54,22 @@ def test_run_writes_every_file_and_reads_test_only_in_the_final_runs(tmp_path):
         assert {row["subnet"] for row in csv.DictReader(handle)} <= {row["subnet"] for row in candidates}
     selection = results(run / "retrain") + results(run / "baselines")
     assert len(selection) == 3 + 2 and all(r["test_acc"] is None and r["val_acc"] is not None for r in selection)
+    assert {r["epochs"] for r in selection} == {1}  # the short selection schedule
     finals = [json.loads(p.read_text()) for p in (run / "final").glob("*/seed*/result.json")]
     assert len(finals) == 3 * 2 and all(r["test_acc"] is not None and r["val_acc"] is None for r in finals)
+    assert {r["epochs"] for r in finals} == {2}
     searched = [json.loads((run / "final" / "searched" / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
     assert summary["test_acc"] == sum(r["test_acc"] for r in searched) / 2
     best = load_run_config(run / "best.yaml")
     assert best.final and best.methods == summary["methods"] and best.methods == searched[0]["methods"]
-    assert summary["kendall_tau"] is None or -1.0 <= summary["kendall_tau"] <= 1.0
+    assert -1.0 <= summary["kendall_tau"] <= 1.0  # ties on val accuracy are broken by val loss
+    assert set(summary["search_cost_s"]) == {"supernet", "search", "retrain_top_k"}
+    retrain_s = sum(r["wall_time_s"] for r in results(run / "retrain"))
+    assert summary["search_cost_s"]["retrain_top_k"] == round(retrain_s, 2)
+    assert all(seconds > 0 for seconds in summary["search_cost_s"].values())
+    one_run = sum(r["wall_time_s"] for r in searched) / 2
+    assert summary["table"][0]["run_s"] == round(one_run, 2)
+    assert summary["search_cost_ratio"] == round(sum(summary["search_cost_s"].values()) / round(one_run, 2), 2)
     assert "| searched |" in done.stdout and "| linear | 0 |" in done.stdout
 
 
@@ -75,11 +89,16 @@ def test_run_killed_mid_pipeline_resumes_to_the_same_result(tmp_path):
     resumed = cli(*env_cmd, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     first, second = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "killed"))
-    assert first["table"] == second["table"] and first["methods"] == second["methods"]
+    assert untimed(first["table"]) == untimed(second["table"]) and first["methods"] == second["methods"]
     assert (tmp_path / "whole" / "candidates.csv").read_text() == (out / "candidates.csv").read_text()
     again = cli("run", str(out / "config.yaml"), "--out", str(out), "--resume", "--set", "seed=1")
     assert again.returncode == 2 and "differs from the one" in again.stderr
     assert json.loads((out / "result.json").read_text()) == second
+
+
+def untimed(table: list[dict]) -> list[dict]:
+    """A result table without its wall times, which differ between any two runs."""
+    return [{key: value for key, value in row.items() if key != "run_s"} for row in table]
 
 
 def cli_command(*args: str) -> list[str]:
@@ -108,7 +127,38 @@ def test_bad_pipeline_configs_fail_on_one_line(tmp_path):
         ({**CONFIG, "retrain": {"top_k": 0}}, "top_k >= 1"),
         ({**CONFIG, "space": "nonexistent"}, "space: "),
         ({**CONFIG, "space": {"methods": {"lora": {"sizes": [0, 2], "search": {"targets": ["q"]}}}}}, "targets"),
+        ({**CONFIG, "search": {"budget": 10}}, "search.budget: got 10 trainable parameters; allowed: >= 64,"),
+        ({**CONFIG, "backbone": {"name": "resnet18", "pretrained": False}}, "needs a timm VisionTransformer"),
     ]:
         result = cli("run", str(write(tmp_path, config)), "--out", str(tmp_path / "never"))
         assert result.returncode == 2, (problem, result.stderr)
         assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (tmp_path / "never").exists()
+
+
+def test_a_relative_space_path_resolves_against_the_config_file(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "tiny_space.yaml").write_text("methods: {lora: {sizes: [0, 2]}, ssf: {sizes: [0, 1]}}\n")
+    retrain = {**CONFIG["retrain"], "top_k": 2, "seeds": [0], "final_baselines": "best"}
+    config = {**CONFIG, "space": "tiny_space.yaml", "retrain": retrain}
+    done = cli("run", str(write(folder, config)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    baselines = {
+        name: json.loads((tmp_path / "run" / "baselines" / name / "result.json").read_text())
+        for name in ["linear", "lora"]
+    }
+    best = max(baselines, key=lambda name: (baselines[name]["val_acc"], -baselines[name]["val_loss"]))
+    assert sorted(p.name for p in (tmp_path / "run" / "final").iterdir()) == sorted(["searched", best])
+    assert [(r["name"], r["seeds_run"]) for r in summary["table"]] == [
+        ("searched", 1),
+        ("linear", int(best == "linear")),
+        ("lora", int(best == "lora")),
+    ]
+    assert "not run (not best on val)" in done.stdout
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["space"] == str(folder / "tiny_space.yaml")
+    with (tmp_path / "run" / "candidates.csv").open() as handle:
+        methods = {name for row in csv.DictReader(handle) for name in json.loads(row["subnet"])["sizes"]}
+    assert methods == {"lora", "ssf"}

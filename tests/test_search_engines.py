@@ -37,8 +37,8 @@ def test_unknown_sampler_is_named():
         optuna_search(supernet(), closeness, "cmaes", trials=1)
 
 
-def candidate(score: float, params: int, round_: int = 0) -> Candidate:
-    return Candidate(SubnetConfig.of({"lora": [params]}), (), params, score, round_)
+def candidate(score: float, params: int, round_: int = 0, loss: float = float("nan")) -> Candidate:
+    return Candidate(SubnetConfig.of({"lora": [params]}), (), params, score, round_, loss)
 
 
 def test_pareto_front_keeps_exactly_the_non_dominated():
@@ -47,12 +47,16 @@ def test_pareto_front_keeps_exactly_the_non_dominated():
     assert [(c.score, c.params) for c in ranked(points)][:3] == [(95, 400), (90, 100), (90, 200)]
 
 
+def test_ties_on_accuracy_go_to_the_lower_val_loss_then_to_fewer_parameters():
+    points = [candidate(90, 100, loss=0.7), candidate(90, 300, loss=0.4), candidate(90, 200, loss=0.4)]
+    assert [c.params for c in ranked(points)] == [200, 300, 100]
+
+
 def test_candidates_file_round_trips(tmp_path):
     net = supernet()
     found = optuna_search(net, closeness, "random", trials=6, seed=1)
     write_candidates(tmp_path / "candidates.csv", found, "val, inherited supernet weights")
     rows = read_candidates(tmp_path / "candidates.csv")
-    assert [(s, p) for s, _, p in rows] == [(c.subnet, c.params) for c in ranked(found)]
-    assert [score for _, score, _ in rows] == [round(c.score, 4) for c in ranked(found)]
+    assert rows == {c.subnet: (round(c.score, 4), 0.0) for c in found}
     header = (tmp_path / "candidates.csv").read_text().splitlines()[0]
-    assert header == "rank,round,score,params,scored_by,subnet"
+    assert header == "rank,round,score,loss,params,scored_by,subnet"

@@ -35,12 +35,14 @@ def trainable(supernet: Supernet) -> dict[str, torch.Tensor]:
 def test_training_updates_every_method_and_val_is_the_largest_subnets(tmp_path):
     supernet, task, norm, config = setup()
     before = trainable(supernet)
-    history = train_supernet(supernet, task, norm, config, tmp_path)
+    history, seconds = train_supernet(supernet, task, norm, config, tmp_path)
     after = trainable(supernet)
     assert [name for name in before if torch.equal(before[name], after[name])] == []
     assert [h["epoch"] for h in history] == [1, 2]
     assert supernet.subnet == supernet.largest()
-    assert history[-1]["val_acc"] == inherited_score(supernet, task, norm)(supernet.largest())
+    scored = inherited_score(supernet, task, norm)(supernet.largest())
+    assert (history[-1]["val_acc"], history[-1]["val_loss"]) == scored
+    assert 0 < seconds < 600
 
 
 def test_resumed_training_ends_with_the_same_weights(tmp_path):

@@ -5,26 +5,29 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from autopeft.files import write_text
 from autopeft.supernet import Scalar, SubnetConfig
 
-COLUMNS = ("rank", "round", "score", "params", "scored_by", "subnet")
+COLUMNS = ("rank", "round", "score", "loss", "params", "scored_by", "subnet")
+Scorer = Callable[[SubnetConfig], tuple[float, float]]  # subnet -> (val accuracy %, val loss)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A scored subnet: its genes, trainable parameters (head excluded), val score and the
-    search round that produced it (evolution generation or Optuna trial number)."""
+    """A scored subnet: its genes, trainable parameters (head excluded), val score, the search
+    round that produced it (evolution generation or Optuna trial number) and its val loss."""
 
     subnet: SubnetConfig
     genes: tuple[tuple[str, Scalar], ...]
     params: int
     score: float
     round: int
+    loss: float = math.nan
 
 
 def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
@@ -37,8 +40,8 @@ def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
 
 
 def ranked(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Best score first; ties go to fewer parameters, then to the earlier round."""
-    return sorted(candidates, key=lambda c: (-c.score, c.params, c.round))
+    """Best score first; ties go to the lower val loss, then to fewer parameters, then to the earlier round."""
+    return sorted(candidates, key=lambda c: (-c.score, math.inf if math.isnan(c.loss) else c.loss, c.params, c.round))
 
 
 def write_candidates(path: Path, candidates: Iterable[Candidate], scored_by: str) -> None:
@@ -48,12 +51,12 @@ def write_candidates(path: Path, candidates: Iterable[Candidate], scored_by: str
     writer.writerow(COLUMNS)
     for rank, c in enumerate(ranked(candidates), 1):
         subnet = json.dumps(c.subnet.to_dict(), separators=(",", ":"))
-        writer.writerow([rank, c.round, f"{c.score:.4f}", c.params, scored_by, subnet])
+        writer.writerow([rank, c.round, f"{c.score:.4f}", f"{c.loss:.6f}", c.params, scored_by, subnet])
     write_text(path, buffer.getvalue())
 
 
-def read_candidates(path: Path) -> list[tuple[SubnetConfig, float, int]]:
-    """``(subnet, score, params)`` per row of a file written by ``write_candidates``, best first."""
+def read_candidates(path: Path) -> dict[SubnetConfig, tuple[float, float]]:
+    """``subnet -> (score, loss)`` for every row of a file written by ``write_candidates``."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return [(SubnetConfig.from_dict(json.loads(r["subnet"])), float(r["score"]), int(r["params"])) for r in rows]
+    return {SubnetConfig.from_dict(json.loads(r["subnet"])): (float(r["score"]), float(r["loss"])) for r in rows}

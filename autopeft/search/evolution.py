@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autopeft.errors import ConfigError
-from autopeft.search.candidates import Candidate, ranked
+from autopeft.search.candidates import Candidate, Scorer, ranked
 from autopeft.supernet import SubnetConfig, Supernet, option_genes, size_genes
 
 Genes = dict[str, object]
@@ -21,7 +21,8 @@ Genes = dict[str, object]
 
 @dataclass
 class EvolutionConfig:
-    """Population size, parents kept, children per generation, generations, per-gene mutation rate."""
+    """Population size, parents kept, children per generation, generations, per-gene mutation rate.
+    (The seed is the search stage's, given to ``evolve``.)"""
 
     population: int = 50
     parents: int = 10
@@ -29,7 +30,6 @@ class EvolutionConfig:
     crossovers: int = 25
     generations: int = 20
     mutation_prob: float = 0.1
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.parents <= self.population:
@@ -40,13 +40,14 @@ class EvolutionConfig:
 
 def evolve(
     supernet: Supernet,
-    score: Callable[[SubnetConfig], float],
+    score: Scorer,
     config: EvolutionConfig,
     budget: int | None = None,
     on_candidate: Callable[[Candidate], None] | None = None,
+    seed: int = 0,
 ) -> list[Candidate]:
     """Every candidate scored, in order; ``budget`` caps trainable parameters (head excluded)."""
-    search = _Evolution(supernet, score, config, budget, on_candidate)
+    search = _Evolution(supernet, score, config, budget, on_candidate, seed)
     population = search.initial()
     for generation in range(1, config.generations):
         parents = ranked(population)[: config.parents]
@@ -55,10 +56,10 @@ def evolve(
 
 
 class _Evolution:
-    def __init__(self, supernet, score, config, budget, on_candidate) -> None:
+    def __init__(self, supernet, score, config, budget, on_candidate, seed) -> None:
         self.supernet, self.score_fn, self.config, self.budget = supernet, score, config, budget
         self.on_candidate = on_candidate
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(seed)
         self.sizes = size_genes(supernet.space, supernet.depth)
         self.choices = {**self.sizes, **option_genes(supernet.space)}
         self.seen: set[SubnetConfig] = set()
@@ -104,7 +105,8 @@ class _Evolution:
         if subnet in self.seen:
             return []
         self.seen.add(subnet)
-        candidate = Candidate(subnet, tuple(sorted(genes.items())), params, self.score_fn(subnet), generation)
+        accuracy, loss = self.score_fn(subnet)
+        candidate = Candidate(subnet, tuple(sorted(genes.items())), params, accuracy, generation, loss)
         self.scored.append(candidate)
         if self.on_candidate is not None:
             self.on_candidate(candidate)

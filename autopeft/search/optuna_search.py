@@ -12,7 +12,7 @@ from collections.abc import Callable
 import optuna
 
 from autopeft.errors import ConfigError
-from autopeft.search.candidates import Candidate
+from autopeft.search.candidates import Candidate, Scorer
 from autopeft.supernet import SubnetConfig, Supernet, suggest
 
 SAMPLERS = {
@@ -32,7 +32,7 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def optuna_search(
     supernet: Supernet,
-    score: Callable[[SubnetConfig], float],
+    score: Scorer,
     sampler: str = "tpe",
     trials: int = 100,
     pareto: bool = True,
@@ -55,9 +55,9 @@ def optuna_search(
         if over > 0:
             raise optuna.TrialPruned(f"{params:,} trainable parameters, over the budget of {budget:,}")
         if subnet not in scores:
-            scores[subnet] = score(subnet)
+            scores[subnet], loss = score(subnet)
             candidates.append(
-                Candidate(subnet, tuple(sorted(trial.params.items())), params, scores[subnet], trial.number)
+                Candidate(subnet, tuple(sorted(trial.params.items())), params, scores[subnet], trial.number, loss)
             )
             if on_candidate is not None:
                 on_candidate(candidates[-1])

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from autopeft.config import parse_options
-from autopeft.data import DataConfig
+from autopeft.data import DataConfig, TaskData
 from autopeft.errors import AutopeftError, ConfigError
 from autopeft.files import write_json, write_text
 from autopeft.methods import REGISTRY
@@ -35,7 +35,7 @@ from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
 from autopeft.search.supernet_stage import inherited_score, train_supernet
 from autopeft.supernet import SearchSpace, SubnetConfig, Supernet, check_shareable, method_config, parse_space
-from autopeft.train import NonFiniteLoss, TrainConfig
+from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 ENGINES = ("evolution", *SAMPLERS)
@@ -61,6 +61,7 @@ class SearchStage:
     trials: int = 64  # Optuna engines
     pareto: bool = True  # Optuna engines: val accuracy up and trainable parameters down
     budget: int | None = None  # most trainable parameters (head excluded) a candidate may have
+    seed: int = 0  # the engine's random state (evolution or Optuna sampler)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -69,15 +70,29 @@ class SearchStage:
 
 @dataclass
 class RetrainStage:
-    """Top-k candidates standalone on train (chosen on val); the winner on train+val per seed."""
+    """Top-k candidates standalone on train for ``select_epochs`` (a short proxy of ``train``'s
+    schedule), chosen on val; the winner on train+val per seed with the full ``train`` schedule."""
 
     top_k: int = 8
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=3e-3, warmup_epochs=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=3e-3, warmup_epochs=0))
+    select_epochs: int | None = 1  # None: the full train.epochs
     seeds: list[int] = field(default_factory=lambda: [0, 1])
+    final_baselines: Literal["all", "best"] = "all"  # best: only the best baseline on val gets final runs
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or not self.seeds:
             raise ConfigError(f"retrain: need top_k >= 1 and at least one seed, got {self.top_k} and {self.seeds}")
+        if self.select_epochs is not None and self.select_epochs < 1:
+            raise ConfigError(
+                f"retrain.select_epochs: got {self.select_epochs}; allowed: >= 1, or null for train.epochs"
+            )
+
+    def select_train(self) -> TrainConfig:
+        """The schedule of the selection runs: ``train`` cut to ``select_epochs`` (warm-up included)."""
+        if self.select_epochs is None:
+            return self.train
+        epochs = self.select_epochs
+        return replace(self.train, epochs=epochs, warmup_epochs=min(self.train.warmup_epochs, epochs - 1))
 
 
 @dataclass
@@ -102,11 +117,15 @@ class PipelineConfig:
 STAGES = ("supernet", "search", "retrain")  # given keys override the demo defaults one by one
 
 
-def parse_pipeline(data: Any, where: str) -> PipelineConfig:
-    """A PipelineConfig from a mapping; every error names ``where`` and the key."""
+def parse_pipeline(data: Any, where: str, base: Path | None = None) -> PipelineConfig:
+    """A PipelineConfig from a mapping; every error names ``where`` and the key. A relative
+    ``space`` YAML path resolves against ``base`` (the config file's folder)."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(PipelineConfig.__dataclass_fields__)}")
+    space = data.get("space")
+    if base is not None and isinstance(space, str) and space.endswith((".yaml", ".yml")):
+        data = {**data, "space": str(base / space)}  # an absolute path stays as it is
     defaults = asdict(PipelineConfig())
     merged = {**data, **{k: _merge(defaults[k], data[k]) for k in STAGES if isinstance(data.get(k), dict)}}
     try:
@@ -140,10 +159,10 @@ def run_pipeline(config: PipelineConfig, out: Path, resume: bool = False, progre
     ``progress`` has ``say(message)`` and ``run(label)`` (a display per training run); None is silent.
     """
     start = time.perf_counter()
-    check_shareable(load_space(config.space))  # a bad space fails before anything is written
+    built = _build(config)  # a bad space, backbone or budget fails before anything is written
     _prepare(out, resume, yaml.safe_dump(asdict(config), sort_keys=False))
     try:
-        return _pipeline(config, out, resume, progress or _Silent(), start)
+        return _pipeline(config, built, out, resume, progress or _Silent(), start)
     except RunInterrupted as err:
         raise RunInterrupted(
             f"interrupted; finished stages are saved in {out}: continue with "
@@ -160,24 +179,54 @@ class _Silent:
         return None
 
 
-def _pipeline(config: PipelineConfig, out: Path, resume: bool, progress: Any, start: float) -> dict[str, Any]:
+@dataclass
+class _Built:
+    """What ``_build`` checked and made: the supernet's run config, the supernet, the task, its normalisation."""
+
+    run: RunConfig
+    supernet: Supernet
+    task: TaskData
+    norm: Normalization
+
+
+def _build(config: PipelineConfig) -> _Built:
+    """The supernet on its backbone and the task, with the space and budget checked against them."""
     space = load_space(config.space)
+    check_shareable(space)
     run = RunConfig(config.backbone, config.data, {"linear": {}}, config.supernet.train, seed=config.seed)
     model, task, norm = build_model(run, with_methods=False)
     supernet = Supernet(model, space)
+    budget, least = config.search.budget, supernet.smallest_nonempty_count()
+    if budget is not None and budget < least:
+        raise ConfigError(
+            f"search.budget: got {budget:,} trainable parameters; allowed: >= {least:,}, the smallest subnet "
+            f"of this space that switches a method on"
+        )
+    return _Built(run, supernet, task, norm)
+
+
+def _pipeline(
+    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: Any, start: float
+) -> dict[str, Any]:
+    run, supernet, task, norm = built.run, built.supernet, built.task, built.norm
+    space = supernet.space
     largest = supernet.count(supernet.largest())
     progress.say(f"supernet: {len(space.methods)} methods in {supernet.depth} blocks, {largest:,} parameters at most")
     supernet_dir = out / "supernet"
     resumed = (supernet_dir / CHECKPOINT).is_file()
-    train_supernet(supernet, task, norm, run, supernet_dir, config.supernet.sampling, resumed, progress.run("supernet"))
+    bar = progress.run("supernet")
+    _, supernet_s = train_supernet(supernet, task, norm, run, supernet_dir, config.supernet.sampling, resumed, bar)
+    search_start = time.perf_counter()
     candidates = _search(config.search, supernet, inherited_score(supernet, task, norm), out, resume, progress)
+    search_s = time.perf_counter() - search_start
     top = ranked(candidates)[: config.retrain.top_k]
     progress.say(f"retrain: the top {len(top)} of {len(candidates)} candidates standalone on train, chosen on val")
     standalone = [
         _train(config, method_config(space, c.subnet), out / "retrain" / f"{i:02d}", progress)
         for i, c in enumerate(top, 1)
     ]
-    pick = max(range(len(top)), key=lambda i: (standalone[i]["val_acc"] or -1.0, -top[i].params, -i))
+    order = standalone_order(standalone)
+    pick = order[-1]
     winner = method_config(space, top[pick].subnet)
     best = RunConfig(
         config.backbone, config.data, winner, config.retrain.train, final=True, seed=config.retrain.seeds[0]
@@ -187,8 +236,14 @@ def _pipeline(config: PipelineConfig, out: Path, resume: bool, progress: Any, st
     for name in config.baselines:
         progress.say(f"baseline: {name} at its default size on train, scored on val")
         rows[name] = _train(config, {name: {}}, out / "baselines" / name, progress)
-    progress.say(f"final: {len(rows)} strategies on train+val, seeds {config.retrain.seeds}, test read once each")
-    table = [_final_row(config, name, val_run, out, progress) for name, val_run in rows.items()]
+    finalists = _finalists(rows, config.retrain.final_baselines)
+    progress.say(f"final: {', '.join(finalists)} on train+val, seeds {config.retrain.seeds}, test read once each")
+    table = [_final_row(config, name, val_run, out, progress, name in finalists) for name, val_run in rows.items()]
+    cost = {
+        "supernet": round(supernet_s, 2),
+        "search": round(search_s, 2),
+        "retrain_top_k": round(sum(r["wall_time_s"] for r in standalone), 2),
+    }
     result = {
         "command": "run",
         "dataset": task.name,
@@ -201,9 +256,12 @@ def _pipeline(config: PipelineConfig, out: Path, resume: bool, progress: Any, st
         "seed": config.seed,
         "seeds": config.retrain.seeds,
         "epochs": config.retrain.train.epochs,
+        "select_epochs": config.retrain.select_train().epochs,
         "candidates": len(candidates),
         "retrained": len(top),
-        "kendall_tau": kendall_tau([c.score for c in top], [r["val_acc"] for r in standalone]),
+        "kendall_tau": kendall_tau(list(range(len(top), 0, -1)), _positions(order, standalone)),
+        "search_cost_s": cost,
+        "search_cost_ratio": round(sum(cost.values()) / table[0]["run_s"], 2),
         "table": table,
         "wall_time_s": round(time.perf_counter() - start, 2),
         "provenance": provenance(run, task, norm),
@@ -232,14 +290,10 @@ def _prepare(out: Path, resume: bool, resolved: str) -> None:
 
 def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bool, progress) -> list[Candidate]:
     """Score candidates; on resume the engine replays with the scores already in candidates.csv."""
-    known = (
-        {s: v for s, v, _ in read_candidates(out / "candidates.csv")}
-        if resume and (out / "candidates.csv").is_file()
-        else {}
-    )
+    known = read_candidates(out / "candidates.csv") if resume and (out / "candidates.csv").is_file() else {}
     found: list[Candidate] = []
 
-    def cached(subnet: SubnetConfig) -> float:
+    def cached(subnet: SubnetConfig) -> tuple[float, float]:
         return known[subnet] if subnet in known else score(subnet)
 
     def record(candidate: Candidate) -> None:
@@ -250,11 +304,10 @@ def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bo
         f"search: {stage.engine} on val with inherited weights" + (f", budget {stage.budget:,}" if stage.budget else "")
     )
     if stage.engine == "evolution":
-        candidates = evolve(supernet, cached, stage.evolution, stage.budget, record)
+        candidates = evolve(supernet, cached, stage.evolution, stage.budget, record, stage.seed)
     else:
-        seed = stage.evolution.seed
         candidates = optuna_search(
-            supernet, cached, stage.engine, stage.trials, stage.pareto, stage.budget, seed, record
+            supernet, cached, stage.engine, stage.trials, stage.pareto, stage.budget, stage.seed, record
         )
     if not candidates:
         raise ConfigError("search: no candidate fits the space and budget")
@@ -268,15 +321,26 @@ def _train(config: PipelineConfig, methods: dict, out: Path, progress: Any, seed
     with that seed and the test split read once at the end."""
     final = seed is not None
     seed = config.seed if seed is None else seed
-    run = RunConfig(config.backbone, config.data, methods, config.retrain.train, final=final, test=final, seed=seed)
+    train = config.retrain.train if final else config.retrain.select_train()
+    run = RunConfig(config.backbone, config.data, methods, train, final=final, test=final, seed=seed)
     return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
 
 
-def _final_row(config: PipelineConfig, name: str, val_run: dict, out: Path, progress: Any) -> dict:
-    """``val_run``'s methods retrained on train+val once per seed, test read once per run; mean and
-    std over seeds."""
+def _finalists(rows: dict[str, dict], which: str) -> list[str]:
+    """The searched subnet and every baseline (``all``) or the baseline best on val (``best``)."""
+    baselines = [name for name in rows if name != "searched"]
+    if which == "best" and baselines:
+        order = standalone_order([rows[name] for name in baselines])
+        baselines = [baselines[order[-1]]]
+    return ["searched", *baselines]
+
+
+def _final_row(config: PipelineConfig, name: str, val_run: dict, out: Path, progress: Any, final: bool) -> dict:
+    """``val_run``'s methods retrained on train+val once per seed (when ``final``), test read once
+    per run; mean and std over seeds."""
     methods = val_run["methods"]
-    runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s) for s in config.retrain.seeds]
+    seeds = config.retrain.seeds if final else []
+    runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s) for s in seeds]
     tests = [r["test_acc"] for r in runs if r["status"] == "completed"]
     return {
         "name": name,
@@ -285,11 +349,29 @@ def _final_row(config: PipelineConfig, name: str, val_run: dict, out: Path, prog
         "val_acc": val_run["val_acc"],
         "test_acc": statistics.mean(tests) if tests else None,
         "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+        "seeds_run": len(runs),
         "seeds_completed": len(tests),
+        "run_s": round(statistics.mean(r["wall_time_s"] for r in runs), 2) if runs else None,
     }
 
 
-def kendall_tau(first: list[float], second: list[float]) -> float | None:
+def standalone_order(runs: list[dict[str, Any]]) -> list[int]:
+    """Indices of ``runs`` from worst to best by val accuracy, ties broken by lower val loss and
+    then by the earlier index (the better inherited rank); a failed run counts as worst."""
+
+    def key(i: int) -> tuple[float, float, int]:
+        acc, loss = runs[i]["val_acc"], runs[i].get("val_loss")
+        return (-1.0 if acc is None else acc, -(loss if loss is not None else float("inf")), -i)
+
+    return sorted(range(len(runs)), key=key)
+
+
+def _positions(order: list[int], runs: list[dict[str, Any]]) -> list[int | None]:
+    """Each run's position in ``order`` (higher = better); None for a failed run."""
+    return [order.index(i) if run["val_acc"] is not None else None for i, run in enumerate(runs)]
+
+
+def kendall_tau(first: list[float], second: list[float | None]) -> float | None:
     """Kendall's tau-b between paired scores, pairs with a missing score dropped (None when fewer
     than two pairs remain or a list does not vary)."""
     from scipy.stats import kendalltau
@@ -307,23 +389,30 @@ def render_table(result: dict[str, Any]) -> str:
     lines = [
         f"# autopeft run: {result['dataset']} on {result['backbone']}",
         "",
-        f"val: trained on train, scored on val. test: retrained on train+val, final epoch, mean +- std over "
-        f"{seeds} seed{'s' if seeds > 1 else ''}. params: trainable, classifier head excluded.",
+        f"val: trained on train for {result['select_epochs']} epoch{'s' if result['select_epochs'] > 1 else ''} "
+        f"(the selection schedule), scored on val. test: retrained on train+val for {result['epochs']} epochs, "
+        f"final epoch, mean +- std over {seeds} seed{'s' if seeds > 1 else ''}. params: trainable, classifier head "
+        "excluded.",
         "",
         "| strategy | params | val % | test % |",
         "|---|---:|---:|---:|",
     ]
     for row in result["table"]:
-        test = "failed" if row["test_acc"] is None else f"{row['test_acc']:.2f} +- {row['test_acc_std']:.2f}"
+        test = f"{row['test_acc']:.2f} +- {row['test_acc_std']:.2f}" if row["test_acc"] is not None else "failed"
+        test = test if row["seeds_run"] else "not run (not best on val)"
         val = "-" if row["val_acc"] is None else f"{row['val_acc']:.2f}"
         lines.append(f"| {row['name']} | {row['params']:,} | {val} | {test} |")
-    tau = result["kendall_tau"]
+    tau, cost = result["kendall_tau"], result["search_cost_s"]
     lines += [
         "",
         f"Searched subnet: {_describe(result['methods'])}.",
-        f"{result['candidates']} candidates scored with inherited supernet weights; Kendall tau between inherited "
-        f"and standalone val accuracy over the top {result['retrained']}: "
-        f"{'n/a' if tau is None else f'{tau:.2f}'}. Wall time {result['wall_time_s'] / 60:.1f} min.",
+        f"{result['candidates']} candidates scored with inherited supernet weights; Kendall tau between the "
+        f"inherited and the standalone val ranking (accuracy, ties by val loss) of the top {result['retrained']}: "
+        f"{'n/a' if tau is None else f'{tau:.2f}'}.",
+        f"Search cost: supernet {cost['supernet']:.0f} s + search {cost['search']:.0f} s + top-{result['retrained']} "
+        f"selection runs {cost['retrain_top_k']:.0f} s = {result['search_cost_ratio']:.1f}x one final training run "
+        f"of the searched subnet ({result['table'][0]['run_s']:.0f} s). "
+        f"Wall time {result['wall_time_s'] / 60:.1f} min.",
         "",
     ]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from autopeft.data import TaskData
 from autopeft.runconfig import RunConfig
 from autopeft.runs import fit
 from autopeft.supernet import SubnetConfig, Supernet
-from autopeft.train import Normalization, evaluate
+from autopeft.train import Normalization, evaluate_with_loss
 
 Sampling = Literal["uniform", "sandwich"]
 
@@ -43,10 +44,11 @@ def train_supernet(
     rule: Sampling = "uniform",
     resume: bool = False,
     progress: Any = None,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], float]:
     """Train every method's shared weights on the train split; val accuracy per epoch is the
-    largest subnet's. Checkpoints (trainable weights only) go to ``out`` after every epoch."""
-    history, _ = fit(
+    largest subnet's. Checkpoints (trainable weights only) go to ``out`` after every epoch.
+    Returns the per-epoch history and the training time in seconds (across resumes)."""
+    history, start = fit(
         supernet.model,
         task,
         norm,
@@ -57,15 +59,15 @@ def train_supernet(
         before_step=step_sampler(supernet, rule, config.seed),
         before_eval=lambda: supernet.set_subnet(supernet.largest()),
     )
-    return history
+    return history, time.perf_counter() - start
 
 
 def inherited_score(supernet: Supernet, task: TaskData, norm: Normalization, batch_size: int = 256):
-    """``score(subnet)``: val accuracy (%) of ``subnet`` with the supernet's trained weights."""
+    """``score(subnet)``: val accuracy (%) and loss of ``subnet`` with the supernet's trained weights."""
     val = task.split("val")
 
-    def score(subnet: SubnetConfig) -> float:
+    def score(subnet: SubnetConfig) -> tuple[float, float]:
         supernet.set_subnet(subnet)
-        return evaluate(supernet.model, val, norm, batch_size)
+        return evaluate_with_loss(supernet.model, val, norm, batch_size)
 
     return score
