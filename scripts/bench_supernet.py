@@ -1,6 +1,6 @@
 """Supernet train step vs the same subnet built standalone, and the search cost of a pipeline run.
 
-    HF_HUB_OFFLINE=1 python scripts/bench_supernet.py --run runs/demo   # writes results/bench/supernet.json
+    HF_HUB_OFFLINE=1 python scripts/bench_supernet.py        # writes results/bench/supernet.json
 
 Step: the demo space (all five methods at their largest size in every block) on the demo
 backbone architecture, ``digits`` at 32 px, batch 64, AdamW over every trainable tensor, 2
@@ -9,9 +9,11 @@ active and a standalone model built from the same subnet's config (``autopeft.ap
 turns, one step each, ``--steps`` times after 3 warm-up steps; the ratio of their median step
 times is reported per subnet and as the median over subnets.
 
-Search cost: read from the ``result.json`` of a finished ``autopeft run`` (``--run``): supernet
-training + candidate search + top-k selection runs, over the mean wall time of one final
-training run of the searched subnet, all timed inside that run.
+Search cost: an ``autopeft run`` on ``digits`` (demo space and search) whose supernet trains on
+the same schedule as the final standalone run (10 epochs each), top 8 selected with 1-epoch
+runs, one seed, no baselines; its ``search_cost_ratio`` is supernet training + candidate
+search + selection runs over the wall time of that one final run, all timed inside the run
+(``--run``, reused if it has finished).
 """
 
 from __future__ import annotations
@@ -31,12 +33,19 @@ import autopeft
 from autopeft.backbones import build_demo_architecture
 from autopeft.data import DataConfig, load_task
 from autopeft.data.transforms import input_config, normalize
-from autopeft.search.pipeline import load_space
+from autopeft.progress import PipelineProgress
+from autopeft.search.pipeline import load_space, parse_pipeline, run_pipeline
 from autopeft.supernet import Supernet, method_config
 from autopeft.train import TrainConfig, make_optimizer
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "bench" / "supernet.json"
-COMMAND = "HF_HUB_OFFLINE=1 python scripts/bench_supernet.py --run runs/demo"
+COMMAND = "HF_HUB_OFFLINE=1 python scripts/bench_supernet.py"
+SAME_SCHEDULE = {
+    "data": {"name": "digits"},
+    "supernet": {"train": {"epochs": 10, "lr": 2e-3, "warmup_epochs": 1}},
+    "retrain": {"train": {"epochs": 10, "lr": 3e-3, "warmup_epochs": 1}, "select_epochs": 1, "seeds": [0]},
+    "baselines": [],
+}
 
 
 def stepper(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
@@ -90,10 +99,14 @@ def step_ratios(subnets: int, steps: int, batch: int) -> list[dict]:
 
 
 def search_cost(run: Path) -> dict:
+    if not (run / "result.json").is_file():
+        config = parse_pipeline(SAME_SCHEDULE, "bench_supernet")
+        run_pipeline(config, run, resume=(run / "config.yaml").is_file(), progress=PipelineProgress())
     result = json.loads((run / "result.json").read_text())
     cost = result["search_cost_s"]
     return {
         "run": str(run),
+        "config": SAME_SCHEDULE,
         "dataset": result["dataset"],
         "seconds": cost,
         "one_final_run_s": result["table"][0]["run_s"],
@@ -104,7 +117,7 @@ def search_cost(run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a finished `autopeft run` directory")
+    parser.add_argument("--run", type=Path, default=Path("runs/bench_search_cost"))
     parser.add_argument("--subnets", type=int, default=8)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch", type=int, default=64)

@@ -50,7 +50,7 @@ def cell(results: dict, task: str, method: str, init: str) -> tuple[float, float
     return result["test_acc"], float(best.rsplit("-lr", 1)[1])
 
 
-def render(results: dict, epochs: int) -> str:
+def render(results: dict, epochs: int, threads: int) -> str:
     columns = [(method, init) for method in PROTOCOLS for init in INITS]
     header = "| task | " + " | ".join(f"{m} probe, {i}" if m == "linear" else f"{m} FT, {i}" for m, i in columns)
     lines = [header + " |", "|---" * (len(columns) + 1) + "|"]
@@ -81,7 +81,7 @@ def render(results: dict, epochs: int) -> str:
             *lines,
             "",
             f"Regenerate: `{COMMAND}` ({len(results)} runs, {wall:.0f} min of training on "
-            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads).",
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads).",
             "",
         ]
     )
@@ -90,11 +90,12 @@ def render(results: dict, epochs: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=runs_folder("demo_backbone"))
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results = run_all(grid(args.epochs), args.runs)
-    OUT.write_text(render(results, args.epochs))
+    OUT.write_text(render(results, args.epochs, args.threads))
     print(f"wrote {OUT}")
 
 
