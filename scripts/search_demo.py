@@ -2,7 +2,8 @@
 
     HF_HUB_OFFLINE=1 python scripts/search_demo.py       # writes results/search_demo.md
 
-Per task, ``autopeft run`` with the embedded demo defaults except: final runs with seeds 0, 1, 2;
+Per task, ``autopeft run`` with the embedded demo defaults except: final runs of 5 epochs (the
+demo's 3, lengthened) with seeds 0, 1, 2;
 a parameter budget equal to the largest single-method baseline at its default size, so that
 the search competes at a comparable cost; and final runs only for the searched subnet and the
 single method best on val (``retrain.final_baselines: best``). Everything is selected on val;
@@ -43,7 +44,8 @@ def run_task(task: str, root: Path, cap: int) -> dict:
     out = root / task
     if (out / "result.json").is_file():
         return json.loads((out / "result.json").read_text())
-    data = {"data": {"name": task}, "search": {"budget": cap}, "retrain": {"seeds": SEEDS, "final_baselines": "best"}}
+    retrain = {"train": {"epochs": 5}, "seeds": SEEDS, "final_baselines": "best"}
+    data = {"data": {"name": task}, "search": {"budget": cap}, "retrain": retrain}
     config = parse_pipeline(data, f"search_demo {task}")
     return run_pipeline(config, out, resume=(out / "config.yaml").is_file(), progress=PipelineProgress())
 

@@ -74,7 +74,7 @@ class RetrainStage:
     schedule), chosen on val; the winner on train+val per seed with the full ``train`` schedule."""
 
     top_k: int = 8
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=3e-3, warmup_epochs=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-3, warmup_epochs=0))
     select_epochs: int | None = 1  # None: the full train.epochs
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     final_baselines: Literal["all", "best"] = "all"  # best: only the best baseline on val gets final runs
