@@ -69,8 +69,9 @@ def render(results: dict, epochs: int, threads: int) -> str:
             "No hyperparameter was tuned per task, so a row is each method's out-of-the-box result, "
             "not its best; the supernet search (`autopeft run`) is what tunes sizes and placements.",
             "",
-            f"Regenerate: `{COMMAND}` ({len(results)} runs, {wall:.0f} min of training on "
-            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads).",
+            f"Regenerate: `{COMMAND} --threads {threads}` ({len(results)} runs, {wall:.0f} min of training on "
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} thread"
+            f"{'s' if threads > 1 else ''}).",
             "",
         ]
     )

@@ -80,8 +80,9 @@ def render(results: dict, epochs: int, threads: int) -> str:
             "",
             *lines,
             "",
-            f"Regenerate: `{COMMAND}` ({len(results)} runs, {wall:.0f} min of training on "
-            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads).",
+            f"Regenerate: `{COMMAND} --threads {threads}` ({len(results)} runs, {wall:.0f} min of training on "
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} thread"
+            f"{'s' if threads > 1 else ''}).",
             "",
         ]
     )
