@@ -10,7 +10,7 @@ turns, one step each, ``--steps`` times after 3 warm-up steps; the ratio of thei
 times is reported per subnet and as the median over subnets.
 
 Search cost: an ``autopeft run`` on ``digits`` (demo space and search) whose supernet trains on
-the same schedule as the final standalone run (10 epochs each), top 8 selected with 1-epoch
+the same schedule as the final standalone run (6 epochs each), top 8 selected with 1-epoch
 runs, one seed, no baselines; its ``search_cost_ratio`` is supernet training + candidate
 search + selection runs over the wall time of that one final run, all timed inside the run
 (``--run``, reused if it has finished).
@@ -42,8 +42,8 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "bench" / "supernet.json
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/bench_supernet.py"
 SAME_SCHEDULE = {
     "data": {"name": "digits"},
-    "supernet": {"train": {"epochs": 10, "lr": 2e-3, "warmup_epochs": 1}},
-    "retrain": {"train": {"epochs": 10, "lr": 3e-3, "warmup_epochs": 1}, "select_epochs": 1, "seeds": [0]},
+    "supernet": {"train": {"epochs": 6, "lr": 2e-3, "warmup_epochs": 1}},
+    "retrain": {"train": {"epochs": 6, "lr": 3e-3, "warmup_epochs": 1}, "select_epochs": 1, "seeds": [0]},
     "baselines": [],
 }
 
