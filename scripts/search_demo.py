@@ -9,8 +9,8 @@ the search competes at a comparable cost; and final runs only for the searched s
 single method best on val (``retrain.final_baselines: best``). Everything is selected on val;
 each final run reads test once. Runs go to ``--runs`` (default
 ``runs/search_demo/<weights sha256 prefix>/<task>``) and are resumed or reused when run again;
-``--tasks`` runs a subset (e.g. two processes with ``--threads 1`` each), and the report is
-written once every task has finished.
+``--tasks`` runs a subset (e.g. two processes with ``--threads 1`` each). The report covers the
+tasks finished so far and names the ones still missing.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def cell(entry: dict) -> str:
     return f"{entry['test_acc']:.2f} +- {entry['test_acc_std']:.2f}"
 
 
-def render(results: list[dict], cap: int) -> str:
+def render(results: list[dict], cap: int, missing: list[str]) -> str:
     lines = [
         "| task | searched: params | val | test | best single (on val) | params | val | test | test diff "
         "| Kendall tau | search cost |",
@@ -100,12 +100,21 @@ def render(results: list[dict], cap: int) -> str:
             "",
             *lines,
             "",
+            *(
+                [f"Not run to the end yet: {', '.join(missing)} (run the command below to complete them).", ""]
+                if missing
+                else []
+            ),
             f"The searched subnet has the higher mean test accuracy on {wins} of {len(results)} tasks (mean "
             f"difference {statistics.mean(diffs):+.2f} points); by more than the two standard deviations added "
             f"together on {clear_wins}, lower by more than that on {clear_losses}. Kendall tau: mean "
             f"{statistics.mean(taus):.2f} over {len(taus)} tasks.",
             "",
-            f"Regenerate: `{COMMAND}` ({wall:.0f} min of wall time over the six runs on "
+            "The search-cost column and wall times are as timed inside each run; on a machine shared with other "
+            "jobs they move with the load (a stage timed under heavier load looks dearer), so compare them only "
+            "within one run on a quiet machine; `results/bench/supernet.json` measures the cost on purpose.",
+            "",
+            f"Regenerate: `{COMMAND}` ({wall:.0f} min of wall time over these runs on "
             f"{platform.processor() or platform.machine()}, torch {torch.__version__}).",
             "",
         ]
@@ -124,8 +133,10 @@ def main() -> None:
         result = run_task(task, args.runs, cap)
         print(f"{task}: searched test {result['test_acc']:.2f} ({result['wall_time_s'] / 60:.1f} min)", flush=True)
     finished = [args.runs / task / "result.json" for task in BUILTIN_TASKS]
-    if all(path.is_file() for path in finished):
-        OUT.write_text(render([json.loads(path.read_text()) for path in finished], cap))
+    results = [json.loads(path.read_text()) for path in finished if path.is_file()]
+    if results:
+        missing = [task for task, path in zip(BUILTIN_TASKS, finished, strict=True) if not path.is_file()]
+        OUT.write_text(render(results, cap, missing))
         print(f"wrote {OUT}")
 
 
