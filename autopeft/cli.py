@@ -82,6 +82,42 @@ def _run(args: argparse.Namespace) -> None:
     )
 
 
+def _search(args: argparse.Namespace) -> None:
+    """A sweep of standalone trials over a space, on the optuna or the ray engine."""
+    from autopeft.progress import PipelineProgress
+    from autopeft.runconfig import apply_overrides, read_yaml
+    from autopeft.search.sweep import parse_sweep
+
+    data = read_yaml(args.config) if args.config else {}
+    base = Path(args.config).resolve().parent if args.config else None
+    config = parse_sweep(apply_overrides(data, args.set), args.config or "the embedded default", base)
+    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "search")
+    if args.engine == "optuna":
+        from autopeft.search.optuna_sweep import optuna_sweep
+
+        result = optuna_sweep(config, out, args.storage, args.study, args.resume, PipelineProgress())
+    else:
+        from autopeft.search.ray_sweep import ray_sweep
+
+        result = ray_sweep(
+            config,
+            out,
+            args.address,
+            args.storage_path,
+            args.cpus_per_trial,
+            args.gpus_per_trial,
+            args.max_concurrent,
+            args.resume,
+            PipelineProgress(),
+        )
+    print(
+        f"{out}: best trial {result['best_trial']}: val {_pct(result['val_acc'])}  "
+        f"trainable {result['trainable_params']:,}  ({result['trials_completed']} completed, "
+        f"{result['trials_pruned']} pruned, {result['trials_failed']} failed)\n"
+        f"{out}: candidates.csv, pareto.csv, best.yaml (train the winner: autopeft train {out}/best.yaml)"
+    )
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
@@ -117,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.add_argument("--resume", action="store_true", help="continue an interrupted pipeline in --out")
     run.set_defaults(run=_run)
+    search = commands.add_parser("search", help="sweep standalone trials over a search space (optuna or ray)")
+    search.add_argument("config", nargs="?", help="sweep config YAML (default: the full space on digits)")
+    search.add_argument("--engine", choices=("optuna", "ray"), default="optuna")
+    search.add_argument("--out", help="run directory (default runs/<config name>, or runs/search)")
+    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    search.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    search.add_argument("--storage", help="optuna: SQLAlchemy URL or journal file (default: SQLite in --out)")
+    search.add_argument("--study", default="autopeft", help="optuna: study name; workers on one storage share it")
+    search.add_argument("--address", help="ray: join this cluster (host:port or auto); default: start a local Ray")
+    search.add_argument("--storage-path", help="ray: results and checkpoints, on a filesystem every node reaches")
+    search.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs each trial reserves")
+    search.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="ray: GPUs each trial reserves (0.5 shares one)"
+    )
+    search.add_argument(
+        "--max-concurrent", type=int, default=0, help="ray: most trials at once (0: as resources allow)"
+    )
+    search.set_defaults(run=_search)
     export = commands.add_parser("export", help="export a finished run's weights")
     export.add_argument("run_dir")
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")

@@ -68,7 +68,7 @@ def build_backbone(backbone: BackboneConfig) -> torch.nn.Module:
 def provenance(config: RunConfig, task: TaskData, norm: Normalization) -> dict[str, Any]:
     return {
         "autopeft": autopeft.__version__,
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "checkpoint": config.backbone.checkpoint
@@ -89,7 +89,7 @@ def _weights(backbone: BackboneConfig) -> str:
     return "shipped with autopeft" if backbone.name in DEMO_BACKBONES else "timm Hub"
 
 
-def _git_sha() -> str | None:
+def git_sha() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5

@@ -20,7 +20,8 @@ Scorer = Callable[[SubnetConfig], tuple[float, float]]  # subnet -> (val accurac
 @dataclass(frozen=True)
 class Candidate:
     """A scored subnet: its genes, trainable parameters (head excluded), val score, the search
-    round that produced it (evolution generation or Optuna trial number) and its val loss."""
+    round that produced it (evolution generation or trial number), its val loss, and how it was
+    scored when that differs from the file's ``scored_by`` (a trial pruned early)."""
 
     subnet: SubnetConfig
     genes: tuple[tuple[str, Scalar], ...]
@@ -28,6 +29,7 @@ class Candidate:
     score: float
     round: int
     loss: float = math.nan
+    scored_by: str = ""
 
 
 def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
@@ -51,7 +53,7 @@ def write_candidates(path: Path, candidates: Iterable[Candidate], scored_by: str
     writer.writerow(COLUMNS)
     for rank, c in enumerate(ranked(candidates), 1):
         subnet = json.dumps(c.subnet.to_dict(), separators=(",", ":"))
-        writer.writerow([rank, c.round, f"{c.score:.4f}", f"{c.loss:.6f}", c.params, scored_by, subnet])
+        writer.writerow([rank, c.round, f"{c.score:.4f}", f"{c.loss:.6f}", c.params, c.scored_by or scored_by, subnet])
     write_text(path, buffer.getvalue())
 
 

@@ -160,7 +160,8 @@ def run_pipeline(config: PipelineConfig, out: Path, resume: bool = False, progre
     """
     start = time.perf_counter()
     built = _build(config)  # a bad space, backbone or budget fails before anything is written
-    _prepare(out, resume, yaml.safe_dump(asdict(config), sort_keys=False))
+    again = f"autopeft run {out / 'config.yaml'} --out {out} --resume"
+    prepare_out(out, resume, yaml.safe_dump(asdict(config), sort_keys=False), again)
     try:
         return _pipeline(config, built, out, resume, progress or _Silent(), start)
     except RunInterrupted as err:
@@ -272,16 +273,14 @@ def _pipeline(
     return result
 
 
-def _prepare(out: Path, resume: bool, resolved: str) -> None:
-    """Refuse to overwrite a run, or to resume one with another config; write config.yaml."""
+def prepare_out(out: Path, resume: bool, resolved: str, again: str) -> None:
+    """Refuse to overwrite a run, or to resume one with another config (``again``: the command
+    that resumes it as started); write config.yaml."""
     saved = out / "config.yaml"
     if resume and not saved.is_file():
-        raise ConfigError(f"--resume: {out} holds no pipeline run (config.yaml missing)")
+        raise ConfigError(f"--resume: {out} holds no run to continue (config.yaml missing); nothing was changed")
     if resume and saved.read_text() != resolved:
-        raise ConfigError(
-            f"--resume: the config differs from the one {out} was started with; resume with that one: "
-            f"autopeft run {saved} --out {out} --resume"
-        )
+        raise ConfigError(f"--resume: the config differs from the one {out} was started with; resume with: {again}")
     if not resume and out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: already holds a run; choose another --out, or pass --resume to continue it")
     out.mkdir(parents=True, exist_ok=True)

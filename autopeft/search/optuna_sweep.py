@@ -1,0 +1,273 @@
+"""The optuna engine of `autopeft search`: trials in this process, the study in a shared storage.
+
+The study lives in SQLite in the run directory by default, or in any SQLAlchemy URL
+(PostgreSQL, MySQL) or an Optuna journal file (``*.log`` / ``*.journal``, for shared
+filesystems). Several processes, on one machine or many, work on one study by pointing at the
+same storage and study name; together they finish ``trials`` trials, each run once.
+
+Trials run through ``ask``/``tell``: a trial whose number comes after ``trials`` live or finished
+trials (two workers asking at the same moment) is given back unrun. ``--resume`` declares the
+workers of the study stopped: their unfinished (RUNNING) trials are failed and run again under
+a new number, continuing from their last epoch checkpoint, at most ``retries`` times each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autopeft.errors import ConfigError
+from autopeft.runs import CHECKPOINT, RunInterrupted
+from autopeft.search.candidates import Candidate
+from autopeft.search.optuna_search import make_sampler
+from autopeft.search.sweep import (
+    METRIC,
+    Prepared,
+    SweepConfig,
+    claim,
+    finish_sweep,
+    params_of,
+    prepare,
+    run_trial,
+    scored_by,
+)
+from autopeft.supernet import SearchSpace, suggest
+
+RETRY_OF = "retry_of"  # user attr: the trial number a retried trial continues
+SURPLUS = "surplus"  # user attr: asked after the study had all its trials; given back unrun
+OVER_BUDGET = "over_budget"  # user attr: more trainable parameters than the budget; never trained
+LIVE = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+ENDINGS = {TrialState.COMPLETE: "trials_completed", TrialState.PRUNED: "trials_pruned"}
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage for a SQLAlchemy URL, a journal storage for a ``.log``/``.journal`` path;
+    an unreachable database is one clear error."""
+    if url.endswith((".log", ".journal")) and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except Exception as err:  # SQLAlchemy and driver errors have no common base worth naming
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--storage {_redact(url)}: cannot open ({reason})") from err
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    head, sep, tail = url.partition("://")
+    if not sep or "@" not in tail:
+        return url
+    credentials, _, host = tail.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{head}://{user}:***@{host}" if ":" in credentials else url
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    return {
+        "none": optuna.pruners.NopPruner,
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }[name]()
+
+
+def optuna_sweep(
+    config: SweepConfig,
+    out: Path,
+    storage: str | None = None,
+    study_name: str = "autopeft",
+    resume: bool = False,
+    display: Any = None,
+) -> dict[str, Any]:
+    """Work on the study until it has ``config.trials`` finished trials; write the run files.
+
+    ``display`` has ``say(message)`` and ``run(label)`` (a per-trial progress); None is silent.
+    """
+    start = time.perf_counter()
+    prepared = prepare(config)
+    if storage is None:  # the study lives in the run directory
+        claim(out, resume, config, "optuna")
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    backend = open_storage(url)
+    if storage is not None:  # a shared study: workers may share one run directory too
+        claim(out, resume or (out / "config.yaml").is_file(), config, "optuna")
+    study = _open_study(config, backend, study_name, resume, url)
+    if resume:
+        _retry_unfinished(study, config.retries)
+    say = display.say if display is not None else (lambda message: None)
+    say(f"search: optuna {config.sampler} on {_redact(url)}, study {study_name!r}, {config.trials} trials")
+    try:
+        while _finished(study) < config.trials:
+            _check_failures(study, config.trials)
+            trial = study.ask()
+            if _surplus(study, trial, config.trials):
+                trial.set_user_attr(SURPLUS, True)
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            _run(config, prepared.space, prepared.depth, study, trial, out, display)
+    except KeyboardInterrupt as err:
+        raise RunInterrupted(
+            f"interrupted; finished trials are kept in the study: continue with --out {out} --resume"
+        ) from err
+    candidates = study_candidates(config, prepared, study)
+    info = {"engine": "optuna", "storage": _redact(url), "study": study_name, **_accounting(study)}
+    return finish_sweep(config, prepared.space, out, candidates, info, start)
+
+
+def _open_study(
+    config: SweepConfig, backend: optuna.storages.BaseStorage, name: str, resume: bool, url: str
+) -> optuna.Study:
+    """Create the study, or join it when it exists. The first worker's sampler is seeded with
+    ``config.seed``; a worker joining a running study draws its own seed, so that two workers
+    never propose the same sequence."""
+    exists = name in {s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
+    if resume and not exists:
+        raise ConfigError(f"--resume: {_redact(url)} holds no study {name!r}; nothing was changed")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["maximize", "minimize"] if config.pareto else ["maximize"]
+    seed = config.seed if not exists or resume else None
+    study = optuna.create_study(
+        storage=backend,
+        study_name=name,
+        directions=directions,
+        sampler=make_sampler(config.sampler, seed),
+        pruner=make_pruner(config.pruner),
+        load_if_exists=True,
+    )
+    if len(study.directions) != len(directions):
+        raise ConfigError(f"study {name!r} exists with other objectives; pareto must match the study's")
+    return study
+
+
+def _counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial takes one of the sweep's ``trials`` slots."""
+    return trial.state in LIVE and not trial.user_attrs.get(OVER_BUDGET)
+
+
+def _finished(study: optuna.Study) -> int:
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if _counted(t))
+
+
+def _check_failures(study: optuna.Study, trials: int) -> None:
+    """Stop a sweep whose trials keep failing (a diverging learning rate, a broken dataset)."""
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "reason" in t.user_attrs]
+    if len(failed) > trials:
+        raise ConfigError(f"search: {len(failed)} trials failed, the last with: {failed[-1].user_attrs['reason']}")
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, trials: int) -> bool:
+    """Whether ``trials`` earlier trials are already running or finished (another worker took the last slot)."""
+    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _counted(t)]
+    return len(earlier) >= trials
+
+
+def _retry_unfinished(study: optuna.Study, retries: int) -> None:
+    """Fail every RUNNING trial (its worker is gone) and enqueue its parameters again, to
+    continue from its checkpoint, unless it already was retried ``retries`` times."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        attempts = int(trial.user_attrs.get("attempt", 0))
+        if attempts < retries:
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, "attempt": attempts + 1})
+
+
+def _run(
+    config: SweepConfig, space: SearchSpace, depth: int, study: optuna.Study, trial: optuna.Trial, out: Path, display
+) -> None:
+    """Train one trial, reporting val accuracy per epoch to the pruner; tell the study how it ended."""
+    subnet = suggest(trial, space, depth)
+    params = params_of(config, space, subnet)
+    if config.budget is not None and params > config.budget:
+        trial.set_user_attr(OVER_BUDGET, True)
+        trial.set_constraint("params_over_budget", float(params - config.budget))
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    trial.set_user_attr("params", params)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    folder = out / "trials" / f"{trial.number:04d}"
+    resume = _take_over(out, trial, folder)
+
+    def report(metrics: dict[str, Any]) -> None:
+        trial.report(metrics[METRIC], metrics["epoch"])
+        trial.set_user_attr("val_loss", metrics["val_loss"])
+        if not config.pareto and trial.should_prune():
+            raise optuna.TrialPruned()
+
+    bar = display.run(f"trial {trial.number}") if display is not None else None
+    try:
+        result = run_trial(config, space, subnet, folder, report, resume, bar)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    if result["status"] != "completed":
+        trial.set_user_attr("reason", result.get("reason"))
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    study.tell(trial, [result[METRIC], float(params)] if config.pareto else result[METRIC])
+
+
+def _take_over(out: Path, trial: optuna.Trial, folder: Path) -> bool:
+    """Move a retried trial's run directory to its new number; True when it has a checkpoint to resume."""
+    retry_of = trial.user_attrs.get(RETRY_OF)
+    if retry_of is None:
+        return False
+    old = out / "trials" / f"{retry_of:04d}"
+    if not (old / CHECKPOINT).is_file():
+        shutil.rmtree(old, ignore_errors=True)
+        return False
+    shutil.move(old, folder)
+    return True
+
+
+def study_candidates(config: SweepConfig, prepared: Prepared, study: optuna.Study) -> list[Candidate]:
+    """Every scored trial of the study: completed ones, and pruned ones at their last val score."""
+    candidates = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if not _counted(trial) or not trial.intermediate_values:
+            continue
+        epochs = max(trial.intermediate_values)
+        pruned = trial.state == TrialState.PRUNED
+        subnet = suggest(optuna.trial.FixedTrial(trial.params), prepared.space, prepared.depth)
+        candidates.append(
+            Candidate(
+                subnet,
+                tuple(sorted(trial.params.items())),
+                int(trial.user_attrs["params"]),
+                trial.intermediate_values[epochs],
+                trial.number,
+                float(trial.user_attrs.get("val_loss", float("nan"))),
+                scored_by(config, epochs) if pruned else "",
+            )
+        )
+    return candidates
+
+
+def _accounting(study: optuna.Study) -> dict[str, int]:
+    """How many trials ended in each way (surplus and over-budget asks are not trials of the sweep)."""
+    trials = study.get_trials(deepcopy=False)
+    count = {"trials_completed": 0, "trials_pruned": 0, "trials_failed": 0, "trials_retried": 0}
+    for t in trials:
+        if t.user_attrs.get(SURPLUS) or t.user_attrs.get(OVER_BUDGET):
+            continue
+        key = ENDINGS.get(t.state, "trials_failed")
+        count[key] += 1
+        count["trials_retried"] += RETRY_OF in t.user_attrs
+    count["over_budget"] = sum(1 for t in trials if t.user_attrs.get(OVER_BUDGET))
+    return count

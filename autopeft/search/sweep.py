@@ -1,0 +1,241 @@
+"""`autopeft search`: a sweep of standalone trials over a YAML space, on any engine.
+
+A trial is one training run of a candidate drawn by the space's define-by-run function
+(``suggest``): its methods, sizes, placements, scaling factors, learning rate and weight decay.
+It trains on train and is scored on val after every epoch (the test split is never read), so
+pruners and schedulers can stop it early. The engines (``optuna_sweep``, ``ray_sweep``) differ
+only in how trials are scheduled; both end in ``finish_sweep``, which writes the run files every
+engine shares:
+
+    out/
+      config.yaml      the resolved sweep config
+      candidates.csv   every scored trial (pruned ones with their last val score)
+      pareto.csv       completed trials on the front of val accuracy up, parameters down
+      best.yaml        the best completed trial as a run config for `autopeft train` (train+val)
+      result.json      the best trial and the sweep's accounting
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import torch
+import yaml
+
+from autopeft import __version__
+from autopeft.api import apply, count_trainable
+from autopeft.config import parse_options
+from autopeft.data import DataConfig
+from autopeft.errors import ConfigError
+from autopeft.files import write_json, write_text
+from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
+from autopeft.runs import build_backbone, git_sha, train_run
+from autopeft.search.candidates import Candidate, pareto_front, ranked, write_candidates
+from autopeft.search.optuna_search import SAMPLERS
+from autopeft.search.pipeline import load_space, prepare_out
+from autopeft.supernet import SearchSpace, SubnetConfig, method_config, option_genes, size_genes, suggest
+from autopeft.train import TrainConfig
+
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+METRIC = "val_acc"
+
+
+@dataclass
+class SweepConfig:
+    """``autopeft search``'s config. ``train`` is every trial's schedule; a space that searches
+    ``lr`` or ``weight_decay`` overrides them per trial. ``pruner`` stops weak trials early
+    (single objective only): an Optuna pruner on the optuna engine, ASHA on ray (``none``
+    switches both off). ``retries``: how often a trial whose process died is run again."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="digits"))
+    space: str | dict[str, Any] = "full"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-3, warmup_epochs=0))
+    trials: int = 16
+    sampler: str = "tpe"
+    pareto: bool = False  # True: val accuracy up and trainable parameters down
+    budget: int | None = None  # most trainable parameters (head excluded) a trial may have
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    retries: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: got {self.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+        if self.trials < 1 or self.retries < 0:
+            raise ConfigError(f"need trials >= 1 and retries >= 0, got {self.trials} and {self.retries}")
+        if self.pareto and self.pruner != "none":
+            raise ConfigError(
+                f"pruner: {self.pruner!r} stops trials on one metric, but pareto: true has two objectives; "
+                f"set pruner: none or pareto: false"
+            )
+
+
+def parse_sweep(data: Any, where: str, base: Path | None = None) -> SweepConfig:
+    """A SweepConfig from a mapping; errors name ``where`` and the key. A relative ``space`` YAML
+    path resolves against ``base`` (the config file's folder)."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(SweepConfig.__dataclass_fields__)}")
+    space = data.get("space")
+    if base is not None and isinstance(space, str) and space.endswith((".yaml", ".yml")):
+        data = {**data, "space": str(base / space)}
+    try:
+        return parse_options(SweepConfig, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def dump_sweep(config: SweepConfig) -> str:
+    return yaml.safe_dump(asdict(config), sort_keys=False)
+
+
+@dataclass
+class Prepared:
+    """The checked space and the backbone's block count, for ``suggest``."""
+
+    space: SearchSpace
+    depth: int
+
+
+def prepare(config: SweepConfig) -> Prepared:
+    """Load the space and check that the backbone hosts every method at its largest size and that
+    the budget admits a candidate that switches a method on; fails before anything is written."""
+    space = load_space(config.space)
+    with torch.device("meta"):
+        depth = len(_skeleton(config.backbone).blocks)
+    sizes, options = size_genes(space, depth), option_genes(space)
+    first = {n: v[0] for n, v in options.items()}
+    params_of(config, space, _fixed(space, depth, {**{n: max(v) for n, v in sizes.items()}, **first}))
+    if config.budget is not None:
+        least = _least_nonempty(config, space, depth, {**{n: min(v) for n, v in sizes.items()}, **first})
+        if config.budget < least:
+            raise ConfigError(
+                f"budget: got {config.budget:,}; allowed: >= {least:,}, the cheapest candidate with a method on"
+            )
+    return Prepared(space, depth)
+
+
+def _least_nonempty(config: SweepConfig, space: SearchSpace, depth: int, smallest: dict[str, Any]) -> int:
+    """Trainable parameters of the cheapest candidate with one method on in one block (all blocks
+    of a ViT cost the same, so the first block's genes stand for every block's)."""
+    genes = {n: v for n, v in size_genes(space, depth).items() if n.endswith((".0", ".size")) and max(v) > 0}
+    counts = [
+        params_of(config, space, _fixed(space, depth, {**smallest, name: min(v for v in values if v > 0)}))
+        for name, values in genes.items()
+    ]
+    return min(counts, default=0)
+
+
+def _fixed(space: SearchSpace, depth: int, genes: dict[str, Any]) -> SubnetConfig:
+    """The candidate with these size and option genes (searched hyperparameters at their low end)."""
+    floats = {key: r.low for key, r in space.train.items()}
+    return suggest(optuna.trial.FixedTrial({**genes, **floats}), space, depth)
+
+
+def _skeleton(backbone: BackboneConfig) -> torch.nn.Module:
+    """The backbone's architecture without its weights (shapes are all a count needs)."""
+    return build_backbone(replace(backbone, pretrained=False, checkpoint=None))
+
+
+def params_of(config: SweepConfig, space: SearchSpace, subnet: SubnetConfig) -> int:
+    """Trainable parameters of ``subnet`` on the backbone (head excluded), built on the meta device."""
+    with torch.device("meta"):
+        return count_trainable(apply(_skeleton(config.backbone), method_config(space, subnet)))
+
+
+def trial_run(config: SweepConfig, space: SearchSpace, subnet: SubnetConfig) -> RunConfig:
+    """The run config of one trial: on train, scored on val, test never read."""
+    train = replace(config.train, **dict(subnet.train))
+    return RunConfig(config.backbone, config.data, method_config(space, subnet), train, test=False, seed=config.seed)
+
+
+class EpochHook:
+    """A ``fit`` progress that passes each epoch's metrics to ``on_epoch`` (which may raise to
+    stop the trial) and to an optional display."""
+
+    def __init__(self, on_epoch: Callable[[dict[str, Any]], None], display: Any = None) -> None:
+        self.on_epoch, self.display = on_epoch, display
+
+    def start(self, epochs: int, images_per_epoch: int, done_epochs: int) -> None:
+        if self.display is not None:
+            self.display.start(epochs, images_per_epoch, done_epochs)
+
+    def step(self, images: int, loss: float) -> None:
+        if self.display is not None:
+            self.display.step(images, loss)
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        if self.display is not None:
+            self.display.epoch(metrics)
+        self.on_epoch(metrics)
+
+    def stop(self) -> None:
+        if self.display is not None:
+            self.display.stop()
+
+
+def run_trial(
+    config: SweepConfig,
+    space: SearchSpace,
+    subnet: SubnetConfig,
+    out: Path,
+    on_epoch: Callable[[dict[str, Any]], None],
+    resume: bool = False,
+    display: Any = None,
+) -> dict[str, Any]:
+    """Train one trial into ``out`` (resuming its checkpoint when ``resume``); returns result.json."""
+    return train_run(trial_run(config, space, subnet), out, resume=resume, progress=EpochHook(on_epoch, display))
+
+
+def scored_by(config: SweepConfig, epochs: int | None = None) -> str:
+    """How a trial's score was measured (``epochs``: where a pruned trial stopped)."""
+    total = config.train.epochs
+    done = f"{epochs} of {total} epochs, pruned" if epochs is not None and epochs < total else f"{total} epochs"
+    return f"val accuracy (%) of a standalone run on train ({done})"
+
+
+def finish_sweep(
+    config: SweepConfig, space: SearchSpace, out: Path, candidates: list[Candidate], info: dict[str, Any], start: float
+) -> dict[str, Any]:
+    """Write candidates.csv, pareto.csv, best.yaml and result.json; returns result.json."""
+    completed = [c for c in candidates if not c.scored_by]
+    if not completed:
+        raise ConfigError(f"search: no trial completed ({info}); nothing to choose from")
+    write_candidates(out / "candidates.csv", candidates, scored_by(config))
+    write_candidates(out / "pareto.csv", pareto_front(completed), scored_by(config))
+    best = ranked(completed)[0]
+    run = trial_run(config, space, best.subnet)
+    write_text(out / "best.yaml", dump_run_config(replace(run, final=True, test=True)))
+    result = {
+        "command": "search",
+        "dataset": config.data.name or config.data.task or Path(config.data.root or "").name,
+        "backbone": config.backbone.name,
+        "methods": run.methods,
+        "train": {"lr": run.train.lr, "weight_decay": run.train.weight_decay},
+        "trainable_params": best.params,
+        "val_acc": best.score,
+        "val_loss": best.loss,
+        "test_acc": None,
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "best_trial": best.round,
+        **info,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "provenance": {"autopeft": __version__, "git_sha": git_sha(), "selection": "val", "test_read": False},
+        "status": "completed",
+    }
+    write_json(out / "result.json", result)
+    return result
+
+
+def claim(out: Path, resume: bool, config: SweepConfig, engine: str) -> None:
+    """Make ``out`` this sweep's run directory (after the config was checked): refuse another
+    run's directory, or a resume with another config; write config.yaml."""
+    again = f"autopeft search {out / 'config.yaml'} --engine {engine} --out {out} --resume"
+    prepare_out(out, resume, dump_sweep(config), again)

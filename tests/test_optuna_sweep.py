@@ -1,0 +1,168 @@
+"""`autopeft search --engine optuna` in real processes: run files, resume after SIGKILL, workers
+sharing one study on a journal file and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autopeft.runconfig import load_run_config
+from autopeft.search.optuna_sweep import open_storage
+from tests.test_pipeline import cli_command, env
+from tests.test_train import TINY, cli
+
+SWEEP = {
+    "backbone": {"name": "vit_tiny_patch16_224", "pretrained": False, "options": TINY},
+    "data": {"name": "digits"},
+    "space": {
+        "methods": {"lora": {"sizes": [0, 2, 4], "search": {"alpha": [1.0, 4.0]}}, "ssf": {"sizes": [0, 1]}},
+        "train": {"lr": {"low": 1.0e-3, "high": 1.0e-2}},
+        "sizes_per": "model",
+    },
+    "train": {"epochs": 3, "batch_size": 200, "lr": 0.01, "warmup_epochs": 0},
+    "trials": 5,
+}
+
+
+def write(folder: Path, **changes) -> Path:
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, **changes}))
+    return path
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def finished(storage: str, study: str = "autopeft") -> dict[int, tuple]:
+    """Trial number -> (state, value, params) of every finished trial."""
+    loaded = optuna.load_study(study_name=study, storage=storage)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return {t.number: (t.state, t.value, t.params) for t in loaded.get_trials(states=done)}
+
+
+def test_sweep_writes_the_run_files_and_never_reads_test(tmp_path):
+    out = tmp_path / "run"
+    done = cli("search", str(write(tmp_path)), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["command"] == "search" and result["engine"] == "optuna" and result["test_acc"] is None
+    assert result["trials_completed"] + result["trials_pruned"] == 5 and result["trials_failed"] == 0
+    candidates = rows(out / "candidates.csv")
+    assert len(candidates) == 5 and [int(r["rank"]) for r in candidates] == [1, 2, 3, 4, 5]
+    best = candidates[0]
+    assert int(best["round"]) == result["best_trial"] and float(best["score"]) == pytest.approx(result["val_acc"], 1e-4)
+    assert int(best["params"]) == result["trainable_params"]
+    run = load_run_config(out / "best.yaml")
+    assert run.final and run.methods == result["methods"] and run.train.lr == result["train"]["lr"]
+    trial_results = [json.loads(p.read_text()) for p in (out / "trials").glob("*/result.json")]
+    assert trial_results and all(r["test_acc"] is None for r in trial_results)
+    assert set(finished(f"sqlite:///{out / 'study.db'}")) == {int(r["round"]) for r in candidates}
+
+
+def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path):
+    out, config = tmp_path / "run", write(tmp_path, pruner="none")
+    process = subprocess.Popen(
+        cli_command("search", str(config), "--out", str(out)),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (out / "trials" / "0002" / "checkpoint.pt").is_file() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    storage = f"sqlite:///{out / 'study.db'}"
+    before = finished(storage)
+    assert 2 <= len(before) < 5 and not (out / "result.json").is_file()
+    resumed = cli("search", str(config), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    after = finished(storage)
+    assert {n: after[n] for n in before} == before  # nothing finished was lost or changed
+    result = json.loads((out / "result.json").read_text())
+    assert len(after) == 5 and result["trials_completed"] == 5 and result["trials_retried"] <= 1
+    retried = [
+        t for t in optuna.load_study(study_name="autopeft", storage=storage).trials if "retry_of" in t.user_attrs
+    ]
+    for trial in retried:  # the retry continued the killed trial's epochs in the killed trial's folder
+        assert (
+            trial.params
+            == optuna.load_study(study_name="autopeft", storage=storage).trials[trial.user_attrs["retry_of"]].params
+        )
+        history = [json.loads(line) for line in (out / "trials" / f"{trial.number:04d}" / "metrics.jsonl").open()]
+        assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert len(rows(out / "candidates.csv")) == 5
+
+
+def two_workers(tmp_path: Path, storage: str, trials: int = 6) -> None:
+    """Two processes on one study; together they finish exactly ``trials`` trials, none run twice."""
+    config = write(tmp_path, trials=trials, pruner="none")
+    command = ["search", str(config), "--storage", storage, "--study", "shared"]
+    workers = [
+        subprocess.Popen(
+            cli_command(*command, "--out", str(tmp_path / f"worker{i}")),
+            env={**env(), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=open_storage(storage))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == trials
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers ran trials
+    ran = [p for i in range(2) for p in (tmp_path / f"worker{i}" / "trials").glob("*/result.json")]
+    assert sorted(int(p.parent.name) for p in ran) == sorted(t.number for t in done)  # each trial ran once
+    for i in range(2):  # both workers wrote the same view of the study
+        assert len(rows(tmp_path / f"worker{i}" / "candidates.csv")) >= len(done) - 1
+
+
+def test_two_workers_share_a_journal_file(tmp_path):
+    two_workers(tmp_path, str(tmp_path / "study.journal"))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("AUTOPEFT_TEST_POSTGRES_URL"),
+    reason="needs a PostgreSQL server: .ci/run starts one (see .ci/postgres.sh)",
+)
+def test_two_workers_share_a_postgresql_study(tmp_path):
+    storage = os.environ["AUTOPEFT_TEST_POSTGRES_URL"]
+    optuna.delete_study(study_name="shared", storage=storage) if "shared" in optuna.get_all_study_names(
+        storage
+    ) else None
+    two_workers(tmp_path, storage)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/none"],
+            "--storage postgresql+psycopg://nobody@127.0.0.1:1/none: cannot open",
+        ),
+        (["--resume"], "holds no run to continue"),
+        (["--set", "pareto=true"], "pruner: 'median' stops trials on one metric"),
+        (["--set", "budget=10"], "budget: got 10; allowed: >= "),
+        (["--set", "sampler=grid"], "sampler: got 'grid'"),
+    ],
+)
+def test_bad_sweeps_fail_on_one_line_and_write_nothing(tmp_path, args, message):
+    out = tmp_path / "run"
+    done = cli("search", str(write(tmp_path)), "--out", str(out), *args)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
