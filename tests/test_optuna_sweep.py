@@ -15,8 +15,12 @@ import optuna
 import pytest
 import yaml
 
+from autopeft.api import apply, count_trainable
+from autopeft.backbones import build_demo_architecture
 from autopeft.runconfig import load_run_config
 from autopeft.search.optuna_sweep import open_storage
+from autopeft.search.sweep import SweepConfig, params_of, prepare
+from autopeft.supernet import method_config, suggest
 from tests.test_pipeline import cli_command, env
 from tests.test_train import TINY, cli
 
@@ -60,6 +64,7 @@ def test_sweep_writes_the_run_files_and_never_reads_test(tmp_path):
     assert result["trials_completed"] + result["trials_pruned"] == 5 and result["trials_failed"] == 0
     candidates = rows(out / "candidates.csv")
     assert len(candidates) == 5 and [int(r["rank"]) for r in candidates] == [1, 2, 3, 4, 5]
+    assert sum("pruned" in r["scored_by"] for r in candidates) == result["trials_pruned"]
     best = candidates[0]
     assert int(best["round"]) == result["best_trial"] and float(best["score"]) == pytest.approx(result["val_acc"], 1e-4)
     assert int(best["params"]) == result["trainable_params"]
@@ -166,3 +171,14 @@ def test_bad_sweeps_fail_on_one_line_and_write_nothing(tmp_path, args, message):
     done = cli("search", str(write(tmp_path)), "--out", str(out), *args)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_trial_parameter_counts_match_the_built_model():
+    config = SweepConfig()  # the default: the full space on the demo backbone
+    prepared = prepare(config)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(4):
+        subnet = suggest(study.ask(), prepared.space, prepared.depth)
+        model = build_demo_architecture("vit_demo_fmnist", 10)
+        expected = count_trainable(apply(model, method_config(prepared.space, subnet)))
+        assert params_of(config, prepared.space, subnet) == expected
