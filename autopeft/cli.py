@@ -129,6 +129,14 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {export_run(Path(args.run_dir), Path(args.out), args.merge)}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    """Leaderboard tables, plots and one self-contained HTML page over finished run directories."""
+    from autopeft.report import write_report
+
+    written = write_report([Path(d) for d in args.run_dirs], Path(args.out))
+    print(f"{args.out}: {', '.join(p.name for p in written)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from autopeft import __version__
 
@@ -176,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")
     export.add_argument("--merge", action="store_true", help="fold LoRA/SSF into the backbone (plain timm weights)")
     export.set_defaults(run=_export)
+    report = commands.add_parser("report", help="leaderboard tables, plots and HTML over run directories")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding a result.json")
+    report.add_argument("--out", required=True, help="folder for leaderboard.{md,csv,tex,html} and the plots")
+    report.set_defaults(run=_report)
     return parser
 
 

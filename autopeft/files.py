@@ -11,15 +11,23 @@ from typing import Any
 
 
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file in the same folder, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file in the same folder, then rename it over ``path``
+    (with the permissions a plain ``open`` would give: 0666 less the umask, not mkstemp's 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_text(path: Path, text: str) -> None:

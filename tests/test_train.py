@@ -182,3 +182,12 @@ def test_example_configs_parse(path):
     config = load_run_config(path)
     assert config.methods and config.train.epochs > 0
     assert path.stem.split("_", 1 if path.stem.startswith("demo") else 3)[-1] in config.methods
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    from autopeft.files import write_json
+
+    write_json(tmp_path / "result.json", {"a": 1})
+    (tmp_path / "plain.json").write_text("{}")
+    assert (tmp_path / "result.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+    assert json.loads((tmp_path / "result.json").read_text()) == {"a": 1}
