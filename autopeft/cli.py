@@ -118,6 +118,23 @@ def _search(args: argparse.Namespace) -> None:
     )
 
 
+def _select(args: argparse.Namespace) -> None:
+    """Per-dataset method selection over a suite: strategies on val, finalists on train+val per seed."""
+    from autopeft.progress import PipelineProgress
+    from autopeft.runconfig import apply_overrides, read_yaml
+    from autopeft.search.select import parse_suite, run_select
+
+    data = apply_overrides(read_yaml(args.suite), args.set)
+    if args.engine:
+        data["engine"] = args.engine
+    config = parse_suite(data, args.suite, Path(args.suite).resolve().parent)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.suite).stem
+    again = f"autopeft select {out / 'config.yaml'} --out {out} --resume"
+    run_select(config, out, resume=args.resume, progress=PipelineProgress(), again=again)
+    print((out / "summary.md").read_text())
+    print(f"{out}: result.json, summary.md, <dataset>/selection.json; final runs in <dataset>/final/<strategy>/seed<s>")
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
@@ -176,9 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus-per-trial", type=float, default=0.0, help="ray: GPUs each trial reserves (0.5 shares one)"
     )
     search.add_argument(
-        "--max-concurrent", type=int, default=0, help="ray: most trials at once (0: as resources allow)"
+        "--max-concurrent", type=int, default=0, help="ray: most trials at once (0: what the cluster's CPUs/GPUs hold)"
     )
     search.set_defaults(run=_search)
+    select = commands.add_parser("select", help="per-dataset method selection over a suite of datasets")
+    select.add_argument("suite", help="suite YAML (e.g. search_spaces/suite_demo.yaml)")
+    select.add_argument("--out", help="output directory (default runs/<suite name>)")
+    select.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key")
+    select.add_argument("--resume", action="store_true", help="continue an interrupted selection in --out")
+    select.add_argument(
+        "--engine", choices=("optuna", "ray"), help="the single-method sweeps' engine (overrides the suite)"
+    )
+    select.set_defaults(run=_select)
     export = commands.add_parser("export", help="export a finished run's weights")
     export.add_argument("run_dir")
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")

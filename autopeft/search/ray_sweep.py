@@ -1,0 +1,201 @@
+"""The ray engine of `autopeft search`: one Ray Tune trial per sweep trial, on a local Ray or a cluster.
+
+Ray's ``OptunaSearch`` draws each trial from the space's define-by-run function (``suggest``);
+ASHA stops weak trials early (single objective, unless ``pruner: none``). Each trial trains in a
+``run`` folder of its working directory on whichever node Ray places it and reports val accuracy
+with that folder as a Tune checkpoint after every epoch, so a trial whose process or node dies is
+run again from its last epoch (``retries`` times). Results and checkpoints live under
+``--storage-path`` (default ``out/ray``), which ``--resume`` restores the experiment from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from autopeft.errors import ConfigError
+from autopeft.runs import RunInterrupted
+from autopeft.search.candidates import Candidate
+from autopeft.search.optuna_search import make_sampler
+from autopeft.search.sweep import METRIC, SweepConfig, claim, finish_sweep, params_of, prepare, run_trial, scored_by
+from autopeft.supernet import SearchSpace, suggest
+
+EXPERIMENT = "sweep"  # the Tune experiment's folder under the storage path
+
+
+def ray_sweep(
+    config: SweepConfig,
+    out: Path,
+    address: str | None,
+    storage_path: str | None,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    max_concurrent: int,
+    resume: bool,
+    display: Any = None,
+) -> dict[str, Any]:
+    """Run ``config.trials`` trials with Ray Tune (or finish an interrupted sweep); write the run files."""
+    start = time.perf_counter()
+    if config.budget is not None:
+        raise ConfigError("budget: the ray engine cannot constrain parameters; use --engine optuna or drop budget")
+    prepared = prepare(config)
+    if address not in (None, "auto"):
+        _check_reachable(address)
+    claim(out, resume, config, "ray")
+    path = Path(storage_path or out / "ray").resolve() / EXPERIMENT
+    if resume and not tune.Tuner.can_restore(str(path)):
+        raise ConfigError(f"--resume: {path} holds no Ray Tune experiment; nothing was changed")
+    started = _connect(address)
+    try:
+        if display is not None:
+            display.say(f"search: ray tune, {config.trials} trials on {address or 'a local Ray'}, results in {path}")
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                _trial, sweep=config, space=prepared.space, depth=prepared.depth, threads=max(1, int(cpus_per_trial))
+            ),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        )
+        if resume:
+            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=_tune_config(
+                    config, prepared.space, prepared.depth, max_concurrent or _slots(cpus_per_trial, gpus_per_trial)
+                ),
+                run_config=tune.RunConfig(
+                    name=EXPERIMENT,
+                    storage_path=str(path.parent),
+                    failure_config=tune.FailureConfig(max_failures=config.retries),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=1,
+                ),
+            )
+        tuner.fit()
+        analysis = tune.ExperimentAnalysis(str(path))
+        _check_finished(analysis, config.trials, out)
+    finally:
+        if started:
+            ray.shutdown()
+    candidates, info = _collect(config, prepared.space, prepared.depth, analysis)
+    info = {"engine": "ray", "storage": str(path), "address": address or "local", **info}
+    return finish_sweep(config, prepared.space, out, candidates, info, start)
+
+
+def _connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` or start a local Ray;
+    True when this process started Ray (and so shuts it down)."""
+    if address is None:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        return True
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"--address {address}: no Ray cluster reachable ({err})") from err
+    return False
+
+
+def _slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the cluster's resources hold at once (when the sweep starts). Tune's own
+    default with a searcher starts one trial at a time, which leaves a cluster idle."""
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 0) / cpus_per_trial] if cpus_per_trial > 0 else []
+    fits += [resources.get("GPU", 0) / gpus_per_trial] if gpus_per_trial > 0 else []
+    return max(1, int(min(fits, default=1)))
+
+
+def _check_reachable(address: str) -> None:
+    """A TCP connect to ``[ray://]host:port`` with a short timeout, so a wrong address fails in seconds."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as err:
+        raise ConfigError(f"--address {address}: no Ray cluster reachable ({err.strerror or err})") from err
+
+
+def _tune_config(config: SweepConfig, space: SearchSpace, depth: int, max_concurrent: int) -> tune.TuneConfig:
+    """OptunaSearch over ``suggest``; ASHA on val accuracy for one objective, FIFO for the Pareto front."""
+    metric, mode = ([METRIC, "params"], ["max", "min"]) if config.pareto else (METRIC, "max")
+    define_by_run = partial(_define_by_run, space, depth)  # picklable: Tune saves the searcher with the experiment
+    search = OptunaSearch(define_by_run, metric=metric, mode=mode, sampler=make_sampler(config.sampler, config.seed))
+    if config.pareto or config.pruner == "none":
+        scheduler = FIFOScheduler()
+    else:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", metric=METRIC, mode="max", max_t=config.train.epochs, grace_period=1
+        )
+    return tune.TuneConfig(
+        search_alg=search, scheduler=scheduler, num_samples=config.trials, max_concurrent_trials=max_concurrent
+    )
+
+
+def _define_by_run(space: SearchSpace, depth: int, trial: optuna.Trial) -> None:
+    suggest(trial, space, depth)
+
+
+def _trial(params: dict[str, Any], sweep: SweepConfig, space: SearchSpace, depth: int, threads: int) -> None:
+    """One Tune trial: train the subnet of ``params``, reporting every epoch with the run folder as checkpoint."""
+    torch.set_num_threads(threads)
+    subnet = suggest(optuna.trial.FixedTrial(params), space, depth)
+    run = Path.cwd() / "run"  # Ray runs each trial in its own local working directory, which it does not sync
+    checkpoint = tune.get_checkpoint()
+    shutil.rmtree(run, ignore_errors=True)  # a failed attempt's files on this node
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copytree(saved, run)
+    extra = {"params": params_of(sweep, space, subnet), "node": ray.get_runtime_context().get_node_id()}
+
+    def report(metrics: dict[str, Any]) -> None:
+        keys = {key: metrics[key] for key in (METRIC, "val_loss", "epoch")}
+        tune.report({**keys, **extra}, checkpoint=tune.Checkpoint.from_directory(run))
+
+    result = run_trial(sweep, space, subnet, run, report, resume=checkpoint is not None)
+    if result["status"] != "completed":
+        raise RuntimeError(f"trial failed: {result.get('reason')}")
+
+
+def _check_finished(analysis: tune.ExperimentAnalysis, trials: int, out: Path) -> None:
+    """Refuse to score a sweep that Ctrl-C (which ``fit`` survives) left with unfinished trials."""
+    done = [t for t in analysis.trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
+    if len(done) < trials:
+        raise RunInterrupted(f"interrupted after {len(done)} of {trials} trials: continue with --out {out} --resume")
+
+
+def _collect(
+    config: SweepConfig, space: SearchSpace, depth: int, analysis: tune.ExperimentAnalysis
+) -> tuple[list[Candidate], dict[str, Any]]:
+    """Candidates (finished trials at their last report; stopped ones marked pruned) and the accounting."""
+    count = {"trials_completed": 0, "trials_pruned": 0, "trials_failed": 0, "trials_retried": 0}
+    candidates, nodes = [], set()
+    for trial in analysis.trials:
+        index = int(trial.experiment_tag.split("_", 1)[0]) - 1  # Tune tags trials "<count>_<params>"; retries move
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        nodes.update(frame["node"] if frame is not None and "node" in frame else [])
+        last = trial.last_result
+        if trial.status != Trial.TERMINATED or METRIC not in last:
+            count["trials_failed"] += 1
+            continue
+        count["trials_retried"] += trial.num_failures > 0
+        epochs = int(last["epoch"])
+        pruned = epochs < config.train.epochs
+        count["trials_pruned" if pruned else "trials_completed"] += 1
+        subnet = suggest(optuna.trial.FixedTrial(trial.config), space, depth)
+        genes = tuple(sorted(trial.config.items()))
+        score = scored_by(config, epochs) if pruned else ""
+        candidates.append(Candidate(subnet, genes, int(last["params"]), last[METRIC], index, last["val_loss"], score))
+    return candidates, {**count, "nodes": sorted(nodes)}
