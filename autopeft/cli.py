@@ -135,6 +135,20 @@ def _select(args: argparse.Namespace) -> None:
     print(f"{out}: result.json, summary.md, <dataset>/selection.json; final runs in <dataset>/final/<strategy>/seed<s>")
 
 
+def _retrain(args: argparse.Namespace) -> None:
+    """Retrain a finished search's best.yaml on train+val once per seed; test mean +- std."""
+    from autopeft.progress import PipelineProgress
+    from autopeft.runs import retrain_run
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "retrain"
+    result = retrain_run(run_dir, args.seeds, out, PipelineProgress())
+    print(
+        f"{out}: test {_pct(result['test_acc'])} +- {result['test_acc_std'] or 0:.2f} over seeds {args.seeds} "
+        f"({result['seeds_completed']} completed)  trainable {result['trainable_params']:,}"
+    )
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
@@ -205,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", choices=("optuna", "ray"), help="the single-method sweeps' engine (overrides the suite)"
     )
     select.set_defaults(run=_select)
+    retrain = commands.add_parser("retrain", help="retrain a finished search's best.yaml on train+val per seed")
+    retrain.add_argument("run_dir", help="a run directory of autopeft search, run or select that holds best.yaml")
+    retrain.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one final run per seed")
+    retrain.add_argument("--out", help="where the seed runs go (default RUN_DIR/retrain)")
+    retrain.set_defaults(run=_retrain)
     export = commands.add_parser("export", help="export a finished run's weights")
     export.add_argument("run_dir")
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")

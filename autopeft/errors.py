@@ -13,5 +13,13 @@ class BackboneError(AutopeftError, ValueError):
     """A backbone cannot be built, loaded or hosted."""
 
 
+class BudgetError(ConfigError):
+    """A parameter budget below the cheapest candidate of a search space."""
+
+
+class SearchFailed(AutopeftError):
+    """A search ended without anything to choose: every trial failed, or the supernet diverged."""
+
+
 class DataError(AutopeftError, ValueError):
     """A dataset file, line or image is missing or invalid."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
 from autopeft.files import write_atomic, write_json, write_text
 from autopeft.methods import REGISTRY
-from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
+from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, load_run_config
 from autopeft.train import (
     NonFiniteLoss,
     Normalization,
@@ -260,7 +262,6 @@ def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
 
     from autopeft.api import load_adapter
     from autopeft.api import merge as merge_methods
-    from autopeft.runconfig import load_run_config
 
     if not (run_dir / RESULT).is_file() or not (run_dir / "adapter.safetensors").is_file():
         raise ConfigError(f"{run_dir}: not a finished run (needs {RESULT} and adapter.safetensors)")
@@ -280,3 +281,38 @@ def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     write_atomic(out, lambda tmp: save_file(tensors, tmp, metadata={"backbone": config.backbone.name}))
     return out
+
+
+def retrain_run(run_dir: Path, seeds: list[int], out: Path, progress: Any = None) -> dict[str, Any]:
+    """Train a finished search's ``best.yaml`` on train+val once per seed into ``out/seed<s>``
+    (each reads the test split once; finished seeds are reused, interrupted ones resumed) and
+    write ``out/result.json`` with the test mean and std over seeds."""
+    if not (run_dir / "best.yaml").is_file():
+        raise ConfigError(f"{run_dir}: holds no finished search (best.yaml missing); run autopeft search or run first")
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    best = load_run_config(run_dir / "best.yaml")
+    start = time.perf_counter()
+    runs = []
+    for seed in seeds:
+        display = progress.run(f"seed{seed}") if progress is not None else None
+        runs.append(train_or_reuse(replace(best, final=True, test=True, seed=seed), out / f"seed{seed}", display))
+    tests = [r["test_acc"] for r in runs if r["status"] == "completed"]
+    result = {
+        "command": "retrain",
+        "dataset": runs[0]["dataset"],
+        "backbone": best.backbone.name,
+        "methods": best.methods,
+        "trainable_params": runs[0]["trainable_params"],
+        "test_acc": statistics.mean(tests) if tests else None,
+        "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+        "seeds": seeds,
+        "seeds_completed": len(tests),
+        "epochs": best.train.epochs,
+        "search": str(run_dir),
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "provenance": runs[0]["provenance"],
+        "status": "completed" if tests else "failed",
+    }
+    write_json(out / RESULT, result)
+    return result

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -182,3 +183,21 @@ def test_trial_parameter_counts_match_the_built_model():
         model = build_demo_architecture("vit_demo_fmnist", 10)
         expected = count_trainable(apply(model, method_config(prepared.space, subnet)))
         assert params_of(config, prepared.space, subnet) == expected
+
+
+def test_retrain_runs_the_best_trial_per_seed_and_reports_mean_and_std(tmp_path):
+    out = tmp_path / "run"
+    assert cli("search", str(write(tmp_path, trials=2)), "--out", str(out)).returncode == 0
+    done = cli("retrain", str(out), "--seeds", "0", "1")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "retrain" / "result.json").read_text())
+    seeds = [json.loads((out / "retrain" / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
+    assert [r["seed"] for r in seeds] == [0, 1] and all(r["provenance"]["train_split"] == "trainval" for r in seeds)
+    assert result["test_acc"] == statistics.mean(r["test_acc"] for r in seeds)
+    assert result["test_acc_std"] == statistics.stdev(r["test_acc"] for r in seeds)
+    assert result["methods"] == json.loads((out / "result.json").read_text())["methods"]
+    report = cli("report", str(out / "retrain"), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert f"{result['test_acc']:.2f}" in (tmp_path / "report" / "leaderboard.md").read_text()
+    missing = cli("retrain", str(tmp_path), "--seeds", "0")
+    assert missing.returncode == 2 and "best.yaml missing" in missing.stderr

@@ -15,6 +15,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "run": ("dataset", "methods", "table", "wall_time_s"),
     "train": ("dataset", "methods", "trainable_params", "test_acc", "wall_time_s"),
     "search": ("dataset", "methods", "trainable_params", "val_acc", "wall_time_s"),
+    "retrain": ("dataset", "methods", "trainable_params", "test_acc", "test_acc_std", "seeds_completed", "wall_time_s"),
 }
 ROW_REQUIRED = ("name", "methods", "params", "test_acc", "test_acc_std", "seeds_completed")
 
@@ -148,14 +149,15 @@ def _entries(result: dict[str, Any], source: Path) -> list[Entry]:
         ]
     mean = None if failed else result["test_acc"]
     reason = failed or (None if mean is not None else "no test accuracy (test split not read)")
+    seeds = (result["seeds_completed"] if command == "retrain" else 1) if mean is not None else 0
     return [
         Entry(
             name,
             methods=result["methods"],
             params=params,
             mean=mean,
-            std=None,
-            seeds=int(mean is not None),
+            std=result["test_acc_std"] if seeds > 1 else None,
+            seeds=seeds,
             reason=reason,
             **base,
         )

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autopeft.errors import ConfigError
+from autopeft.errors import ConfigError, SearchFailed
 from autopeft.runs import CHECKPOINT, RunInterrupted
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
@@ -169,7 +169,7 @@ def _check_failures(study: optuna.Study, trials: int) -> None:
     """Stop a sweep whose trials keep failing (a diverging learning rate, a broken dataset)."""
     failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "reason" in t.user_attrs]
     if len(failed) > trials:
-        raise ConfigError(f"search: {len(failed)} trials failed, the last with: {failed[-1].user_attrs['reason']}")
+        raise SearchFailed(f"search: {len(failed)} trials failed, the last with: {failed[-1].user_attrs['reason']}")
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, trials: int) -> bool:

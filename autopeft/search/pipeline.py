@@ -25,7 +25,7 @@ import yaml
 
 from autopeft.config import parse_options
 from autopeft.data import DataConfig, TaskData
-from autopeft.errors import AutopeftError, ConfigError
+from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import REGISTRY
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, read_yaml
@@ -153,27 +153,35 @@ def load_space(space: str | dict[str, Any]) -> SearchSpace:
     return parse_space(read_yaml(path), str(path))
 
 
-def run_pipeline(config: PipelineConfig, out: Path, resume: bool = False, progress: Any = None) -> dict[str, Any]:
+def run_pipeline(
+    config: PipelineConfig, out: Path, resume: bool = False, progress: Any = None, choose_only: bool = False
+) -> dict[str, Any]:
     """Run (or with ``resume`` continue) the whole pipeline into ``out``; returns result.json.
 
     ``progress`` has ``say(message)`` and ``run(label)`` (a display per training run); None is silent.
+    ``choose_only``: stop once the winner is chosen on val and ``best.yaml`` is written (no baselines,
+    no final runs, test never read, no result.json); returns the winner's standalone val run's result.
     """
     start = time.perf_counter()
     built = _build(config)  # a bad space, backbone or budget fails before anything is written
     again = f"autopeft run {out / 'config.yaml'} --out {out} --resume"
     prepare_out(out, resume, yaml.safe_dump(asdict(config), sort_keys=False), again)
     try:
-        return _pipeline(config, built, out, resume, progress or _Silent(), start)
+        if choose_only:
+            return _choose(config, built, out, resume, progress or SilentProgress()).row
+        return _pipeline(config, built, out, resume, progress or SilentProgress(), start)
     except RunInterrupted as err:
         raise RunInterrupted(
             f"interrupted; finished stages are saved in {out}: continue with "
             f"`autopeft run {out / 'config.yaml'} --out {out} --resume`"
         ) from err
     except NonFiniteLoss as err:
-        raise AutopeftError(f"supernet training diverged ({err}); lower supernet.train.lr") from err
+        raise SearchFailed(f"supernet training diverged ({err}); lower supernet.train.lr") from err
 
 
-class _Silent:
+class SilentProgress:
+    """A progress that shows nothing."""
+
     def say(self, message: str) -> None: ...
 
     def run(self, label: str) -> None:
@@ -199,16 +207,33 @@ def _build(config: PipelineConfig) -> _Built:
     supernet = Supernet(model, space)
     budget, least = config.search.budget, supernet.smallest_nonempty_count()
     if budget is not None and budget < least:
-        raise ConfigError(
+        raise BudgetError(
             f"search.budget: got {budget:,} trainable parameters; allowed: >= {least:,}, the smallest subnet "
             f"of this space that switches a method on"
         )
     return _Built(run, supernet, task, norm)
 
 
-def _pipeline(
-    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: Any, start: float
-) -> dict[str, Any]:
+@dataclass
+class _Chosen:
+    """The search and selection stages' outcome: every candidate, the top-k, their standalone val
+    runs worst-to-best (``order``), the winner's index in ``top`` and the stage times."""
+
+    candidates: list[Candidate]
+    top: list[Candidate]
+    standalone: list[dict[str, Any]]
+    order: list[int]
+    pick: int
+    supernet_s: float
+    search_s: float
+
+    @property
+    def row(self) -> dict[str, Any]:
+        return self.standalone[self.pick]
+
+
+def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: Any) -> _Chosen:
+    """Supernet, search, top-k standalone on train scored on val; the winner's run config to best.yaml."""
     run, supernet, task, norm = built.run, built.supernet, built.task, built.norm
     space = supernet.space
     largest = supernet.count(supernet.largest())
@@ -233,7 +258,17 @@ def _pipeline(
         config.backbone, config.data, winner, config.retrain.train, final=True, seed=config.retrain.seeds[0]
     )
     write_text(out / "best.yaml", dump_run_config(best))
-    rows = {"searched": standalone[pick]}
+    return _Chosen(candidates, top, standalone, order, pick, supernet_s, search_s)
+
+
+def _pipeline(
+    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: Any, start: float
+) -> dict[str, Any]:
+    run, task, norm = built.run, built.task, built.norm
+    chosen = _choose(config, built, out, resume, progress)
+    candidates, top, standalone, order = chosen.candidates, chosen.top, chosen.standalone, chosen.order
+    supernet_s, search_s = chosen.supernet_s, chosen.search_s
+    rows = {"searched": chosen.row}
     for name in config.baselines:
         progress.say(f"baseline: {name} at its default size on train, scored on val")
         rows[name] = _train(config, {name: {}}, out / "baselines" / name, progress)
@@ -404,7 +439,7 @@ def render_table(result: dict[str, Any]) -> str:
     tau, cost = result["kendall_tau"], result["search_cost_s"]
     lines += [
         "",
-        f"Searched subnet: {_describe(result['methods'])}.",
+        f"Searched subnet: {describe_methods(result['methods'])}.",
         f"{result['candidates']} candidates scored with inherited supernet weights; Kendall tau between the "
         f"inherited and the standalone val ranking (accuracy, ties by val loss) of the top {result['retrained']}: "
         f"{'n/a' if tau is None else f'{tau:.2f}'}.",
@@ -417,7 +452,7 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _describe(methods: dict[str, dict[str, Any]]) -> str:
+def describe_methods(methods: dict[str, dict[str, Any]]) -> str:
     parts = []
     for name, options in methods.items():
         size_option = REGISTRY[name].size_option

@@ -31,7 +31,7 @@ from autopeft import __version__
 from autopeft.api import apply, count_trainable
 from autopeft.config import parse_options
 from autopeft.data import DataConfig
-from autopeft.errors import ConfigError
+from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
 from autopeft.runs import build_backbone, git_sha, train_run
@@ -115,7 +115,7 @@ def prepare(config: SweepConfig) -> Prepared:
     if config.budget is not None:
         least = _least_nonempty(config, space, depth, {**{n: min(v) for n, v in sizes.items()}, **first})
         if config.budget < least:
-            raise ConfigError(
+            raise BudgetError(
                 f"budget: got {config.budget:,}; allowed: >= {least:,}, the cheapest candidate with a method on"
             )
     return Prepared(space, depth)
@@ -206,7 +206,7 @@ def finish_sweep(
     """Write candidates.csv, pareto.csv, best.yaml and result.json; returns result.json."""
     completed = [c for c in candidates if not c.scored_by]
     if not completed:
-        raise ConfigError(f"search: no trial completed ({info}); nothing to choose from")
+        raise SearchFailed(f"search: no trial completed ({info}); nothing to choose from")
     write_candidates(out / "candidates.csv", candidates, scored_by(config))
     write_candidates(out / "pareto.csv", pareto_front(completed), scored_by(config))
     best = ranked(completed)[0]
