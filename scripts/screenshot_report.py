@@ -52,6 +52,15 @@ def color_mask(pixels: np.ndarray, hex_color: str, tolerance: int = 12) -> np.nd
     return (np.abs(pixels.astype(int) - target) <= tolerance).all(axis=-1)
 
 
+def _height(ink: np.ndarray, gap: int = 12) -> int:
+    """Rows down to the first run of ``gap`` blank rows: the table's height from its header."""
+    blank = ink.mean(axis=1) < 0.01
+    for row in range(len(blank) - gap):
+        if blank[row : row + gap].all():
+            return row
+    return len(blank)
+
+
 def check(png: Path, dominated: bool = False) -> list[str]:
     """Problems with the screenshot; an empty list means it shows the table and the plot."""
     pixels = np.asarray(Image.open(png).convert("RGB"))
@@ -64,7 +73,7 @@ def check(png: Path, dominated: bool = False) -> list[str]:
         return ["no leaderboard table: its header colour never spans 200 px in a row"]
     top = header_rows[0]
     columns = np.flatnonzero(color_mask(pixels[top : top + 10], HEADER_COLOR).any(axis=0))
-    table = ink[top : top + 150, columns[0] : columns[-1] + 1]
+    table = ink[top : top + _height(ink[top:, columns[0] : columns[-1] + 1]), columns[0] : columns[-1] + 1]
     if table.mean() < 0.4:
         problems.append(f"table area is {table.mean():.0%} non-white (expected at least 40%: header, stripes, text)")
     below = pixels[top:]

@@ -3,6 +3,7 @@ by the final runs, mean +- std over seeds, report on the final runs, resume afte
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import statistics
@@ -79,9 +80,12 @@ def test_select_chooses_on_val_and_reads_test_only_in_final_runs(tmp_path):
         for strategy in scored:  # every selection run: scored on val, test never read
             runs = list(Path(strategy["run_dir"]).rglob("result.json"))
             assert runs and all(load(p)["test_acc"] is None for p in runs)
-    report = cli("report", *final_dirs, "--out", str(tmp_path / "report"))
+    report = cli("report", str(out), *final_dirs, "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
-    assert "digits" in (tmp_path / "report" / "leaderboard.md").read_text()
+    with (tmp_path / "report" / "leaderboard.csv").open(newline="") as handle:
+        selected = next(r for r in csv.DictReader(handle) if r["method"] == "selected per dataset")
+    for row in result["datasets"]:  # the suite's own row: each dataset's chosen strategy
+        assert float(selected[row["dataset"]]) == pytest.approx(row["test_acc"], abs=0.005)
 
 
 def test_budget_skips_a_method_whose_smallest_size_is_over_it(tmp_path):

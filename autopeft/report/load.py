@@ -16,7 +16,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "train": ("dataset", "methods", "trainable_params", "test_acc", "wall_time_s"),
     "search": ("dataset", "methods", "trainable_params", "val_acc", "wall_time_s"),
     "retrain": ("dataset", "methods", "trainable_params", "test_acc", "test_acc_std", "seeds_completed", "wall_time_s"),
+    "select": ("datasets", "wall_time_s"),
 }
+SELECTED_REQUIRED = ("dataset", "chosen", "methods", "trainable_params", "test_acc", "test_acc_std", "seeds")
+SELECTED = "selected per dataset"
 ROW_REQUIRED = ("name", "methods", "params", "test_acc", "test_acc_std", "seeds_completed")
 
 
@@ -97,6 +100,11 @@ def read_result(path: Path) -> dict[str, Any]:
     if command not in REQUIRED:
         raise ConfigError(f"{path}: 'command' is {command!r}; expected one of {', '.join(REQUIRED)}")
     _require(path, result, REQUIRED[command], "")
+    if command == "select":
+        if not isinstance(result["datasets"], list):
+            raise ConfigError(f"{path}: 'datasets' must be a list of per-dataset choices")
+        for i, row in enumerate(result["datasets"]):
+            _require(path, row, SELECTED_REQUIRED, f"datasets[{i}].")
     if command == "run":
         if not isinstance(result["table"], list):
             raise ConfigError(f"{path}: 'table' must be a list of rows")
@@ -117,7 +125,7 @@ def _require(path: Path, data: Any, keys: tuple[str, ...], where: str) -> None:
         value = data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ConfigError(f"{path}: {where}{key} must be a number or null, got {value!r}")
-    if not isinstance(data["methods"], dict):
+    if "methods" in keys and not isinstance(data["methods"], dict):
         raise ConfigError(f"{path}: {where}methods must be a mapping of method name to options")
 
 
@@ -126,6 +134,8 @@ def method_label(methods: dict[str, Any]) -> str:
 
 
 def _entries(result: dict[str, Any], source: Path) -> list[Entry]:
+    if result["command"] == "select":
+        return [_selected(row, result, source) for row in result["datasets"]]
     command, dataset = result["command"], canonical(str(result["dataset"]))
     base = {"dataset": dataset, "source": source, "command": command, "provenance": result.get("provenance") or {}}
     failed = _failure(result)
@@ -164,6 +174,24 @@ def _entries(result: dict[str, Any], source: Path) -> list[Entry]:
     ]
 
 
+def _selected(row: dict[str, Any], result: dict[str, Any], source: Path) -> Entry:
+    """One dataset of an ``autopeft select`` suite: its chosen strategy's final runs."""
+    seeds = len(row["seeds"]) if row["test_acc"] is not None else 0
+    return Entry(
+        SELECTED,
+        dataset=canonical(str(row["dataset"])),
+        methods=row["methods"],
+        params=row["trainable_params"],
+        mean=row["test_acc"],
+        std=row["test_acc_std"] if seeds > 1 else None,
+        seeds=seeds,
+        source=source,
+        command="select",
+        provenance={**(result.get("provenance") or {}), "chosen": row["chosen"]},
+        reason=_failure(result) or (None if row["test_acc"] is not None else "no test accuracy"),
+    )
+
+
 def _run_row(row: dict[str, Any], base: dict[str, Any], failed: str | None) -> Entry:
     mean = None if failed else row["test_acc"]
     seeds = row["seeds_completed"] if mean is not None else 0
@@ -193,8 +221,9 @@ def _failure(result: dict[str, Any]) -> str | None:
 
 def _cost(result: dict[str, Any], source: Path) -> Cost:
     provenance = result.get("provenance") or {}
+    datasets = [row["dataset"] for row in result["datasets"]] if result["command"] == "select" else [result["dataset"]]
     return Cost(
-        dataset=canonical(str(result["dataset"])),
+        dataset=", ".join(canonical(str(d)) for d in datasets),
         source=source,
         command=result["command"],
         status=result.get("status", "completed"),

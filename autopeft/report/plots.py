@@ -61,7 +61,8 @@ def pareto_plot(points: list[Point], score_label: str) -> tuple[bytes, bytes]:
     ax.set_ylabel(score_label)
     ax.set_title("Accuracy vs trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.margins(0.15)  # room for the labels at the edges
+    ax.legend(loc="best")
     return _save(fig, "png"), _save(fig, "svg")
 
 
