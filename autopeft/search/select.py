@@ -36,7 +36,7 @@ from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.runconfig import BackboneConfig, RunConfig
-from autopeft.runs import RESULT, RunInterrupted, build_backbone, git_sha, train_or_reuse
+from autopeft.runs import RESULT, RunInterrupted, git_sha, train_or_reuse
 from autopeft.search.pipeline import (
     PipelineConfig,
     SilentProgress,
@@ -46,7 +46,7 @@ from autopeft.search.pipeline import (
     run_pipeline,
     standalone_order,
 )
-from autopeft.search.sweep import SweepConfig, params_of, parse_sweep
+from autopeft.search.sweep import SweepConfig, backbone_depth, params_of, parse_sweep
 from autopeft.supernet import FloatRange, parse_space, suggest
 from autopeft.train import TrainConfig
 
@@ -330,8 +330,7 @@ def _sizes_in_budget(config: SuiteConfig, data: DataConfig, method: str) -> tupl
         return sizes, ""
     sweep = sweep_config(config, data, method)
     space = parse_space(sweep.space, "space")
-    with torch.device("meta"):
-        depth = len(build_backbone(replace(config.backbone, pretrained=False, checkpoint=None)).blocks)
+    depth = backbone_depth(config.backbone)
     low = {key: r.low for key, r in space.train.items()}
     counts = {
         s: params_of(sweep, space, suggest(optuna.trial.FixedTrial({f"{method}.size": s, **low}), space, depth))

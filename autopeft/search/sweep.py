@@ -107,8 +107,7 @@ def prepare(config: SweepConfig) -> Prepared:
     """Load the space and check that the backbone hosts every method at its largest size and that
     the budget admits a candidate that switches a method on; fails before anything is written."""
     space = load_space(config.space)
-    with torch.device("meta"):
-        depth = len(_skeleton(config.backbone).blocks)
+    depth = backbone_depth(config.backbone)
     sizes, options = size_genes(space, depth), option_genes(space)
     first = {n: v[0] for n, v in options.items()}
     params_of(config, space, _fixed(space, depth, {**{n: max(v) for n, v in sizes.items()}, **first}))
@@ -136,6 +135,12 @@ def _fixed(space: SearchSpace, depth: int, genes: dict[str, Any]) -> SubnetConfi
     """The candidate with these size and option genes (searched hyperparameters at their low end)."""
     floats = {key: r.low for key, r in space.train.items()}
     return suggest(optuna.trial.FixedTrial({**genes, **floats}), space, depth)
+
+
+def backbone_depth(backbone: BackboneConfig) -> int:
+    """The backbone's block count, from its architecture alone."""
+    with torch.device("meta"):
+        return len(_skeleton(backbone).blocks)
 
 
 def _skeleton(backbone: BackboneConfig) -> torch.nn.Module:
@@ -214,7 +219,7 @@ def finish_sweep(
     write_text(out / "best.yaml", dump_run_config(replace(run, final=True, test=True)))
     result = {
         "command": "search",
-        "dataset": config.data.name or config.data.task or Path(config.data.root or "").name,
+        "dataset": config.data.label,
         "backbone": config.backbone.name,
         "methods": run.methods,
         "train": {"lr": run.train.lr, "weight_decay": run.train.weight_decay},
