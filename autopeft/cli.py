@@ -83,15 +83,28 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    """A sweep of standalone trials over a space, on the optuna or the ray engine."""
+    """A search on val: the supernet pipeline up to its winner, or a sweep of standalone trials
+    on the optuna or the ray engine."""
     from autopeft.progress import PipelineProgress
     from autopeft.runconfig import apply_overrides, read_yaml
+    from autopeft.search.pipeline import parse_pipeline, run_pipeline
     from autopeft.search.sweep import parse_sweep
 
-    data = read_yaml(args.config) if args.config else {}
+    data = apply_overrides(read_yaml(args.config) if args.config else {}, args.set)
     base = Path(args.config).resolve().parent if args.config else None
-    config = parse_sweep(apply_overrides(data, args.set), args.config or "the embedded default", base)
+    source = args.config or "the embedded default"
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "search")
+    if args.engine == "supernet":
+        result = run_pipeline(
+            parse_pipeline(data, source, base), out, args.resume, PipelineProgress(), choose_only=True
+        )
+        print(
+            f"{out}: winner of {result['candidates']} candidates: val {_pct(result['val_acc'])}  "
+            f"trainable {result['trainable_params']:,}\n"
+            f"{out}: candidates.csv, pareto.csv, best.yaml (test it on train+val: autopeft retrain {out})"
+        )
+        return
+    config = parse_sweep(data, source, base)
     if args.engine == "optuna":
         from autopeft.search.optuna_sweep import optuna_sweep
 
@@ -192,9 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.add_argument("--resume", action="store_true", help="continue an interrupted pipeline in --out")
     run.set_defaults(run=_run)
-    search = commands.add_parser("search", help="sweep standalone trials over a search space (optuna or ray)")
-    search.add_argument("config", nargs="?", help="sweep config YAML (default: the full space on digits)")
-    search.add_argument("--engine", choices=("optuna", "ray"), default="optuna")
+    search = commands.add_parser("search", help="search on val: a supernet, or a sweep of standalone trials")
+    search.add_argument(
+        "config",
+        nargs="?",
+        help="sweep config YAML, or for --engine supernet a pipeline config as `run` takes "
+        "(default: the full space on digits, or the embedded demo)",
+    )
+    search.add_argument(
+        "--engine",
+        choices=("supernet", "optuna", "ray"),
+        default="optuna",
+        help="supernet: `autopeft run` stopped at its val-chosen winner; optuna/ray: standalone trials",
+    )
     search.add_argument("--out", help="run directory (default runs/<config name>, or runs/search)")
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     search.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")

@@ -73,6 +73,40 @@ def test_run_writes_every_file_and_reads_test_only_in_the_final_runs(tmp_path):
     assert "| searched |" in done.stdout and "| linear | 0 |" in done.stdout
 
 
+def test_search_engine_supernet_is_the_pipeline_stopped_at_its_val_winner(tmp_path):
+    config = write(tmp_path)
+    assert cli("run", str(config), "--out", str(tmp_path / "run")).returncode == 0
+    out = tmp_path / "search"
+    done = cli("search", str(config), "--engine", "supernet", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["command"] == "search" and result["engine"] == "supernet" and result["status"] == "completed"
+    assert result["test_acc"] is None and result["provenance"]["test_read"] is False
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.yaml",
+        "candidates.csv",
+        "config.yaml",
+        "pareto.csv",
+        "result.json",
+        "retrain",
+        "supernet",
+    ]
+    standalone = results(out / "retrain")
+    assert len(standalone) == 3 and all(r["test_acc"] is None for r in standalone)
+    assert {"methods": result["methods"], "val_acc": result["val_acc"]} in [
+        {"methods": r["methods"], "val_acc": r["val_acc"]} for r in standalone
+    ]
+    for name in ("candidates.csv", "best.yaml"):  # the same stages as `autopeft run`, to the same winner
+        assert (out / name).read_text() == (tmp_path / "run" / name).read_text()
+    assert load_run_config(out / "best.yaml").methods == result["methods"]
+    tested = cli("retrain", str(out), "--seeds", "0", "--out", str(tmp_path / "tested"))
+    assert tested.returncode == 0, tested.stderr
+    run_seed0 = json.loads((tmp_path / "run" / "final" / "searched" / "seed0" / "result.json").read_text())
+    assert json.loads((tmp_path / "tested" / "result.json").read_text())["test_acc"] == run_seed0["test_acc"]
+    again = cli("search", str(config), "--engine", "supernet", "--out", str(out))
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+
 def test_run_killed_mid_pipeline_resumes_to_the_same_result(tmp_path):
     config = write(tmp_path)
     whole = cli("run", str(config), "--out", str(tmp_path / "whole"))

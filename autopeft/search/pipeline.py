@@ -11,6 +11,9 @@ their own run directories.
       retrain/<k>/     top-k candidates standalone on train, scored on val (no test)
       baselines/<m>/   each single method at its default size on train, scored on val (no test)
       final/<row>/seed<s>/   the winner and each baseline on train+val, test read once
+
+`autopeft search --engine supernet` stops after retrain/ with best.yaml and a search result.json
+(the winner's val score, no test); `autopeft retrain` then trains best.yaml per seed.
 """
 
 from __future__ import annotations
@@ -159,22 +162,21 @@ def run_pipeline(
     """Run (or with ``resume`` continue) the whole pipeline into ``out``; returns result.json.
 
     ``progress`` has ``say(message)`` and ``run(label)`` (a display per training run); None is silent.
-    ``choose_only``: stop once the winner is chosen on val and ``best.yaml`` is written (no baselines,
-    no final runs, test never read, no result.json); returns the winner's standalone val run's result.
+    ``choose_only`` (`autopeft search --engine supernet`): stop once the winner is chosen on val, with
+    ``best.yaml`` and a search result.json written (no baselines, no final runs, test never read).
     """
     start = time.perf_counter()
     built = _build(config)  # a bad space, backbone or budget fails before anything is written
-    again = f"autopeft run {out / 'config.yaml'} --out {out} --resume"
+    command = f"search {out / 'config.yaml'} --engine supernet" if choose_only else f"run {out / 'config.yaml'}"
+    again = f"autopeft {command} --out {out} --resume"
     prepare_out(out, resume, yaml.safe_dump(asdict(config), sort_keys=False), again)
+    progress = progress or SilentProgress()
     try:
         if choose_only:
-            return _choose(config, built, out, resume, progress or SilentProgress()).row
-        return _pipeline(config, built, out, resume, progress or SilentProgress(), start)
+            return _search_result(config, built, _choose(config, built, out, resume, progress), out, start)
+        return _pipeline(config, built, out, resume, progress, start)
     except RunInterrupted as err:
-        raise RunInterrupted(
-            f"interrupted; finished stages are saved in {out}: continue with "
-            f"`autopeft run {out / 'config.yaml'} --out {out} --resume`"
-        ) from err
+        raise RunInterrupted(f"interrupted; finished stages are saved in {out}: continue with `{again}`") from err
     except NonFiniteLoss as err:
         raise SearchFailed(f"supernet training diverged ({err}); lower supernet.train.lr") from err
 
@@ -231,6 +233,21 @@ class _Chosen:
     def row(self) -> dict[str, Any]:
         return self.standalone[self.pick]
 
+    @property
+    def cost(self) -> dict[str, float]:
+        """Seconds of each search stage."""
+        retrain_s = sum(r["wall_time_s"] for r in self.standalone)
+        return {
+            "supernet": round(self.supernet_s, 2),
+            "search": round(self.search_s, 2),
+            "retrain_top_k": round(retrain_s, 2),
+        }
+
+    @property
+    def kendall_tau(self) -> float | None:
+        """How well the inherited ranking of the top-k agrees with their standalone val ranking."""
+        return kendall_tau(list(range(len(self.top), 0, -1)), _positions(self.order, self.standalone))
+
 
 def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: Any) -> _Chosen:
     """Supernet, search, top-k standalone on train scored on val; the winner's run config to best.yaml."""
@@ -266,8 +283,6 @@ def _pipeline(
 ) -> dict[str, Any]:
     run, task, norm = built.run, built.task, built.norm
     chosen = _choose(config, built, out, resume, progress)
-    candidates, top, standalone, order = chosen.candidates, chosen.top, chosen.standalone, chosen.order
-    supernet_s, search_s = chosen.supernet_s, chosen.search_s
     rows = {"searched": chosen.row}
     for name in config.baselines:
         progress.say(f"baseline: {name} at its default size on train, scored on val")
@@ -275,11 +290,7 @@ def _pipeline(
     finalists = _finalists(rows, config.retrain.final_baselines)
     progress.say(f"final: {', '.join(finalists)} on train+val, seeds {config.retrain.seeds}, test read once each")
     table = [_final_row(config, name, val_run, out, progress, name in finalists) for name, val_run in rows.items()]
-    cost = {
-        "supernet": round(supernet_s, 2),
-        "search": round(search_s, 2),
-        "retrain_top_k": round(sum(r["wall_time_s"] for r in standalone), 2),
-    }
+    cost = chosen.cost
     result = {
         "command": "run",
         "dataset": task.name,
@@ -293,9 +304,9 @@ def _pipeline(
         "seeds": config.retrain.seeds,
         "epochs": config.retrain.train.epochs,
         "select_epochs": config.retrain.select_train().epochs,
-        "candidates": len(candidates),
-        "retrained": len(top),
-        "kendall_tau": kendall_tau(list(range(len(top), 0, -1)), _positions(order, standalone)),
+        "candidates": len(chosen.candidates),
+        "retrained": len(chosen.top),
+        "kendall_tau": chosen.kendall_tau,
         "search_cost_s": cost,
         "search_cost_ratio": round(sum(cost.values()) / table[0]["run_s"], 2),
         "table": table,
@@ -304,6 +315,34 @@ def _pipeline(
         "status": "completed",
     }
     write_text(out / "summary.md", render_table(result))
+    write_json(out / RESULT, result)
+    return result
+
+
+def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: Path, start: float) -> dict[str, Any]:
+    """result.json of a supernet search stopped at its winner: the winner's standalone val run, no test."""
+    row, train = chosen.row, config.retrain.select_train()
+    result = {
+        "command": "search",
+        "engine": "supernet",
+        "dataset": built.task.name,
+        "backbone": config.backbone.name,
+        "methods": row["methods"],
+        "train": {"lr": train.lr, "weight_decay": train.weight_decay},
+        "trainable_params": row["trainable_params"],
+        "val_acc": row["val_acc"],
+        "val_loss": row.get("val_loss"),
+        "test_acc": None,
+        "seed": config.seed,
+        "epochs": train.epochs,
+        "candidates": len(chosen.candidates),
+        "retrained": len(chosen.top),
+        "kendall_tau": chosen.kendall_tau,
+        "search_cost_s": chosen.cost,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "provenance": {**provenance(built.run, built.task, built.norm), "test_read": False},
+        "status": row["status"],
+    }
     write_json(out / RESULT, result)
     return result
 
