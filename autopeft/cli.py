@@ -155,7 +155,7 @@ def _retrain(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "retrain"
-    result = retrain_run(run_dir, args.seeds, out, PipelineProgress())
+    result = retrain_run(run_dir, args.seeds, out, PipelineProgress(), args.set)
     print(
         f"{out}: test {_pct(result['test_acc'])} +- {result['test_acc_std'] or 0:.2f} over seeds {args.seeds} "
         f"({result['seeds_completed']} completed)  trainable {result['trainable_params']:,}"
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("run_dir", help="a run directory of autopeft search, run or select that holds best.yaml")
     retrain.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one final run per seed")
     retrain.add_argument("--out", help="where the seed runs go (default RUN_DIR/retrain)")
+    retrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of best.yaml")
     retrain.set_defaults(run=_retrain)
     export = commands.add_parser("export", help="export a finished run's weights")
     export.add_argument("run_dir")

@@ -283,15 +283,18 @@ def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
     return out
 
 
-def retrain_run(run_dir: Path, seeds: list[int], out: Path, progress: Any = None) -> dict[str, Any]:
-    """Train a finished search's ``best.yaml`` on train+val once per seed into ``out/seed<s>``
-    (each reads the test split once; finished seeds are reused, interrupted ones resumed) and
-    write ``out/result.json`` with the test mean and std over seeds."""
+def retrain_run(
+    run_dir: Path, seeds: list[int], out: Path, progress: Any = None, overrides: list[str] = ()
+) -> dict[str, Any]:
+    """Train a finished search's ``best.yaml`` (with ``key=value`` overrides, e.g. a longer
+    ``train.epochs``) on train+val once per seed into ``out/seed<s>`` (each reads the test split
+    once; finished seeds are reused, interrupted ones resumed) and write ``out/result.json`` with
+    the test mean and std over seeds."""
     if not (run_dir / "best.yaml").is_file():
         raise ConfigError(f"{run_dir}: holds no finished search (best.yaml missing); run autopeft search or run first")
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
-    best = load_run_config(run_dir / "best.yaml")
+    best = load_run_config(run_dir / "best.yaml", overrides)
     start = time.perf_counter()
     runs = []
     for seed in seeds:
