@@ -73,8 +73,7 @@ def provenance(config: RunConfig, task: TaskData, norm: Normalization) -> dict[s
         "git_sha": git_sha(),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "checkpoint": config.backbone.checkpoint
-        or ("shipped" if config.backbone.name.startswith("vit_demo") else None),
+        "checkpoint": _weights(config.backbone),
         "normalization": f"mean={list(norm.mean)} std={list(norm.std)}",
         "data_format": task.data_format,
         "selection": "val",

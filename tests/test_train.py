@@ -76,6 +76,7 @@ def test_train_writes_the_run_directory(tmp_path):
     assert summary["trainable_params"] == 2 * 4 * 2 * 32 * 2  # rank 4 on q and v, 2 blocks, width 32
     assert 0.0 <= summary["test_acc"] <= 100.0 and summary["val_acc"] > 10.0
     assert summary["provenance"]["selection"] == "val" and summary["provenance"]["reported_epoch"] == "final"
+    assert summary["provenance"]["checkpoint"] == "random init"  # pretrained: false
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert lines[-1]["val_acc"] == summary["val_acc"]
