@@ -40,7 +40,7 @@ from autopeft.search.supernet_stage import inherited_score, train_supernet
 from autopeft.supernet import SearchSpace, SubnetConfig, Supernet, check_shareable, method_config, parse_space
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
-SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"  # the repo's search_spaces/ links here
 ENGINES = ("evolution", *SAMPLERS)
 SCORED_BY = "val accuracy (%) with inherited supernet weights"
 
