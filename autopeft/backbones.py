@@ -25,7 +25,7 @@ DEMO_BACKBONES: dict[str, dict[str, Any]] = {
         "timm": {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4},
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
-        "sha256": "7fe5fdfab7e672a3ae8b4a8516864470b36c837e6da074408561e0548bde9b7e",
+        "sha256": "993f65531874c249d1caee0ba58b8f6040b256e1d280ab790dd837876945a2fc",
     },
 }
 

@@ -1,11 +1,12 @@
-"""Pretrain autopeft's shipped demo ViT from scratch on Fashion-MNIST (CPU, ~1.5 h on 2 cores).
+"""Pretrain autopeft's shipped demo ViT from scratch on Fashion-MNIST (CPU, ~5.5 min/epoch on 2 cores).
 
     apt-get install -y dataset-fashion-mnist
     HF_HUB_OFFLINE=1 python scripts/pretrain_demo_backbone.py
 
 ``--init FILE`` continues from earlier backbone weights (a new head, a new schedule); the new
 model card then keeps the earlier card under "Initialisation", so every stage of the recipe
-stays written down.
+stays written down. The shipped weights are four stages (10 + 6 + 3 + 4 = 23 epochs, about 2 h 10 min
+on 2 idle cores in all); their card lists each command.
 Writes ``autopeft/assets/<name>.safetensors`` (float16 weights, no head) and its model card
 ``autopeft/assets/<name>.md`` (recipe, epochs, test accuracy, sha256, data licence).
 Grayscale images are padded from 28 to 32 px and repeated to 3 channels, so the
