@@ -60,7 +60,7 @@ def cell(entry: dict) -> str:
     return f"{entry['test_acc']:.2f} +- {entry['test_acc_std']:.2f}"
 
 
-def render(results: list[dict], cap: int, missing: list[str]) -> str:
+def render(results: list[dict], cap: int, missing: list[str], threads: int) -> str:
     lines = [
         "| task | searched: params | val | test | best single (on val) | params | val | test | test diff "
         "| Kendall tau | search cost |",
@@ -114,8 +114,9 @@ def render(results: list[dict], cap: int, missing: list[str]) -> str:
             "jobs they move with the load (a stage timed under heavier load looks dearer), so compare them only "
             "within one run on a quiet machine; `results/bench/supernet.json` measures the cost on purpose.",
             "",
-            f"Regenerate: `{COMMAND}` ({wall:.0f} min of wall time over these runs on "
-            f"{platform.processor() or platform.machine()}, torch {torch.__version__}).",
+            f"Regenerate: `{COMMAND} --threads {threads}` ({wall:.0f} min of wall time over these runs on "
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} thread"
+            f"{'s' if threads > 1 else ''}).",
             "",
         ]
     )
@@ -136,7 +137,7 @@ def main() -> None:
     results = [json.loads(path.read_text()) for path in finished if path.is_file()]
     if results:
         missing = [task for task, path in zip(BUILTIN_TASKS, finished, strict=True) if not path.is_file()]
-        OUT.write_text(render(results, cap, missing))
+        OUT.write_text(render(results, cap, missing, args.threads))
         print(f"wrote {OUT}")
 
 
