@@ -22,10 +22,12 @@ from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
 from autopeft.files import write_atomic, write_json, write_text
 from autopeft.methods import REGISTRY
+from autopeft.optim import Masks
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, load_run_config
 from autopeft.train import (
     NonFiniteLoss,
     Normalization,
+    StepLoss,
     evaluate,
     evaluate_with_loss,
     make_optimizer,
@@ -146,20 +148,24 @@ def fit(
     out: Path,
     resume: bool = False,
     progress: Any = None,
-    before_step: Callable[[int], None] | None = None,
+    step_loss: StepLoss | None = None,
+    active: Callable[[], Masks] | None = None,
     before_eval: Callable[[], None] | None = None,
+    after_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train on train (trainval when ``config.final``), val accuracy per epoch, a checkpoint in
     ``out`` after every epoch; returns the per-epoch history and the start time (perf_counter,
     shifted back by the time already spent before a resume).
 
-    ``before_step`` / ``before_eval`` let a supernet pick the subnet for each step and for val.
+    A supernet passes ``step_loss`` (its subnets' forward and backward per batch), ``active`` (the
+    masks of what each step may move: a MaskedAdamW) and ``before_eval`` (the subnet val scores);
+    ``after_epoch`` sees each epoch's history line once its checkpoint is written.
     Raises NonFiniteLoss (with ``.history``) or RunInterrupted.
     """
     out.mkdir(parents=True, exist_ok=True)
     train_split = task.split("trainval" if config.final else "train")
     val_split = None if config.final else task.split("val")
-    optimizer = make_optimizer(model, config.train)
+    optimizer = make_optimizer(model, config.train, active)
     scheduler = make_scheduler(optimizer, config.train, -(-len(train_split) // config.train.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
     history, elapsed = _restore(out / CHECKPOINT, model, optimizer, scheduler, generator) if resume else ([], 0.0)
@@ -172,7 +178,7 @@ def fit(
         for epoch in range(len(history), config.train.epochs):
             try:
                 stats = train_epoch(
-                    runner, train_split, optimizer, scheduler, config.train, norm, generator, on_step, before_step
+                    runner, train_split, optimizer, scheduler, config.train, norm, generator, on_step, step_loss
                 )
             except NonFiniteLoss as err:
                 raise NonFiniteLoss(str(err), history) from err
@@ -189,6 +195,8 @@ def fit(
             _save_checkpoint(out, model, optimizer, scheduler, generator, history, time.perf_counter() - start)
             if progress is not None:
                 progress.epoch(history[-1])
+            if after_epoch is not None:
+                after_epoch(history[-1])
     except KeyboardInterrupt as err:
         raise RunInterrupted(
             f"interrupted; {len(history)} epochs saved in {out / CHECKPOINT}: "

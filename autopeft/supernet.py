@@ -12,17 +12,20 @@ each candidate is a frozen, hashable ``SubnetConfig``.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
-from autopeft.api import apply, count_trainable, set_sizes
+from autopeft.api import apply, count_trainable
 from autopeft.config import parse_options
-from autopeft.errors import ConfigError
+from autopeft.errors import BudgetError, ConfigError
 from autopeft.methods import REGISTRY, elastic_modules
+from autopeft.optim import Masks
 
 SEARCHABLE = ("lora", "adapter", "vpt", "kv_prompt", "ssf")
 # Method options a subnet may change at run time without new weights: (method, option) -> attribute.
@@ -226,7 +229,10 @@ class Supernet:
         check_shareable(space)
         methods = {m: {**s.options, REGISTRY[m].size_option: max(s.sizes)} for m, s in space.methods.items()}
         apply(model, methods)
+        self.modules = {method: elastic_modules(model, method) for method in space.methods}
         self.subnet = self.largest()
+        self.set_subnet(self.subnet)
+        self._fixed = count_trainable(model) - self._elastic_count()  # trainable tensors no subnet changes
 
     def set_subnet(self, subnet: SubnetConfig) -> None:
         """Activate ``subnet``: sizes per block and run-time options (LoRA alpha, adapter scale)."""
@@ -239,25 +245,52 @@ class Supernet:
                 raise ConfigError(
                     f"set_subnet: {method} options {sorted(options)}; the space searches {sorted(spec.search)}"
                 )
-            set_sizes(self.model, method, sizes)
-            for option, value in options.items():
-                for module in elastic_modules(self.model, method):
+            for module in self.modules[method]:
+                module.set_block_sizes(sizes)
+                for option, value in options.items():
                     setattr(module, RUNTIME_OPTIONS[(method, option)], value)
         self.subnet = subnet
 
     def count(self, subnet: SubnetConfig) -> int:
-        """Trainable parameters of ``subnet`` standalone (head excluded), without a forward pass."""
+        """Trainable parameters of ``subnet`` standalone (head excluded), without a forward pass:
+        ``count_trainable`` of the model with ``subnet`` active."""
         current = self.subnet
         self.set_subnet(subnet)
         try:
-            return count_trainable(self.model)
+            return self._fixed + self._elastic_count()
         finally:
             self.set_subnet(current)
+
+    def _elastic_count(self) -> int:
+        return sum(module.count() for modules in self.modules.values() for module in modules)
+
+    def active_masks(self) -> Masks:
+        """Per trainable tensor of the methods, the elements the active subnet uses (for MaskedAdamW)."""
+        masks: Masks = {}
+        for modules in self.modules.values():
+            for module in modules:
+                for param, index in module.active_parts():
+                    mask = torch.zeros_like(param, dtype=torch.bool)
+                    mask[index] = True
+                    masks[param] = mask
+        return masks
 
     def sample(self, rng: random.Random) -> SubnetConfig:
         """A subnet with every gene drawn uniformly from its values."""
         genes = {**size_genes(self.space, self.depth), **option_genes(self.space)}
         return self.from_genes({name: rng.choice(values) for name, values in genes.items()})
+
+    def sample_within(self, rng: random.Random, high: int | None, low: int = 0, tries: int = 100_000) -> SubnetConfig:
+        """A subnet drawn uniformly among those with ``low <= count <= high`` (rejection sampling);
+        ``high`` None = no upper bound. BudgetError when ``tries`` draws find none."""
+        for _ in range(tries):
+            subnet = self.sample(rng)
+            if low <= self.count(subnet) <= (math.inf if high is None else high):
+                return subnet
+        raise BudgetError(
+            f"no subnet of the space has {low:,}..{high if high is None else f'{high:,}'} trainable parameters "
+            f"in {tries:,} uniform draws; allowed: a range that holds subnets of this space"
+        )
 
     def largest(self) -> SubnetConfig:
         return self._extreme(max)
@@ -265,23 +298,51 @@ class Supernet:
     def smallest(self) -> SubnetConfig:
         return self._extreme(min)
 
-    def smallest_nonempty_count(self) -> int:
-        """Trainable parameters of the cheapest subnet that switches at least one method on: the
-        least a parameter budget must allow for a search to have anything to choose."""
-        floor = self.count(self.smallest())
-        if floor > 0:
-            return floor
-        base = {**self._genes(min), **{name: values[0] for name, values in option_genes(self.space).items()}}
-        counts = [
-            self.count(self.from_genes({**base, name: min(v for v in values if v > 0)}))
+    def largest_within(self, budget: int) -> SubnetConfig:
+        """The in-budget subnet with the most parameters that growing one gene at a time finds: from the
+        smallest subnet, repeatedly take the single size step up that gives the largest count still
+        within ``budget`` (ties: the first gene), until no step fits."""
+        genes = {**self._genes(min), **self._first_options()}
+        subnet = self.from_genes(genes)
+        if self.count(subnet) > budget:
+            raise BudgetError(f"budget: got {budget:,}; the smallest subnet has {self.count(subnet):,} parameters")
+        while True:
+            steps = []
+            for name, values in size_genes(self.space, self.depth).items():
+                larger = sorted(v for v in values if v > genes[name])
+                if larger:
+                    grown = self.from_genes({**genes, name: larger[0]})
+                    steps.append((self.count(grown), name, larger[0], grown))
+            fitting = [step for step in steps if step[0] <= budget]
+            if not fitting:
+                return subnet
+            _, name, value, subnet = max(fitting, key=lambda step: step[0])
+            genes[name] = value
+
+    def check_budget(self, budget: int, where: str = "budget") -> None:
+        """BudgetError unless ``budget`` admits a subnet that switches a method on."""
+        least = self.count(self.smallest_nonempty())
+        if budget < least:
+            raise BudgetError(
+                f"{where}: got {budget:,} trainable parameters; allowed: >= {least:,}, the smallest subnet "
+                f"of this space that switches a method on"
+            )
+
+    def smallest_nonempty(self) -> SubnetConfig:
+        """The cheapest subnet that switches at least one method on (the smallest, if it already does)."""
+        smallest = self.smallest()
+        if self.count(smallest) > 0:
+            return smallest
+        base = {**self._genes(min), **self._first_options()}
+        grown = [
+            self.from_genes({**base, name: min(v for v in values if v > 0)})
             for name, values in size_genes(self.space, self.depth).items()
             if name != "depth" and any(v > 0 for v in values)
         ]
-        return min((c for c in counts if c > 0), default=0)
-
-    def sandwich(self, rng: random.Random) -> list[SubnetConfig]:
-        """The largest, the smallest and one uniformly sampled subnet (the sandwich rule)."""
-        return [self.largest(), self.smallest(), self.sample(rng)]
+        nonempty = [(self.count(s), i) for i, s in enumerate(grown) if self.count(s) > 0]
+        if not nonempty:
+            raise ConfigError("space: no subnet switches a method on (every size list is [0])")
+        return grown[min(nonempty)[1]]
 
     def from_genes(self, genes: Mapping[str, Scalar]) -> SubnetConfig:
         import optuna
@@ -290,8 +351,10 @@ class Supernet:
 
     def _extreme(self, pick) -> SubnetConfig:
         """Every size gene (and depth) at ``pick`` of its values; searched options at their first value."""
-        options = {name: values[0] for name, values in option_genes(self.space).items()}
-        return self.from_genes({**self._genes(pick), **options})
+        return self.from_genes({**self._genes(pick), **self._first_options()})
+
+    def _first_options(self) -> dict[str, Scalar]:
+        return {name: values[0] for name, values in option_genes(self.space).items()}
 
     def _genes(self, pick) -> dict[str, int]:
         return {name: pick(values) for name, values in size_genes(self.space, self.depth).items()}

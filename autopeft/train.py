@@ -15,6 +15,8 @@ from torch import nn
 
 from autopeft.data import Split
 from autopeft.data.transforms import augment, normalize
+from autopeft.errors import ConfigError
+from autopeft.optim import MaskedAdamW, Masks
 
 
 @dataclass
@@ -66,15 +68,23 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on trainable matrices only (not on biases, norms, scales, prompts' 1-D tensors)."""
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, active: Callable[[], Masks] | None = None
+) -> torch.optim.Optimizer:
+    """Weight decay on trainable matrices only (not on biases, norms, scales, prompts' 1-D tensors).
+    ``active`` (AdamW only): the masks of the elements each step may move, for a supernet
+    (``MaskedAdamW``); without it, torch's own optimizers."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     if config.optimizer == "sgd":
+        if active is not None:
+            raise ConfigError("supernet: masked steps need optimizer adamw; with sgd set supernet.masked: false")
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if active is not None:
+        return MaskedAdamW(groups, active, lr=config.lr)
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
@@ -97,6 +107,30 @@ def batches(length: int, batch_size: int, generator: torch.Generator | None) -> 
     yield from order.split(batch_size)
 
 
+StepLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, int]]
+"""``(model, inputs, labels, step) -> (loss, passes)``: forward and backward of one batch (gradients
+accumulate in ``.grad``), the loss to log and how many forward+backward passes of the batch it ran."""
+
+
+def cross_entropy_step(label_smoothing: float = 0.0) -> StepLoss:
+    """The plain step: one forward, cross-entropy, one backward."""
+
+    def step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, index: int) -> tuple[torch.Tensor, int]:
+        with autocast(inputs.device):
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        check_finite(loss, index)
+        loss.backward()
+        return loss.detach(), 1
+
+    return step
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss became {loss.item()} at step {step}")
+
+
 def train_epoch(
     model: nn.Module,
     split: Split,
@@ -106,39 +140,35 @@ def train_epoch(
     norm: Normalization,
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
-    before_step: Callable[[int], None] | None = None,
+    step_loss: StepLoss | None = None,
 ) -> dict[str, float]:
-    """One pass over ``split``; returns mean loss and images per second. Raises NonFiniteLoss.
+    """One pass over ``split``; returns mean loss, images per second and training images processed
+    (forward+backward passes x images). Raises NonFiniteLoss.
 
-    ``before_step(step)`` runs before each batch with the global step count (the supernet
-    activates a sampled subnet there).
+    ``step_loss`` runs each batch's forward and backward (default: ``cross_entropy_step``; a
+    supernet activates its sampled subnets there), given the global step count.
     """
     model.train()
     device = device_of(model)
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    step_loss = step_loss or cross_entropy_step(config.label_smoothing)
+    total_loss, seen, passes, start = 0.0, 0, 0, time.perf_counter()
     for positions in batches(len(split), config.batch_size, generator):
         images, labels = split.batch(positions)
         images = augment(images, generator, config.flip, config.shift)
         inputs = normalize(images.to(device, non_blocking=True), norm.mean, norm.std)
-        if before_step is not None:
-            before_step(scheduler.last_epoch)
-        with autocast(device):
-            logits = model(inputs)
-        loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=config.label_smoothing)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss became {loss.item()} at step {scheduler.last_epoch}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, runs = step_loss(model, inputs, labels.to(device), scheduler.last_epoch)
         if config.grad_clip:
             nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(labels)
         seen += len(labels)
+        passes += runs * len(labels)
         if on_step is not None:
             on_step(len(labels), loss.item())
     elapsed = time.perf_counter() - start
-    return {"loss": total_loss / seen, "images_per_s": seen / elapsed}
+    return {"loss": total_loss / seen, "images_per_s": seen / elapsed, "train_images": passes}
 
 
 @torch.no_grad()

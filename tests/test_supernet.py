@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import autopeft
-from autopeft.errors import ConfigError
+from autopeft.errors import BudgetError, ConfigError
 from autopeft.supernet import SubnetConfig, Supernet, method_config, parse_space, suggest
 from tests.conftest import DEPTH, randomise_trainable, tiny_vit
 
@@ -91,8 +91,42 @@ def test_sampling_is_seeded_and_stays_inside_the_space():
     for subnet in samples:
         for method, spec in net.space.methods.items():
             assert len(subnet.size(method)) == DEPTH and set(subnet.size(method)) <= set(spec.sizes)
-    largest, smallest, _ = net.sandwich(random.Random(0))
-    assert largest.size("lora") == (4, 4, 4) and smallest.size("adapter") == (0, 0, 0)
+    assert net.largest().size("lora") == (4, 4, 4) and net.smallest().size("adapter") == (0, 0, 0)
+
+
+def test_sampling_within_a_range_stays_in_it():
+    net = supernet()
+    low, high = 5_000, 9_000
+    rng = random.Random(0)
+    counts = [net.count(net.sample_within(rng, high, low)) for _ in range(20)]
+    assert all(low <= c <= high for c in counts) and len(set(counts)) > 5
+    with pytest.raises(BudgetError, match=r"no subnet of the space has 1\.\.1 trainable parameters"):
+        net.sample_within(rng, 1, 1, tries=200)
+
+
+def test_largest_within_a_budget_is_maximal():
+    net = supernet()
+    for budget in (3_000, 10_000, 25_000):
+        top = net.largest_within(budget)
+        assert net.count(top) <= budget
+        for method, spec in net.space.methods.items():
+            for block in range(DEPTH):
+                sizes = list(top.size(method))
+                larger = sorted(v for v in spec.sizes if v > sizes[block])
+                if larger:
+                    sizes[block] = larger[0]
+                    grown = SubnetConfig.of({**{m: top.size(m) for m in net.space.methods}, method: sizes})
+                    assert net.count(grown) > budget  # no single step up still fits
+    assert net.largest_within(net.count(net.largest())) == net.largest()
+
+
+def test_smallest_nonempty_and_the_budget_check():
+    net = supernet()
+    bottom = net.smallest_nonempty()
+    assert net.count(bottom) == 32  # one 1-token VPT prompt in one block (width 32): the cheapest gene
+    net.check_budget(net.count(bottom))
+    with pytest.raises(BudgetError, match=r"search.budget: got 31 trainable parameters; allowed: >= 32"):
+        net.check_budget(31, "search.budget")
 
 
 def test_depth_gene_switches_off_the_later_blocks():

@@ -1,13 +1,15 @@
-"""Supernet training (one subnet per step, resumable) and scoring with inherited weights."""
+"""Supernet training (sampling rules, sandwich steps, masked AdamW, resumable) and inherited scoring."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from autopeft.optim import MaskedAdamW
 from autopeft.runconfig import parse_run_config
 from autopeft.runs import RunInterrupted, build_model
-from autopeft.search.supernet_stage import inherited_score, step_sampler, train_supernet
+from autopeft.search.supernet_stage import SupernetSteps, inherited_score, train_supernet
 from autopeft.supernet import Supernet, parse_space
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -35,10 +37,12 @@ def trainable(supernet: Supernet) -> dict[str, torch.Tensor]:
 def test_training_updates_every_method_and_val_is_the_largest_subnets(tmp_path):
     supernet, task, norm, config = setup()
     before = trainable(supernet)
-    history, seconds = train_supernet(supernet, task, norm, config, tmp_path)
+    steps = SupernetSteps(supernet, "sandwich", None, seed=0)
+    history, seconds = train_supernet(steps, task, norm, config, tmp_path)
     after = trainable(supernet)
     assert [name for name in before if torch.equal(before[name], after[name])] == []
     assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["train_images"] for h in history] == [4 * 800, 4 * 800]  # largest, smallest, 2 random per batch
     assert supernet.subnet == supernet.largest()
     scored = inherited_score(supernet, task, norm)(supernet.largest())
     assert (history[-1]["val_acc"], history[-1]["val_loss"]) == scored
@@ -46,14 +50,17 @@ def test_training_updates_every_method_and_val_is_the_largest_subnets(tmp_path):
 
 
 def test_resumed_training_ends_with_the_same_weights(tmp_path):
+    def steps(supernet):
+        return SupernetSteps(supernet, "sandwich", 600, seed=0)
+
     supernet, task, norm, config = setup(epochs=2)
-    train_supernet(supernet, task, norm, config, tmp_path / "whole")
+    train_supernet(steps(supernet), task, norm, config, tmp_path / "whole")
     whole = trainable(supernet)
     first, task, norm, config = setup(epochs=2)
     with pytest.raises(RunInterrupted):
-        train_supernet(first, task, norm, config, tmp_path / "split", progress=CtrlCAfterFirstEpoch())
+        train_supernet(steps(first), task, norm, config, tmp_path / "split", progress=CtrlCAfterFirstEpoch())
     resumed, task, norm, config = setup(epochs=2)
-    train_supernet(resumed, task, norm, config, tmp_path / "split", resume=True)
+    train_supernet(steps(resumed), task, norm, config, tmp_path / "split", resume=True)
     assert all(torch.equal(whole[name], tensor) for name, tensor in trainable(resumed).items())
 
 
@@ -70,13 +77,89 @@ class CtrlCAfterFirstEpoch:
         raise KeyboardInterrupt
 
 
-def test_sandwich_rule_cycles_largest_smallest_random():
+def test_each_rule_draws_the_same_subnets_for_a_step_and_stays_in_the_budget():
     supernet, *_ = setup()
-    activate = step_sampler(supernet, "sandwich", seed=0)
-    seen = []
-    for step in range(6):
-        activate(step)
-        seen.append(supernet.subnet)
-    assert seen[0] == seen[3] == supernet.largest() and seen[1] == seen[4] == supernet.smallest()
-    activate(2)
-    assert supernet.subnet == seen[2]  # the same step always draws the same subnet
+    budget = 700
+    sandwich = SupernetSteps(supernet, "sandwich", budget, seed=0)
+    drawn = sandwich.subnets(5)
+    assert drawn == sandwich.subnets(5) and drawn != sandwich.subnets(6)
+    assert drawn[:2] == [supernet.largest_within(budget), supernet.smallest_nonempty()] and len(drawn) == 4
+    for step in range(20):
+        for subnet in [*sandwich.subnets(step), *SupernetSteps(supernet, "budget", budget, 0).subnets(step)]:
+            assert supernet.count(subnet) <= budget
+    uniform = [SupernetSteps(supernet, "uniform", budget, 0).subnets(step)[0] for step in range(20)]
+    assert max(supernet.count(s) for s in uniform) > budget  # uniform ignores the budget
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_sandwich_step_gradient_is_the_sum_of_its_subnets_gradients(distill):
+    supernet, task, _norm, _ = setup()
+    model = supernet.model.eval()  # no prompt dropout: the two computations see the same forward
+    split = task.split("train")
+    images, labels = split.batch(torch.arange(16))
+    inputs = (images.float() / 255 - 0.5) / 0.5
+    steps = SupernetSteps(supernet, "sandwich", 600, seed=0, distill=distill)
+    model.zero_grad(set_to_none=True)
+    _loss, passes = steps(model, inputs, labels, 3)
+    together = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    expected: dict[str, torch.Tensor] = {}
+    teacher = None
+    for subnet in steps.subnets(3):
+        model.zero_grad(set_to_none=True)
+        supernet.set_subnet(subnet)
+        logits = model(inputs)
+        alone = (
+            F.cross_entropy(logits, labels)
+            if teacher is None or not distill
+            else F.kl_div(F.log_softmax(logits, -1), F.softmax(teacher, -1), reduction="batchmean")
+        )
+        alone.backward()
+        teacher = logits.detach() if teacher is None else teacher
+        for name, param in model.named_parameters():
+            if param.grad is not None:
+                expected[name] = expected.get(name, 0) + param.grad
+    assert passes == 4 and together.keys() == expected.keys()
+    for name, grad in together.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_masked_step_leaves_inactive_slices_bit_for_bit_unchanged():
+    supernet, task, _norm, _config = setup()
+    model = supernet.model
+    steps = SupernetSteps(supernet, "budget", 600, seed=0)
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = MaskedAdamW(trainable_params, lambda: steps.masks, lr=0.05, weight_decay=0.1)
+    split = task.split("train")
+    images, labels = split.batch(torch.arange(32))
+    inputs = (images.float() / 255 - 0.5) / 0.5
+    for step in range(6):  # moments everywhere become non-zero
+        optimizer.zero_grad(set_to_none=True)
+        steps(model, inputs, labels, step)
+        optimizer.step()
+    before = {p: (p.detach().clone(), {k: v.clone() for k, v in optimizer.state[p].items()}) for p in trainable_params}
+    optimizer.zero_grad(set_to_none=True)
+    steps(model, inputs, labels, 6)
+    optimizer.step()
+    partial = moved = 0
+    for param, mask in steps.masks.items():
+        old, state = before[param]
+        assert torch.equal(param.detach()[~mask], old[~mask])
+        for key, value in optimizer.state[param].items():  # a tensor first stepped now starts at zero
+            assert torch.equal(value[~mask], state[key][~mask] if state else torch.zeros_like(value[~mask]))
+        partial += bool(mask.any() and not mask.all())
+        moved += not torch.equal(param.detach()[mask], old[mask])
+    assert partial > 0 and moved > 0  # the step used part of some tensors, and moved what it used
+
+
+def test_masked_adamw_with_everything_active_follows_adamw():
+    torch.manual_seed(0)
+    first = torch.nn.Parameter(torch.randn(6, 5))
+    second = torch.nn.Parameter(first.detach().clone())
+    plain = torch.optim.AdamW([first], lr=1e-2, weight_decay=0.1)
+    masked = MaskedAdamW([second], lambda: {}, lr=1e-2, weight_decay=0.1)
+    for _ in range(25):
+        grad = torch.randn(6, 5)
+        first.grad, second.grad = grad.clone(), grad.clone()
+        plain.step()
+        masked.step()
+    torch.testing.assert_close(first.detach(), second.detach(), rtol=0, atol=1e-6)

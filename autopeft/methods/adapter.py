@@ -14,7 +14,7 @@ from autopeft import inject
 from autopeft.backbones import ViTInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import ElasticWrapper, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
 
 Position = Literal["sequential", "parallel"]
 Scale = float | Literal["learnable", "learnable_scalar"]
@@ -74,6 +74,14 @@ class Adapter(ElasticWrapper):
     def own_parameters(self) -> list[nn.Parameter]:
         own = [*self.down.parameters(), *self.up.parameters()]
         return own + ([self.learned_scale] if self.learned_scale is not None else [])
+
+    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
+        if self.size == 0:
+            return [(p, NOTHING) for p in self.own_parameters()]
+        k = slice(0, self.size)
+        parts = [(self.down.weight, (k,)), (self.down.bias, (k,)), (self.up.weight, (slice(None), k))]
+        scale = [(self.learned_scale, EVERYTHING)] if self.learned_scale is not None else []
+        return [*parts, (self.up.bias, EVERYTHING), *scale]
 
     def count(self) -> int:
         if self.size == 0:

@@ -11,6 +11,10 @@ from torch import nn
 from autopeft.backbones import ViTInfo
 from autopeft.errors import ConfigError
 
+Index = tuple[slice, ...]
+EVERYTHING: Index = ()
+NOTHING: Index = (slice(0, 0),)
+
 
 class Elastic:
     """Mixin for modules allocated at a maximum size that run at an active size <= max.
@@ -34,6 +38,11 @@ class Elastic:
 
     def count(self) -> int:
         """Trainable parameters at the active size."""
+        raise NotImplementedError
+
+    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
+        """Each own parameter with the index of the part the active size uses (``NOTHING`` when none):
+        what a training step may move. Slices past the active size get no gradient and must not move."""
         raise NotImplementedError
 
 

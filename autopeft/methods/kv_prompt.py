@@ -14,7 +14,7 @@ from autopeft import inject
 from autopeft.backbones import ViTInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import ElasticWrapper, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
 
 
 @dataclass
@@ -74,6 +74,9 @@ class PromptedAttention(ElasticWrapper):
         if gate is not None:
             x = x * gate
         return attn.proj_drop(attn.proj(x))
+
+    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
+        return [(p, (slice(None), slice(0, self.size))) for p in self.own_parameters()]
 
     def count(self) -> int:
         per_tensor = self.prompt_k.shape[0] * self.size * self.prompt_k.shape[2]

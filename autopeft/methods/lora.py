@@ -14,7 +14,7 @@ from autopeft import inject
 from autopeft.backbones import ViTInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import ElasticWrapper, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
 
 Target = Literal["q", "k", "v", "qkv", "proj", "fc1", "fc2"]
 QKV_PARTS = ("q", "k", "v")
@@ -122,6 +122,10 @@ class LoRALinear(ElasticWrapper):
         """The base Linear with the update folded in, for permanent merging."""
         self.merge()
         return self.base
+
+    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
+        rows, cols = (slice(0, self.size),), (slice(None), slice(0, self.size))
+        return [(a, rows) for a in self.lora_A.values()] + [(b, cols) for b in self.lora_B.values()]
 
     def count(self) -> int:
         in_features = self.base.in_features

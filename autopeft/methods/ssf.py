@@ -12,7 +12,7 @@ from autopeft import inject
 from autopeft.backbones import ViTInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import ElasticWrapper, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
 
 Site = Literal["patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "norm"]
 BLOCK_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
@@ -55,6 +55,9 @@ class ScaleShift(ElasticWrapper):
 
     def set_block_sizes(self, sizes: list[int]) -> None:
         self.size = sizes[self.block] if self.block is not None else int(any(sizes))
+
+    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
+        return [(p, EVERYTHING if self.size else NOTHING) for p in (self.gamma, self.beta)]
 
     def count(self) -> int:
         return 2 * self.gamma.numel() * self.size

@@ -14,7 +14,7 @@ from autopeft import inject
 from autopeft.backbones import ViTInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import Elastic, MethodSpec, check_size, register, tensor_kwargs
+from autopeft.methods.base import Elastic, Index, MethodSpec, check_size, register, tensor_kwargs
 
 
 @dataclass
@@ -82,6 +82,13 @@ class PromptedBlocks(Elastic, nn.Sequential):
 
     def own_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters(recurse=False) if name.startswith("prompt_")]
+
+    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
+        return [
+            (getattr(self, f"prompt_{i}"), (slice(0, self.lengths[i]),))
+            for i, length in enumerate(self.max_lengths)
+            if length
+        ]
 
     def count(self) -> int:
         return sum(self.lengths) * self.width

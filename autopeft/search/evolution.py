@@ -64,8 +64,8 @@ class _Evolution:
         self.choices = {**self.sizes, **option_genes(supernet.space)}
         self.seen: set[SubnetConfig] = set()
         self.scored: list[Candidate] = []
-        if budget is not None and supernet.count(supernet.smallest()) > budget:
-            raise ConfigError(f"budget {budget:,} is below the smallest subnet of the space")
+        if budget is not None:
+            supernet.check_budget(budget)
 
     def initial(self) -> list[Candidate]:
         population: list[Candidate] = []

@@ -28,7 +28,7 @@ import yaml
 
 from autopeft.config import parse_options
 from autopeft.data import DataConfig, TaskData
-from autopeft.errors import BudgetError, ConfigError, SearchFailed
+from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import REGISTRY
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, read_yaml
@@ -36,7 +36,7 @@ from autopeft.runs import CHECKPOINT, RESULT, RunInterrupted, build_model, prove
 from autopeft.search.candidates import Candidate, pareto_front, ranked, read_candidates, write_candidates
 from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
-from autopeft.search.supernet_stage import inherited_score, train_supernet
+from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, train_supernet
 from autopeft.supernet import SearchSpace, SubnetConfig, Supernet, check_shareable, method_config, parse_space
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
@@ -47,10 +47,18 @@ SCORED_BY = "val accuracy (%) with inherited supernet weights"
 
 @dataclass
 class SupernetStage:
-    """Supernet training: one subnet per step, ``uniform`` or ``sandwich`` sampling."""
+    """Supernet training (``autopeft.search.supernet_stage``): which subnets each step runs
+    (``sampling``, inside ``search.budget``), in-place distillation, masked optimizer steps."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=2e-3, warmup_epochs=1))
-    sampling: Literal["uniform", "sandwich"] = "uniform"
+    sampling: Sampling = "sandwich"
+    random_subnets: int = 2  # sandwich: random in-budget subnets per step, beside the largest and smallest
+    distill: bool = True  # sandwich: subnets after the largest learn its predictions
+    masked: bool = True  # slices no subnet of a step used stay where they are (MaskedAdamW)
+
+    def __post_init__(self) -> None:
+        if self.random_subnets < 0:
+            raise ConfigError(f"supernet.random_subnets: got {self.random_subnets}; allowed: >= 0")
 
 
 @dataclass
@@ -207,12 +215,8 @@ def _build(config: PipelineConfig) -> _Built:
     run = RunConfig(config.backbone, config.data, {"linear": {}}, config.supernet.train, seed=config.seed)
     model, task, norm = build_model(run, with_methods=False)
     supernet = Supernet(model, space)
-    budget, least = config.search.budget, supernet.smallest_nonempty_count()
-    if budget is not None and budget < least:
-        raise BudgetError(
-            f"search.budget: got {budget:,} trainable parameters; allowed: >= {least:,}, the smallest subnet "
-            f"of this space that switches a method on"
-        )
+    if config.search.budget is not None:
+        supernet.check_budget(config.search.budget, "search.budget")
     return _Built(run, supernet, task, norm)
 
 
@@ -257,8 +261,12 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     progress.say(f"supernet: {len(space.methods)} methods in {supernet.depth} blocks, {largest:,} parameters at most")
     supernet_dir = out / "supernet"
     resumed = (supernet_dir / CHECKPOINT).is_file()
+    stage = config.supernet
+    steps = SupernetSteps(
+        supernet, stage.sampling, config.search.budget, config.seed, stage.random_subnets, stage.distill
+    )
     bar = progress.run("supernet")
-    _, supernet_s = train_supernet(supernet, task, norm, run, supernet_dir, config.supernet.sampling, resumed, bar)
+    _, supernet_s = train_supernet(steps, task, norm, run, supernet_dir, stage.masked, resumed, bar)
     search_start = time.perf_counter()
     candidates = _search(config.search, supernet, inherited_score(supernet, task, norm), out, resume, progress)
     search_s = time.perf_counter() - search_start

@@ -1,53 +1,113 @@
-"""Train a supernet (one sampled subnet per step) and score subnets with inherited weights."""
+"""Train a supernet and score subnets with its inherited weights.
+
+Sampling rules (which subnets a training step runs):
+
+- ``uniform``: one subnet per step, every gene drawn uniformly (the whole space, budget ignored).
+- ``budget``: one subnet per step, drawn uniformly among those inside the parameter budget.
+- ``sandwich``: in one optimizer step, the largest in-budget subnet, the smallest non-empty one and
+  ``random_subnets`` in-budget random ones, their gradients accumulated; with ``distill`` every
+  subnet after the first learns the largest's predictions (in-place distillation) instead of the labels.
+
+With ``masked`` the optimizer is ``MaskedAdamW``: slices of shared tensors that no subnet of the
+step used do not move. Step ``i`` draws from ``Random(f"{seed}:{i}")``, so a resumed run samples
+exactly what an uninterrupted one would, with no sampler state to checkpoint.
+"""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from autopeft.data import TaskData
+from autopeft.optim import Masks
 from autopeft.runconfig import RunConfig
 from autopeft.runs import fit
 from autopeft.supernet import SubnetConfig, Supernet
-from autopeft.train import Normalization, evaluate_with_loss
+from autopeft.train import Normalization, autocast, check_finite, evaluate_with_loss
 
-Sampling = Literal["uniform", "sandwich"]
+Sampling = Literal["uniform", "budget", "sandwich"]
 
 
-def step_sampler(supernet: Supernet, rule: Sampling, seed: int) -> Callable[[int], None]:
-    """A ``before_step`` hook activating one subnet per training step.
+@dataclass
+class SupernetSteps:
+    """What each supernet training step runs (see the module docstring)."""
 
-    ``uniform``: every gene drawn uniformly; ``sandwich``: the largest, the smallest and a
-    uniform subnet in turn. Step ``i`` draws from ``Random(f"{seed}:{i}")``, so a resumed run
-    samples exactly what an uninterrupted one would, with no sampler state to checkpoint.
-    """
-    extremes = (supernet.largest(), supernet.smallest())
+    supernet: Supernet
+    rule: Sampling
+    budget: int | None
+    seed: int
+    random_subnets: int = 2
+    distill: bool = True
 
-    def activate(step: int) -> None:
-        if rule == "sandwich" and step % 3 < 2:
-            supernet.set_subnet(extremes[step % 3])
-        else:
-            supernet.set_subnet(supernet.sample(random.Random(f"{seed}:{step}")))
+    def __post_init__(self) -> None:
+        net, budget = self.supernet, self.budget
+        self.top = net.largest() if budget is None else net.largest_within(budget)
+        self.bottom = net.smallest_nonempty()
+        self.masks: Masks = {}
 
-    return activate
+    def subnets(self, step: int) -> list[SubnetConfig]:
+        rng = random.Random(f"{self.seed}:{step}")
+        if self.rule == "uniform":
+            return [self.supernet.sample(rng)]
+        if self.rule == "budget":
+            return [self.supernet.sample_within(rng, self.budget)]
+        draws = [self.supernet.sample_within(rng, self.budget) for _ in range(self.random_subnets)]
+        return [self.top, self.bottom, *draws]
+
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, step: int):
+        """The step loss (``autopeft.train.StepLoss``): each subnet's forward and backward, gradients
+        summed; the mean loss and the number of passes."""
+        self.masks = {}
+        teacher, total = None, torch.zeros(())
+        subnets = self.subnets(step)
+        for subnet in subnets:
+            self.supernet.set_subnet(subnet)
+            for param, mask in self.supernet.active_masks().items():
+                self.masks[param] = self.masks[param] | mask if param in self.masks else mask
+            loss, logits = subnet_loss(model, inputs, labels, teacher if self.distill else None)
+            check_finite(loss, step)
+            loss.backward()
+            teacher = logits.detach() if teacher is None else teacher
+            total += loss.detach()
+        return total / len(subnets), len(subnets)
+
+
+def subnet_loss(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy with the labels, or with ``teacher`` logits the KL divergence from the teacher's
+    predictions; returns the loss and the logits."""
+    with autocast(inputs.device):
+        logits = model(inputs).float()
+    if teacher is None:
+        return F.cross_entropy(logits, labels), logits
+    loss = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), reduction="batchmean", log_target=True)
+    return loss, logits
 
 
 def train_supernet(
-    supernet: Supernet,
+    steps: SupernetSteps,
     task: TaskData,
     norm: Normalization,
     config: RunConfig,
     out: Path,
-    rule: Sampling = "uniform",
+    masked: bool = True,
     resume: bool = False,
     progress: Any = None,
+    after_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train every method's shared weights on the train split; val accuracy per epoch is the
-    largest subnet's. Checkpoints (trainable weights only) go to ``out`` after every epoch.
-    Returns the per-epoch history and the training time in seconds (across resumes)."""
+    largest (in-budget) subnet's. Checkpoints (trainable weights only) go to ``out`` after every
+    epoch. Returns the per-epoch history and the training time in seconds (across resumes)."""
+    supernet = steps.supernet
     history, start = fit(
         supernet.model,
         task,
@@ -56,8 +116,10 @@ def train_supernet(
         out,
         resume,
         progress,
-        before_step=step_sampler(supernet, rule, config.seed),
-        before_eval=lambda: supernet.set_subnet(supernet.largest()),
+        step_loss=steps,
+        active=(lambda: steps.masks) if masked else None,
+        before_eval=lambda: supernet.set_subnet(steps.top),
+        after_epoch=after_epoch,
     )
     return history, time.perf_counter() - start
 
