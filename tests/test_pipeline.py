@@ -62,7 +62,7 @@ def test_run_writes_every_file_and_reads_test_only_in_the_final_runs(tmp_path):
     assert summary["test_acc"] == sum(r["test_acc"] for r in searched) / 2
     best = load_run_config(run / "best.yaml")
     assert best.final and best.methods == summary["methods"] and best.methods == searched[0]["methods"]
-    assert -1.0 <= summary["kendall_tau"] <= 1.0  # ties on val accuracy are broken by val loss
+    assert "kendall_tau" not in summary  # a tau over the top-k means nothing; results/ranking.md measures it
     assert set(summary["search_cost_s"]) == {"supernet", "search", "retrain_top_k"}
     retrain_s = sum(r["wall_time_s"] for r in results(run / "retrain"))
     assert summary["search_cost_s"]["retrain_top_k"] == round(retrain_s, 2)

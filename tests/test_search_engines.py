@@ -52,11 +52,18 @@ def test_ties_on_accuracy_go_to_the_lower_val_loss_then_to_fewer_parameters():
     assert [c.params for c in ranked(points)] == [200, 300, 100]
 
 
+def test_ranking_by_loss_breaks_ties_by_accuracy_and_its_front_trades_loss_for_parameters():
+    points = [candidate(80, 100, loss=0.5), candidate(90, 300, loss=0.5), candidate(70, 50, loss=0.9)]
+    points.append(candidate(60, 400, loss=0.3))
+    assert [c.params for c in ranked(points, "loss")] == [400, 300, 100, 50]
+    assert [c.params for c in pareto_front(points, "loss")] == [50, 100, 300, 400]  # 300: same loss, better accuracy
+
+
 def test_candidates_file_round_trips(tmp_path):
     net = supernet()
     found = optuna_search(net, closeness, "random", trials=6, seed=1)
     write_candidates(tmp_path / "candidates.csv", found, "val, inherited supernet weights")
     rows = read_candidates(tmp_path / "candidates.csv")
-    assert rows == {c.subnet: (round(c.score, 4), 0.0) for c in found}
+    assert rows == {c.subnet: (c.score, c.loss) for c in found}
     header = (tmp_path / "candidates.csv").read_text().splitlines()[0]
     assert header == "rank,round,score,loss,params,scored_by,subnet"

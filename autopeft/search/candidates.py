@@ -1,4 +1,9 @@
-"""Scored candidates, the Pareto front (val accuracy up, trainable parameters down) and their CSV files."""
+"""Scored candidates, their ranking and Pareto front, and their CSV files.
+
+Two scores exist: val accuracy and val loss. Standalone sweeps rank by accuracy (ties by loss), the
+supernet search by loss (ties by accuracy): on a 200-image val split accuracy moves in 0.5-point
+steps, and the ranking benchmark (``results/ranking.md``) validates inherited val loss.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from autopeft.files import write_text
 from autopeft.supernet import Scalar, SubnetConfig
 
 COLUMNS = ("rank", "round", "score", "loss", "params", "scored_by", "subnet")
 Scorer = Callable[[SubnetConfig], tuple[float, float]]  # subnet -> (val accuracy %, val loss)
+RankBy = Literal["accuracy", "loss"]
 
 
 @dataclass(frozen=True)
@@ -32,26 +39,31 @@ class Candidate:
     scored_by: str = ""
 
 
-def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Candidates no other candidate beats on both score (higher) and params (lower), by params."""
+def pareto_front(candidates: Iterable[Candidate], by: RankBy = "accuracy") -> list[Candidate]:
+    """Candidates no other candidate beats on both the ranking score and params (lower), by params."""
     front: list[Candidate] = []
-    for candidate in sorted(candidates, key=lambda c: (c.params, -c.score)):
-        if not front or candidate.score > front[-1].score:
+    for candidate in sorted(candidates, key=lambda c: (c.params, _key(c, by))):
+        if not front or _key(candidate, by) < _key(front[-1], by):
             front.append(candidate)
     return front
 
 
-def ranked(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Best score first; ties go to the lower val loss, then to fewer parameters, then to the earlier round."""
-    return sorted(candidates, key=lambda c: (-c.score, math.inf if math.isnan(c.loss) else c.loss, c.params, c.round))
+def ranked(candidates: Iterable[Candidate], by: RankBy = "accuracy") -> list[Candidate]:
+    """Best first by ``by`` (the other score breaks ties), then fewer parameters, then the earlier round."""
+    return sorted(candidates, key=lambda c: (*_key(c, by), c.params, c.round))
 
 
-def write_candidates(path: Path, candidates: Iterable[Candidate], scored_by: str) -> None:
-    """``candidates.csv`` or ``pareto.csv``: one row per candidate, its subnet as JSON."""
+def _key(c: Candidate, by: RankBy) -> tuple[float, float]:
+    loss = math.inf if math.isnan(c.loss) else c.loss
+    return (loss, -c.score) if by == "loss" else (-c.score, loss)
+
+
+def write_candidates(path: Path, candidates: Iterable[Candidate], scored_by: str, by: RankBy = "accuracy") -> None:
+    """``candidates.csv`` or ``pareto.csv``: one row per candidate (ranked ``by``), its subnet as JSON."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
-    for rank, c in enumerate(ranked(candidates), 1):
+    for rank, c in enumerate(ranked(candidates, by), 1):
         subnet = json.dumps(c.subnet.to_dict(), separators=(",", ":"))
         writer.writerow([rank, c.round, f"{c.score:.4f}", f"{c.loss:.6f}", c.params, c.scored_by or scored_by, subnet])
     write_text(path, buffer.getvalue())

@@ -1,9 +1,11 @@
 """Evolutionary search over subnet genes (NOAH's scheme, with its faults fixed).
 
-Fitness is a score (val accuracy with inherited supernet weights) computed once per distinct
-``SubnetConfig``. Unlike NOAH, mutation may change any gene (NOAH's never changed an existing
-block's size), children over the parameter budget are repaired by shrinking sizes instead of
-being dropped, and duplicates are never scored twice.
+Fitness is the val loss with inherited supernet weights (accuracy breaks ties), computed once per
+distinct ``SubnetConfig``. Unlike NOAH, mutation may change any gene (NOAH's never changed an existing
+block's size) and duplicates are never scored twice. The initial population is drawn uniformly
+among the subnets inside the parameter budget, and a child over the budget is drawn again (another
+mutation or crossover of the parents) rather than repaired: shrinking random genes until a child
+fits would stack every candidate just under the cap, whatever its fitness.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def evolve(
     search = _Evolution(supernet, score, config, budget, on_candidate, seed)
     population = search.initial()
     for generation in range(1, config.generations):
-        parents = ranked(population)[: config.parents]
+        parents = ranked(population, "loss")[: config.parents]
         population = parents + search.children(parents, generation)
     return search.scored
 
@@ -60,8 +62,7 @@ class _Evolution:
         self.supernet, self.score_fn, self.config, self.budget = supernet, score, config, budget
         self.on_candidate = on_candidate
         self.rng = random.Random(seed)
-        self.sizes = size_genes(supernet.space, supernet.depth)
-        self.choices = {**self.sizes, **option_genes(supernet.space)}
+        self.choices = {**size_genes(supernet.space, supernet.depth), **option_genes(supernet.space)}
         self.seen: set[SubnetConfig] = set()
         self.scored: list[Candidate] = []
         if budget is not None:
@@ -69,11 +70,10 @@ class _Evolution:
 
     def initial(self) -> list[Candidate]:
         population: list[Candidate] = []
-        for _ in range(self.config.population * 20):
+        for _ in range(self.config.population * 1000):  # rejection sampling: in-budget subnets can be rare
             if len(population) == self.config.population:
                 break
-            genes = {name: self.rng.choice(values) for name, values in self.choices.items()}
-            population += self._admit(genes, 0)
+            population += self._admit({name: self.rng.choice(values) for name, values in self.choices.items()}, 0)
         return population
 
     def children(self, parents: list[Candidate], generation: int) -> list[Candidate]:
@@ -100,9 +100,10 @@ class _Evolution:
         return {name: (first if self.rng.random() < 0.5 else second)[name] for name in self.choices}
 
     def _admit(self, genes: Genes, generation: int) -> list[Candidate]:
-        """Repair ``genes`` into the budget, then score them unless an equal subnet was seen."""
-        subnet, params = self._repair(genes)
-        if subnet in self.seen:
+        """Score ``genes`` unless they are over the budget or an equal subnet was seen."""
+        subnet = self.supernet.from_genes(genes)
+        params = self.supernet.count(subnet)
+        if subnet in self.seen or (self.budget is not None and params > self.budget):
             return []
         self.seen.add(subnet)
         accuracy, loss = self.score_fn(subnet)
@@ -111,15 +112,3 @@ class _Evolution:
         if self.on_candidate is not None:
             self.on_candidate(candidate)
         return [candidate]
-
-    def _repair(self, genes: Genes) -> tuple[SubnetConfig, int]:
-        """Lower randomly chosen size genes (or depth) one step at a time until within budget."""
-        while True:
-            subnet = self.supernet.from_genes(genes)
-            params = self.supernet.count(subnet)
-            if self.budget is None or params <= self.budget:
-                return subnet, params
-            shrinkable = [n for n, v in self.sizes.items() if sorted(v).index(genes[n]) > 0]
-            name = self.rng.choice(shrinkable)  # never empty: the smallest subnet fits the budget
-            ordered = sorted(self.sizes[name])
-            genes[name] = ordered[ordered.index(genes[name]) - 1]

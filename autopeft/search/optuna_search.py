@@ -1,7 +1,7 @@
 """Candidate search with Optuna samplers over the space's define-by-run function.
 
-Single objective: val score up. Multi-objective (``pareto``): val score up and trainable
-parameters down, for NSGA-II, TPE or GP. A hard ``budget`` marks larger subnets infeasible
+Single objective: val loss down (with inherited weights). Multi-objective (``pareto``): val loss
+down and trainable parameters down, for NSGA-II, TPE or GP. A hard ``budget`` marks larger subnets infeasible
 (``Trial.set_constraint``), so samplers learn to avoid them instead of seeing a fake score.
 """
 
@@ -42,9 +42,9 @@ def optuna_search(
 ) -> list[Candidate]:
     """Run ``trials`` Optuna trials in process; every distinct feasible subnet is scored once."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = ["maximize", "minimize"] if pareto else ["maximize"]
+    directions = ["minimize", "minimize"] if pareto else ["minimize"]
     study = optuna.create_study(directions=directions, sampler=make_sampler(sampler, seed))
-    scores: dict[SubnetConfig, float] = {}
+    losses: dict[SubnetConfig, float] = {}
     candidates: list[Candidate] = []
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
@@ -54,14 +54,14 @@ def optuna_search(
         trial.set_constraint("params_over_budget", over)
         if over > 0:
             raise optuna.TrialPruned(f"{params:,} trainable parameters, over the budget of {budget:,}")
-        if subnet not in scores:
-            scores[subnet], loss = score(subnet)
+        if subnet not in losses:
+            accuracy, losses[subnet] = score(subnet)
             candidates.append(
-                Candidate(subnet, tuple(sorted(trial.params.items())), params, scores[subnet], trial.number, loss)
+                Candidate(subnet, tuple(sorted(trial.params.items())), params, accuracy, trial.number, losses[subnet])
             )
             if on_candidate is not None:
                 on_candidate(candidates[-1])
-        return (scores[subnet], float(params)) if pareto else scores[subnet]
+        return (losses[subnet], float(params)) if pareto else losses[subnet]
 
     study.optimize(objective, n_trials=trials)
     return candidates
