@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from autopeft.backbones import vit_info
 from autopeft.config import parse_options, per_block
 from autopeft.errors import ConfigError
 from autopeft.files import write_atomic, write_json
-from autopeft.methods import REGISTRY, elastic_modules
+from autopeft.methods import REGISTRY, Elastic, ElasticWrapper, elastic_modules
+from autopeft.methods.base import check_size
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -75,10 +76,21 @@ def count_trainable(model: nn.Module) -> int:
     return rest + sum(m.count() for m in modules)
 
 
+def _elastic(model: nn.Module, method: str, caller: str) -> list[Elastic]:
+    """The modules of elastic ``method``; none when it is applied at size 0 everywhere."""
+    modules = elastic_modules(model, _spec(method).name)
+    if not REGISTRY[method].size_option:
+        sized = ", ".join(name for name, spec in REGISTRY.items() if spec.size_option)
+        raise ConfigError(f"{caller}: method '{method}' has no size; allowed: {sized}")
+    if not modules and method not in getattr(model, "autopeft_methods", {}):
+        raise ConfigError(f"{caller}: the model has no '{method}' modules; apply it first")
+    return modules
+
+
 def get_sizes(model: nn.Module, method: str) -> list[int]:
     """Active size per block of an elastic method (0 where the block has none)."""
     sizes = [0] * len(model.blocks)
-    for module in elastic_modules(model, method):
+    for module in _elastic(model, method, "get_sizes"):
         for block, size in module.block_sizes().items():
             sizes[block] = max(sizes[block], size)
     return sizes
@@ -86,10 +98,11 @@ def get_sizes(model: nn.Module, method: str) -> list[int]:
 
 def set_sizes(model: nn.Module, method: str, sizes: int | list[int]) -> None:
     """Set the active size per block (each <= the allocated maximum; 0 = off)."""
-    modules = elastic_modules(model, _spec(method).name)
-    if not modules:
-        raise ConfigError(f"set_sizes: the model has no '{method}' modules; apply it first")
+    modules = _elastic(model, method, "set_sizes")
     expanded = per_block(sizes, len(model.blocks), f"{method} sizes")
+    if not modules:  # applied at size 0 in every block: nothing was allocated
+        for block, size in enumerate(expanded):
+            check_size(method, size, 0, block)
     for module in modules:
         module.set_block_sizes(expanded)
 
@@ -136,20 +149,67 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a saved adapter into ``model``: applies its methods to a plain backbone first."""
+    """Load a saved adapter into ``model``: applies its methods to a plain backbone first.
+
+    All or nothing: when any check fails (config, methods, sizes, a tensor's name or shape) the
+    error leaves ``model`` exactly as it was: same modules, tensors, trainability and sizes."""
     directory = Path(path)
     config = _read_config(directory / CONFIG_FILE)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: no such file")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as err:  # safetensors' own error types
+        raise ConfigError(f"{weights}: not a readable safetensors file ({err})") from err
     methods = getattr(model, "autopeft_methods", None)
-    if not methods:
-        apply(model, config["methods"])
-    elif methods != config["methods"]:
+    if methods and methods != config["methods"]:
         raise ConfigError(
             f"{directory / CONFIG_FILE}: methods {sorted(config['methods'])} differ from the model's {sorted(methods)}"
         )
-    for method, sizes in config.get("sizes", {}).items():
-        set_sizes(model, method, sizes)
-    _copy_tensors(model, directory / WEIGHTS_FILE, config.get("backbone"))
+    undo = _undo_point(model)
+    try:
+        if not methods:
+            apply(model, config["methods"])
+        for method, sizes in config.get("sizes", {}).items():
+            set_sizes(model, method, sizes)
+        _check_tensors(model, tensors, weights, config.get("backbone"))
+    except BaseException:
+        undo()
+        raise
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
     return model
+
+
+def _undo_point(model: nn.Module) -> Callable[[], None]:
+    """A function that puts back what ``apply`` and ``set_sizes`` change: every module's children
+    (wrappers replace them), ``requires_grad`` flags, active sizes and ``model.autopeft_methods``.
+    Tensor values are not recorded: ``load_adapter`` copies them only after every check passed."""
+    children = [(module, dict(module._modules)) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    sizes = [(m, m.size if isinstance(m, ElasticWrapper) else m.block_sizes()) for m in elastic_modules(model)]
+    methods = model.__dict__.get("autopeft_methods", None)
+    depth = len(model.blocks) if isinstance(getattr(model, "blocks", None), nn.Module) else 0
+
+    def undo() -> None:
+        for module, modules in children:
+            module._modules.clear()
+            module._modules.update(modules)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, size in sizes:
+            if isinstance(module, ElasticWrapper):
+                module.size = size
+            else:
+                module.set_block_sizes([size.get(block, 0) for block in range(depth)])
+        model.__dict__.pop("autopeft_methods", None)
+        if methods is not None:
+            model.autopeft_methods = methods
+
+    return undo
 
 
 def _read_config(file: Path) -> dict[str, Any]:
@@ -164,10 +224,8 @@ def _read_config(file: Path) -> dict[str, Any]:
     return config
 
 
-def _copy_tensors(model: nn.Module, file: Path, saved_for: str | None) -> None:
-    if not file.is_file():
-        raise ConfigError(f"{file}: no such file")
-    tensors = load_file(str(file))
+def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], file: Path, saved_for: str | None) -> None:
+    """Every tensor of the file exists in ``model`` with the same shape, and every trainable tensor is in the file."""
     params = dict(model.named_parameters())
     where = f"(saved for backbone '{saved_for}', model is '{backbone_name(model)}')"
     for name, tensor in tensors.items():
@@ -181,6 +239,3 @@ def _copy_tensors(model: nn.Module, file: Path, saved_for: str | None) -> None:
     missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
     if missing:
         raise ConfigError(f"{file}: trainable tensor '{missing[0]}' is missing from the file {where}")
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from autopeft.errors import AutopeftError
+from autopeft.errors import AutopeftError, ConfigError
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -56,12 +57,12 @@ def _train(args: argparse.Namespace) -> None:
 
     config = load_run_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train_run(config, out, resume=args.resume, progress=TrainProgress(out.name))
-    if result["status"] != "completed":
-        raise AutopeftError(f"run failed: {result['reason']} (status in {out / 'result.json'})")
+    run = train_run(config, out, resume=args.resume, progress=TrainProgress(out.name))
+    if run.status != "completed":
+        raise AutopeftError(f"run failed: {run.reason} (status in {out / 'result.json'})")
     print(
-        f"{out}: val {_pct(result['val_acc'])}  test {_pct(result['test_acc'])}  "
-        f"trainable {result['trainable_params']:,}  {result['wall_time_s']:.0f} s"
+        f"{out}: val {_pct(run.val_acc)}  test {_pct(run.test_acc)}  "
+        f"trainable {run.trainable_params:,}  {run.wall_time_s:.0f} s"
     )
 
 
@@ -88,45 +89,36 @@ def _search(args: argparse.Namespace) -> None:
     from autopeft.progress import PipelineProgress
     from autopeft.runconfig import apply_overrides, read_yaml
     from autopeft.search.pipeline import parse_pipeline, run_pipeline
-    from autopeft.search.sweep import parse_sweep
+    from autopeft.search.sweep import Where, parse_sweep, run_sweep
 
     data = apply_overrides(read_yaml(args.config) if args.config else {}, args.set)
     base = Path(args.config).resolve().parent if args.config else None
     source = args.config or "the embedded default"
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "search")
     if args.engine == "supernet":
-        result = run_pipeline(
+        record = run_pipeline(
             parse_pipeline(data, source, base), out, args.resume, PipelineProgress(), choose_only=True
         )
         print(
-            f"{out}: winner of {result['candidates']} candidates: val {_pct(result['val_acc'])}  "
-            f"trainable {result['trainable_params']:,}\n"
+            f"{out}: winner of {record.candidates} candidates: val {_pct(record.val_acc)}  "
+            f"trainable {record.trainable_params:,}\n"
             f"{out}: candidates.csv, pareto.csv, best.yaml (test it on train+val: autopeft retrain {out})"
         )
         return
-    config = parse_sweep(data, source, base)
-    if args.engine == "optuna":
-        from autopeft.search.optuna_sweep import optuna_sweep
-
-        result = optuna_sweep(config, out, args.storage, args.study, args.resume, PipelineProgress())
-    else:
-        from autopeft.search.ray_sweep import ray_sweep
-
-        result = ray_sweep(
-            config,
-            out,
-            args.address,
-            args.storage_path,
-            args.cpus_per_trial,
-            args.gpus_per_trial,
-            args.max_concurrent,
-            args.resume,
-            PipelineProgress(),
-        )
+    where = Where(
+        args.storage,
+        args.study,
+        args.address,
+        args.storage_path,
+        args.cpus_per_trial,
+        args.gpus_per_trial,
+        args.max_concurrent,
+    )
+    record = run_sweep(args.engine, parse_sweep(data, source, base), out, where, args.resume, PipelineProgress())
     print(
-        f"{out}: best trial {result['best_trial']}: val {_pct(result['val_acc'])}  "
-        f"trainable {result['trainable_params']:,}  ({result['trials_completed']} completed, "
-        f"{result['trials_pruned']} pruned, {result['trials_failed']} failed)\n"
+        f"{out}: best trial {record.best_trial}: val {_pct(record.val_acc)}  "
+        f"trainable {record.trainable_params:,}  ({record.trials_completed} completed, "
+        f"{record.trials_pruned} pruned, {record.trials_failed} failed)\n"
         f"{out}: candidates.csv, pareto.csv, best.yaml (train the winner: autopeft train {out}/best.yaml)"
     )
 
@@ -155,10 +147,10 @@ def _retrain(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "retrain"
-    result = retrain_run(run_dir, args.seeds, out, PipelineProgress(), args.set)
+    record = retrain_run(run_dir, args.seeds, out, PipelineProgress(), args.set)
     print(
-        f"{out}: test {_pct(result['test_acc'])} +- {result['test_acc_std'] or 0:.2f} over seeds {args.seeds} "
-        f"({result['seeds_completed']} completed)  trainable {result['trainable_params']:,}"
+        f"{out}: test {_pct(record.test_acc)} +- {record.test_acc_std or 0:.2f} over seeds {args.seeds} "
+        f"({record.seeds_completed} completed)  trainable {record.trainable_params:,}"
     )
 
 
@@ -187,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopeft", description=__doc__)
     parser.add_argument("--version", action="version", version=f"autopeft {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True)
     methods = commands.add_parser("methods", help="list methods, default options and parameter counts")
     methods.add_argument("--backbone", default="vit_base_patch16_224")
@@ -264,13 +257,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None:
+            _threads(args.threads)
         args.run(args)
-    except AutopeftError as err:
+    except (AutopeftError, OSError, KeyboardInterrupt) as err:
         if args.debug:
             raise
-        print(f"autopeft: error: {err}", file=sys.stderr)
-        return 2
+        print(f"autopeft: error: {one_line(err)}", file=sys.stderr)
+        return 130 if isinstance(err, KeyboardInterrupt) else 2
     return 0
+
+
+def _threads(count: int) -> None:
+    import torch
+
+    if count < 1:
+        raise ConfigError(f"--threads: got {count}; allowed: an integer >= 1")
+    torch.set_num_threads(count)
+
+
+def one_line(err: BaseException) -> str:
+    """The error as one line: a file-system error names the file and says what went wrong."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (Ctrl-C) outside a training epoch; every file already written is complete"
+    if isinstance(err, OSError) and not isinstance(err, AutopeftError):
+        what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}.get(err.errno)
+        where = err.filename or "a file"
+        return f"{where}: {what or err.strerror or err}" + (f" (and {err.filename2})" if err.filename2 else "")
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ def parse_options(cls: type[T], data: Any, where: str) -> T:
 def check_type(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` converted to ``tp`` (int -> float only; a mapping to a nested options
     dataclass), or raise ConfigError."""
-    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-        return parse_options(tp, value, where)
-    ok, converted = _match(value, tp)
+    ok, converted = _match(value, tp, where)
     if not ok:
         raise ConfigError(f"{where}: got {_show(value)}; allowed: {describe_type(tp)}")
     return converted
@@ -57,29 +55,35 @@ def describe_type(tp: Any) -> str:
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _match(value: Any, tp: Any) -> tuple[bool, Any]:
+def _match(value: Any, tp: Any, where: str = "") -> tuple[bool, Any]:
+    """Whether ``value`` fits ``tp``, and the value converted; a mapping for a dataclass (also inside
+    lists and mappings) is parsed with ``parse_options``, whose errors name ``where`` and the key."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return True, value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, Mapping):
+            return True, parse_options(tp, value, where)
+        return isinstance(value, tp), value
     if tp is type(None):
         return value is None, value
     if origin is Literal:
         return (value in args and type(value) in {type(a) for a in args}), value
     if origin in (Union, types.UnionType):
         for arg in args:
-            ok, converted = _match(value, arg)
+            ok, converted = _match(value, arg, where)
             if ok:
                 return True, converted
         return False, value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             return False, value
-        items = [_match(v, args[0]) for v in value]
+        items = [_match(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
         return all(ok for ok, _ in items), [v for _, v in items]
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             return False, value
-        items = {k: _match(v, args[1]) for k, v in value.items()}
+        items = {k: _match(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return all(ok for ok, _ in items.values()), {k: v for k, (_, v) in items.items()}
     if tp is bool:
         return isinstance(value, bool), value

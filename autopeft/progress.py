@@ -1,12 +1,36 @@
-"""Progress for long work: a rich bar on a terminal, plain log lines otherwise."""
+"""Progress for long work: a rich bar on a terminal, plain log lines otherwise.
+
+Two small protocols: ``RunProgress`` follows one training run (epochs, steps), ``StageProgress``
+narrates a multi-stage command (messages) and hands out a ``RunProgress`` per training run in it.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RunProgress(Protocol):
+    """What a training run reports: its start, every step, every epoch's metrics, its end."""
+
+    def start(self, epochs: int, images_per_epoch: int, done_epochs: int) -> None: ...
+
+    def step(self, images: int, loss: float) -> None: ...
+
+    def epoch(self, metrics: dict[str, Any]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class StageProgress(Protocol):
+    """What a multi-stage command reports: stage messages, and a display per training run (or None)."""
+
+    def say(self, message: str) -> None: ...
+
+    def run(self, label: str) -> RunProgress | None: ...
 
 
 class TrainProgress:
@@ -69,3 +93,12 @@ class PipelineProgress:
 
     def run(self, label: str) -> TrainProgress:
         return TrainProgress(label, self.stream)
+
+
+class SilentProgress:
+    """A stage progress that shows nothing."""
+
+    def say(self, message: str) -> None: ...
+
+    def run(self, label: str) -> RunProgress | None:
+        return None

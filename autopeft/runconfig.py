@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,41 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     return parse_run_config(apply_overrides(read_yaml(path), overrides), str(path))
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats that YAML 1.1 reads as strings: an exponent
+    without a dot or without a sign (``3e-3``, ``1E-4``, ``5e2``, ``1.5e3``). Integers stay
+    integers, other strings stay strings; ``.inf`` and ``.nan`` as PyYAML reads them."""
+
+
+class YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes strings ``YamlLoader`` would read as floats (``'3e-3'``)."""
+
+
+for _cls in (YamlLoader, YamlDumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text from a user (a file or a ``--set`` value) with ``YamlLoader``; raises yaml.YAMLError."""
+    return yaml.load(text, Loader=YamlLoader)  # safe: YamlLoader is a SafeLoader subclass
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text that ``load_yaml`` reads back as ``data`` (keys in insertion order)."""
+    return yaml.dump(data, Dumper=YamlDumper, sort_keys=False)
+
+
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's contents ({} when empty); a missing file or bad YAML is one ConfigError line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -108,7 +137,7 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def apply_overrides(data: Any, overrides: list[str]) -> Any:
-    """``a.b=c`` sets ``data["a"]["b"] = yaml(c)``, creating mappings on the way."""
+    """``a.b=c`` sets ``data["a"]["b"] = load_yaml(c)``, creating mappings on the way."""
     data = copy.deepcopy(data) if isinstance(data, dict) else {}
     for override in overrides:
         key, sep, raw = override.partition("=")
@@ -120,9 +149,13 @@ def apply_overrides(data: Any, overrides: list[str]) -> Any:
             node = node.setdefault(parent, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {override!r}: '{parent}' is not a mapping")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = load_yaml(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", err)
+            raise ConfigError(f"--set {override!r}: the value is not valid YAML ({problem})") from err
     return data
 
 
 def dump_run_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return dump_yaml(config.to_dict())

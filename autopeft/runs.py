@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import statistics
+import platform
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,13 +20,18 @@ from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_b
 from autopeft.data import TaskData, load_task
 from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
-from autopeft.files import write_atomic, write_json, write_text
+from autopeft.files import write_atomic, write_text
 from autopeft.methods import REGISTRY
 from autopeft.optim import Masks
+from autopeft.progress import RunProgress, StageProgress
+from autopeft.records import Compute, FinalRow, Provenance, RetrainRecord, RunRecord, Schedule, read_record
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, load_run_config
+from autopeft.rundir import locked
+from autopeft.runkey import config_key, key_fields, refuse_changes, row_key
 from autopeft.train import (
     NonFiniteLoss,
     Normalization,
+    Precision,
     StepLoss,
     evaluate,
     evaluate_with_loss,
@@ -69,19 +74,23 @@ def build_backbone(backbone: BackboneConfig) -> torch.nn.Module:
     return create_backbone(backbone.name, 1, backbone.checkpoint, pretrained=hub, **kwargs)
 
 
-def provenance(config: RunConfig, task: TaskData, norm: Normalization) -> dict[str, Any]:
-    return {
-        "autopeft": autopeft.__version__,
-        "git_sha": git_sha(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "checkpoint": _weights(config.backbone),
-        "normalization": f"mean={list(norm.mean)} std={list(norm.std)}",
-        "data_format": task.data_format,
-        "selection": "val",
-        "reported_epoch": "final",
-        "train_split": "trainval" if config.final else "train",
-    }
+def provenance(config: RunConfig, task: TaskData, norm: Normalization, test_read: bool | None = None) -> Provenance:
+    device = resolve_device(config.train.device)
+    return Provenance(
+        autopeft=autopeft.__version__,
+        git_sha=git_sha(),
+        torch=torch.__version__,
+        timm=timm.__version__,
+        checkpoint=_weights(config.backbone),
+        normalization=f"mean={list(norm.mean)} std={list(norm.std)}",
+        data_format=task.data_format,
+        train_split="trainval" if config.final else "train",
+        test_read=test_read,
+        device=str(device),
+        accelerator=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+        dtype=Precision(device, config.train.amp).label,
+        threads=torch.get_num_threads(),
+    )
 
 
 def _weights(backbone: BackboneConfig) -> str:
@@ -102,42 +111,76 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Refuse to overwrite a finished or unfinished run unless resuming one."""
+def prepare_run_dir(out: Path, resume: bool, config: RunConfig) -> None:
+    """Refuse to overwrite a finished or unfinished run unless resuming one, and to resume a run with
+    a config that changes any result-changing key (the device may change)."""
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise ConfigError(f"--resume: {out} holds no checkpoint ({CHECKPOINT}) to continue from")
+        stored = load_run_config(out / "config.yaml")
+        again = f"autopeft train {out / 'config.yaml'} --out {out} --resume"
+        refuse_changes(key_fields(stored), key_fields(config), out, again)
         return
     if (out / RESULT).is_file() or (out / CHECKPOINT).is_file():
         raise ConfigError(f"{out}: already holds a run; choose another --out, or pass --resume to continue it")
-    out.mkdir(parents=True, exist_ok=True)
 
 
-def train_run(config: RunConfig, out: Path, resume: bool = False, progress: Any = None) -> dict[str, Any]:
-    """Train ``config`` into ``out`` (select on val, test read once for the final epoch); return result.json."""
-    prepare_run_dir(out, resume)
-    write_text(out / "config.yaml", dump_run_config(config))
-    model, task, norm = build_model(config)
-    model.to(resolve_device(config.train.device))
-    result = _base_result(config, task, model, norm)
-    start = time.perf_counter()
-    try:
-        history, start = fit(model, task, norm, config, out, resume, progress)
-    except NonFiniteLoss as err:
-        return _finish(out, {**result, "status": "failed", "reason": str(err)}, err.history, start)
-    save_adapter(model, out)
-    result["val_acc"], result["val_loss"] = history[-1]["val_acc"], history[-1]["val_loss"]
-    if config.test:
-        result["test_acc"] = evaluate(model, task.split("test"), norm, config.train.eval_batch_size)
-    return _finish(out, {**result, "status": "completed"}, history, start)
+def train_run(
+    config: RunConfig,
+    out: Path,
+    resume: bool = False,
+    progress: RunProgress | None = None,
+    stop_after: Callable[[dict[str, Any]], bool] | None = None,
+) -> RunRecord:
+    """Train ``config`` into ``out`` (select on val, test read once for the final epoch); return its record.
+
+    Everything is checked before the first epoch: the device, the directory (locked against a second
+    writer; a resume must keep every result-changing key), and every image of every split.
+    ``stop_after(metrics)`` sees every epoch and returns True to end the run there (status
+    ``stopped``: a search's pruner; the test split is then never read)."""
+    device = resolve_device(config.train.device)
+    Precision(device, config.train.amp)  # fp16 without CUDA: one line before anything is written
+    with locked(out):
+        prepare_run_dir(out, resume, config)
+        write_text(out / "config.yaml", dump_run_config(config))
+        model, task, norm = build_model(config)
+        task.check()
+        model.to(device)
+        record = _base_record(config, task, model, norm)
+        start = time.perf_counter()
+        try:
+            history, start = fit(model, task, norm, config, out, resume, progress, after_epoch=stop_after)
+        except NonFiniteLoss as err:
+            return _finish(out, replace(record, status="failed", reason=str(err)), err.history, task, start)
+        save_adapter(model, out)
+        record.val_acc, record.val_loss = history[-1]["val_acc"], history[-1]["val_loss"]
+        if len(history) < config.train.epochs:
+            record.status, record.reason = "stopped", f"stopped after epoch {len(history)} of {config.train.epochs}"
+        elif config.test:
+            record.test_acc = evaluate(model, task.split("test"), norm, config.train.eval_batch_size, config.train.amp)
+        return _finish(out, record, history, task, start)
 
 
-def train_or_reuse(config: RunConfig, out: Path, progress: Any = None) -> dict[str, Any]:
+def train_or_reuse(config: RunConfig, out: Path, progress: RunProgress | None = None) -> RunRecord:
     """``train_run`` unless ``out`` already holds a finished (completed or failed) run, whose
-    result.json is returned; an interrupted one is resumed. For pipelines run again after a stop."""
+    record is returned; an interrupted one is resumed. For pipelines run again after a stop."""
     if (out / RESULT).is_file():
-        return json.loads((out / RESULT).read_text())
+        return read_run(out)
     return train_run(config, out, resume=(out / CHECKPOINT).is_file(), progress=progress)
+
+
+def cached_run(config: RunConfig, root: Path, progress: RunProgress | None = None) -> RunRecord:
+    """``config`` trained in ``root/<config_key>``: read back when finished there, resumed when
+    interrupted, trained otherwise (the run cache of benchmarks and scripts)."""
+    return train_or_reuse(config, Path(root) / config_key(config), progress)
+
+
+def read_run(out: Path) -> RunRecord:
+    """The record of a finished ``autopeft train`` run directory."""
+    record = read_record(out / RESULT)
+    if not isinstance(record, RunRecord):
+        raise ConfigError(f"{out / RESULT}: a '{record.command}' result, not a training run")
+    return record
 
 
 def fit(
@@ -147,11 +190,11 @@ def fit(
     config: RunConfig,
     out: Path,
     resume: bool = False,
-    progress: Any = None,
+    progress: RunProgress | None = None,
     step_loss: StepLoss | None = None,
     active: Callable[[], Masks] | None = None,
     before_eval: Callable[[], None] | None = None,
-    after_epoch: Callable[[dict[str, Any]], None] | None = None,
+    after_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train on train (trainval when ``config.final``), val accuracy per epoch, a checkpoint in
     ``out`` after every epoch; returns the per-epoch history and the start time (perf_counter,
@@ -159,7 +202,8 @@ def fit(
 
     A supernet passes ``step_loss`` (its subnets' forward and backward per batch), ``active`` (the
     masks of what each step may move: a MaskedAdamW) and ``before_eval`` (the subnet val scores);
-    ``after_epoch`` sees each epoch's history line once its checkpoint is written.
+    ``after_epoch`` sees each epoch's history line once its checkpoint is written; a True return
+    ends training there.
     Raises NonFiniteLoss (with ``.history``) or RunInterrupted.
     """
     out.mkdir(parents=True, exist_ok=True)
@@ -185,21 +229,34 @@ def fit(
             if before_eval is not None:
                 before_eval()
             val, val_loss = (
-                evaluate_with_loss(runner, val_split, norm, config.train.eval_batch_size)
+                evaluate_with_loss(runner, val_split, norm, config.train.eval_batch_size, config.train.amp)
                 if val_split is not None
                 else (None, None)
             )
+            evaluated = len(val_split) if val_split is not None else 0
             history.append(
-                {"epoch": epoch + 1, **stats, "val_acc": val, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
+                {
+                    "epoch": epoch + 1,
+                    **stats,
+                    "eval_images": evaluated,
+                    "val_acc": val,
+                    "val_loss": val_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                }
             )
             _save_checkpoint(out, model, optimizer, scheduler, generator, history, time.perf_counter() - start)
             if progress is not None:
                 progress.epoch(history[-1])
-            if after_epoch is not None:
-                after_epoch(history[-1])
+            if after_epoch is not None and after_epoch(history[-1]):
+                break
     except KeyboardInterrupt as err:
+        if not history:
+            raise RunInterrupted(
+                f"interrupted before the first epoch finished; nothing was saved to resume: start again with "
+                f"`autopeft train {out / 'config.yaml'} --out {out}`"
+            ) from err
         raise RunInterrupted(
-            f"interrupted; {len(history)} epochs saved in {out / CHECKPOINT}: "
+            f"interrupted; {len(history)} epoch{'s' if len(history) > 1 else ''} saved in {out / CHECKPOINT}: "
             f"continue with `autopeft train {out / 'config.yaml'} --out {out} --resume`"
         ) from err
     finally:
@@ -208,28 +265,36 @@ def fit(
     return history, start
 
 
-def _base_result(config: RunConfig, task: TaskData, model: torch.nn.Module, norm: Normalization) -> dict[str, Any]:
-    return {
-        "command": "train",
-        "dataset": task.name,
-        "backbone": config.backbone.name,
-        "methods": config.methods,
-        "trainable_params": count_trainable(model),
-        "val_acc": None,
-        "val_loss": None,
-        "test_acc": None,
-        "seed": config.seed,
-        "epochs": config.train.epochs,
-        "wall_time_s": None,
-        "provenance": provenance(config, task, norm),
-    }
+def _base_record(config: RunConfig, task: TaskData, model: torch.nn.Module, norm: Normalization) -> RunRecord:
+    train = config.train
+    return RunRecord(
+        dataset=task.name,
+        backbone=config.backbone.name,
+        methods=config.methods,
+        trainable_params=count_trainable(model),
+        seed=config.seed,
+        epochs=train.epochs,
+        config_key=config_key(config),
+        row_key=row_key(config),
+        schedule=Schedule.of(train),
+        provenance=provenance(config, task, norm, test_read=config.test),
+    )
 
 
-def _finish(out: Path, result: dict[str, Any], history: list[dict], start: float) -> dict[str, Any]:
-    result["wall_time_s"] = round(time.perf_counter() - start, 2)
+def _finish(out: Path, record: RunRecord, history: list[dict], task: TaskData, start: float) -> RunRecord:
+    """Record the compute and wall time, write metrics.jsonl and result.json."""
+    record.wall_time_s = round(time.perf_counter() - start, 2)
+    tested = len(task.split("test")) if record.test_acc is not None else 0
+    record.compute = replace(history_compute(history), wall_s=record.wall_time_s)
+    record.compute.eval_images += tested
     write_text(out / METRICS, "".join(json.dumps(line) + "\n" for line in history))
-    write_json(out / RESULT, result)
-    return result
+    record.write(out / RESULT)
+    return record
+
+
+def history_compute(history: list[dict[str, Any]]) -> Compute:
+    """Images a training history processed: every forward+backward pass, and the val evaluations."""
+    return Compute(sum(h["train_images"] for h in history), sum(h["eval_images"] for h in history))
 
 
 def _save_checkpoint(out, model, optimizer, scheduler, generator, history, elapsed) -> None:
@@ -263,8 +328,13 @@ def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[dict], 
     return state["history"], state["elapsed"]
 
 
+MERGED_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
 def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
-    """Export a finished run: its adapter folder, or with ``merge`` a timm checkpoint (.safetensors)."""
+    """Export a finished run: its adapter folder, or with ``merge`` plain timm weights (``.safetensors``,
+    or a torch file for ``.pt`` / ``.pth``) that name the timm model, its keyword arguments and the
+    input normalisation, so plain timm can load them."""
     from safetensors.torch import save_file
 
     from autopeft.api import load_adapter
@@ -272,8 +342,15 @@ def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
 
     if not (run_dir / RESULT).is_file() or not (run_dir / "adapter.safetensors").is_file():
         raise ConfigError(f"{run_dir}: not a finished run (needs {RESULT} and adapter.safetensors)")
+    if merge and (out.suffix not in MERGED_SUFFIXES or out.is_dir()):
+        raise ConfigError(
+            f"export --merge --out {out}: allowed: a file path ending in {', '.join(MERGED_SUFFIXES)} "
+            f"(.safetensors or a torch file), not {'a directory' if out.is_dir() else repr(out.suffix or 'no suffix')}"
+        )
+    if not merge and out.is_file():
+        raise ConfigError(f"export --out {out}: is a file; allowed: a folder for the adapter (or add --merge)")
     config = load_run_config(run_dir / "config.yaml")
-    model, _, _ = build_model(config, with_methods=False)
+    model, _, norm = build_model(config, with_methods=False)
     load_adapter(model, run_dir)
     if not merge:
         save_adapter(model, out)
@@ -286,13 +363,27 @@ def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
     merge_methods(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    write_atomic(out, lambda tmp: save_file(tensors, tmp, metadata={"backbone": config.backbone.name}))
+    meta = timm_metadata(config.backbone, model, norm)
+    if out.suffix == ".safetensors":
+        write_atomic(out, lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()}))
+    else:
+        write_atomic(out, lambda tmp: torch.save({"state_dict": tensors, **meta}, tmp))
     return out
 
 
+def timm_metadata(backbone: BackboneConfig, model: torch.nn.Module, norm: Normalization) -> dict[str, Any]:
+    """How plain timm rebuilds the model: ``timm.create_model(timm_model, **timm_kwargs)``, then the
+    weights; inputs scaled to [0, 1] and normalised with ``mean`` / ``std``."""
+    name, kwargs = backbone.name, dict(backbone.options)
+    if name in DEMO_BACKBONES:
+        name, kwargs = DEMO_BACKBONES[name]["timm_name"], {**DEMO_BACKBONES[name]["timm"], **kwargs}
+    kwargs["num_classes"] = model.num_classes
+    return {"timm_model": name, "timm_kwargs": kwargs, "mean": list(norm.mean), "std": list(norm.std)}
+
+
 def retrain_run(
-    run_dir: Path, seeds: list[int], out: Path, progress: Any = None, overrides: list[str] = ()
-) -> dict[str, Any]:
+    run_dir: Path, seeds: list[int], out: Path, progress: StageProgress | None = None, overrides: list[str] = ()
+) -> RetrainRecord:
     """Train a finished search's ``best.yaml`` (with ``key=value`` overrides, e.g. a longer
     ``train.epochs``) on train+val once per seed into ``out/seed<s>`` (each reads the test split
     once; finished seeds are reused, interrupted ones resumed) and write ``out/result.json`` with
@@ -307,22 +398,24 @@ def retrain_run(
     for seed in seeds:
         display = progress.run(f"seed{seed}") if progress is not None else None
         runs.append(train_or_reuse(replace(best, final=True, test=True, seed=seed), out / f"seed{seed}", display))
-    tests = [r["test_acc"] for r in runs if r["status"] == "completed"]
-    result = {
-        "command": "retrain",
-        "dataset": runs[0]["dataset"],
-        "backbone": best.backbone.name,
-        "methods": best.methods,
-        "trainable_params": runs[0]["trainable_params"],
-        "test_acc": statistics.mean(tests) if tests else None,
-        "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
-        "seeds": seeds,
-        "seeds_completed": len(tests),
-        "epochs": best.train.epochs,
-        "search": str(run_dir),
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "provenance": runs[0]["provenance"],
-        "status": "completed" if tests else "failed",
-    }
-    write_json(out / RESULT, result)
-    return result
+    row = FinalRow.of_runs("retrain", best.methods, runs[0].trainable_params, None, runs)
+    record = RetrainRecord(
+        dataset=runs[0].dataset,
+        backbone=best.backbone.name,
+        methods=best.methods,
+        trainable_params=runs[0].trainable_params,
+        seeds=seeds,
+        epochs=best.train.epochs,
+        search=str(run_dir),
+        test_accs=row.test_accs,
+        row_key=row.row_key,
+        test_acc=row.test_acc,
+        test_acc_std=row.test_acc_std,
+        seeds_completed=row.seeds_completed,
+        wall_time_s=round(time.perf_counter() - start, 2),
+        status="completed" if row.seeds_completed else "failed",
+        compute=row.compute,
+        provenance=runs[0].provenance,
+    )
+    record.write(out / RESULT)
+    return record

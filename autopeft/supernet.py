@@ -209,6 +209,14 @@ def check_shareable(space: SearchSpace) -> None:
             f"drop 'train' from the space (standalone trials that search them belong to `autopeft search`)"
         )
     for method, spec in space.methods.items():
+        for option in spec.search:
+            odd = [v for v in spec.search[option] if isinstance(v, bool) or not isinstance(v, int | float)]
+            if (method, option) in RUNTIME_OPTIONS and odd:
+                raise ConfigError(
+                    f"supernet: {method}.search.{option}: got {odd[0]!r}; allowed: numbers (the supernet sets a "
+                    f"searched {option} at run time; a learnable one changes the module structure: fix it under "
+                    f"options, or search it with standalone trials in `autopeft search`)"
+                )
         structural = [o for o in spec.search if (method, o) not in RUNTIME_OPTIONS]
         if structural:
             raise ConfigError(

@@ -36,12 +36,55 @@ class TrainConfig:
     shift: int = 0
     eval_batch_size: int = 256
     compile: bool = False
-    device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    device: str = "auto"  # "auto" = cuda when available, else cpu; or cpu, cuda, cuda:N, mps
+
+    def __post_init__(self) -> None:
+        """Range checks (types are checked by ``parse_options``); each error names its ``train.`` key."""
+        at_least_one = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
+        for key, value in at_least_one.items():
+            if value < 1:
+                raise ConfigError(f"train.{key}: got {value!r}; allowed: an integer >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr: got {self.lr!r}; allowed: a finite number > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay: got {self.weight_decay!r}; allowed: a finite number >= 0")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(
+                f"train.warmup_epochs: got {self.warmup_epochs!r}; allowed: 0..{self.epochs} "
+                f"(at most train.epochs = {self.epochs})"
+            )
+        for key, value in (("momentum", self.momentum), ("label_smoothing", self.label_smoothing)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"train.{key}: got {value!r}; allowed: 0 <= {key} < 1")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"train.grad_clip: got {self.grad_clip!r}; allowed: a number > 0, or null for none")
+        if self.shift < 0:
+            raise ConfigError(f"train.shift: got {self.shift!r}; allowed: an integer >= 0")
+        index = self.device.removeprefix("cuda:") if self.device.startswith("cuda:") else None
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not (index and index.isascii() and index.isdigit()):
+            raise ConfigError(f"train.device: got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of ``train.device``; a device this machine lacks is one ConfigError line."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    here = ["auto", "cpu"]
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda:
+        here += ["cuda", *(f"cuda:{i}" for i in range(cuda))]
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if has_mps:
+        here.append("mps")
+    allowed = f"allowed here: {', '.join(here)}"
+    if name.startswith("cuda") and not cuda:
+        raise ConfigError(f"train.device: got {name!r} but torch sees no CUDA device on this machine; {allowed}")
+    if name.startswith("cuda:") and name not in here:
+        raise ConfigError(f"train.device: got {name!r} but torch sees {cuda} CUDA device(s) on this machine; {allowed}")
+    if name == "mps" and not has_mps:
+        raise ConfigError(f"train.device: got {name!r} but torch sees no MPS device on this machine; {allowed}")
     return torch.device(name)
 
 
@@ -63,9 +106,50 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+@dataclass
+class Precision:
+    """Mixed precision of a run (``train.amp`` on ``device``): the autocast dtype, and loss scaling for fp16.
+
+    ``auto`` is bf16 autocast on CUDA and fp32 elsewhere; ``bf16`` autocasts on any device; ``fp16``
+    needs CUDA and scales the loss (``torch.amp.GradScaler``) so small gradients do not underflow.
+    """
+
+    device: torch.device
+    amp: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                f"train.amp: got 'fp16' on {self.device}; allowed there: auto, bf16, off (fp16 needs CUDA)"
+            )
+        cuda = self.device.type == "cuda"
+        self.dtype = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            self.amp
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
+
+    @property
+    def label(self) -> str:
+        names = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast, loss scaling"}
+        return names.get(self.dtype, "fp32")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, clip: float | None, params: list[nn.Parameter]) -> None:
+        """Clip (after unscaling) and step; with fp16 a step whose gradients overflowed is skipped."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if clip:
+            nn.utils.clip_grad_norm_(params, clip)
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 def make_optimizer(
@@ -107,20 +191,21 @@ def batches(length: int, batch_size: int, generator: torch.Generator | None) -> 
     yield from order.split(batch_size)
 
 
-StepLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, int]]
-"""``(model, inputs, labels, step) -> (loss, passes)``: forward and backward of one batch (gradients
-accumulate in ``.grad``), the loss to log and how many forward+backward passes of the batch it ran."""
+StepLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, Precision], tuple[torch.Tensor, int]]
+"""``(model, inputs, labels, step, precision) -> (loss, passes)``: forward and backward of one batch
+(gradients accumulate in ``.grad``; ``precision`` autocasts and scales), the loss to log and how many
+forward+backward passes of the batch it ran."""
 
 
 def cross_entropy_step(label_smoothing: float = 0.0) -> StepLoss:
     """The plain step: one forward, cross-entropy, one backward."""
 
-    def step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, index: int) -> tuple[torch.Tensor, int]:
-        with autocast(inputs.device):
+    def step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, index: int, precision: Precision):
+        with precision.autocast():
             logits = model(inputs)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         check_finite(loss, index)
-        loss.backward()
+        precision.backward(loss)
         return loss.detach(), 1
 
     return step
@@ -141,6 +226,7 @@ def train_epoch(
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
     step_loss: StepLoss | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
     """One pass over ``split``; returns mean loss, images per second and training images processed
     (forward+backward passes x images). Raises NonFiniteLoss.
@@ -150,17 +236,17 @@ def train_epoch(
     """
     model.train()
     device = device_of(model)
+    precision = precision or Precision(device, config.amp)
     step_loss = step_loss or cross_entropy_step(config.label_smoothing)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     total_loss, seen, passes, start = 0.0, 0, 0, time.perf_counter()
     for positions in batches(len(split), config.batch_size, generator):
         images, labels = split.batch(positions)
         images = augment(images, generator, config.flip, config.shift)
         inputs = normalize(images.to(device, non_blocking=True), norm.mean, norm.std)
         optimizer.zero_grad(set_to_none=True)
-        loss, runs = step_loss(model, inputs, labels.to(device), scheduler.last_epoch)
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
-        optimizer.step()
+        loss, runs = step_loss(model, inputs, labels.to(device), scheduler.last_epoch, precision)
+        precision.step(optimizer, config.grad_clip, trainable)
         scheduler.step()
         total_loss += loss.item() * len(labels)
         seen += len(labels)
@@ -172,28 +258,31 @@ def train_epoch(
 
 
 @torch.no_grad()
-def logits(model: nn.Module, split: Split, norm: Normalization, batch_size: int = 256) -> torch.Tensor:
+def logits(
+    model: nn.Module, split: Split, norm: Normalization, batch_size: int = 256, amp: str = "auto"
+) -> torch.Tensor:
     """Float logits for every image of ``split``, in order (on the CPU)."""
     model.eval()
     device = device_of(model)
+    precision = Precision(device, amp)
     outputs = []
     for positions in batches(len(split), batch_size, None):
         images, _ = split.batch(positions)
-        with autocast(device):
+        with precision.autocast():
             outputs.append(model(normalize(images.to(device), norm.mean, norm.std)).float().cpu())
     return torch.cat(outputs)
 
 
-def evaluate(model: nn.Module, split: Split, norm: Normalization, batch_size: int = 256) -> float:
+def evaluate(model: nn.Module, split: Split, norm: Normalization, batch_size: int = 256, amp: str = "auto") -> float:
     """Top-1 accuracy on ``split`` in percent."""
-    return evaluate_with_loss(model, split, norm, batch_size)[0]
+    return evaluate_with_loss(model, split, norm, batch_size, amp)[0]
 
 
 def evaluate_with_loss(
-    model: nn.Module, split: Split, norm: Normalization, batch_size: int = 256
+    model: nn.Module, split: Split, norm: Normalization, batch_size: int = 256, amp: str = "auto"
 ) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean cross-entropy on ``split``; the loss separates models that tie
     on accuracy (a 200-image val split moves in 0.5-point steps)."""
-    out = logits(model, split, norm, batch_size)
+    out = logits(model, split, norm, batch_size, amp)
     accuracy = 100.0 * (out.argmax(-1) == split.labels).float().mean().item()
     return accuracy, F.cross_entropy(out, split.labels).item()

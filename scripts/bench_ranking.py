@@ -39,9 +39,8 @@ import torch
 
 from autopeft.data import DataConfig
 from autopeft.ground import load_ground
-from autopeft.runcache import cached_run
 from autopeft.runconfig import BackboneConfig, RunConfig
-from autopeft.runs import CHECKPOINT, build_model
+from autopeft.runs import CHECKPOINT, build_model, cached_run
 from autopeft.search.pipeline import load_space
 from autopeft.search.ranking import Estimate, bootstrap, draw_panel, kendall_tau, spearman, top_pick_regret
 from autopeft.search.supernet_stage import SupernetSteps, inherited_score, train_supernet

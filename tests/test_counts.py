@@ -1,4 +1,4 @@
-"""count_trainable equals DESIGN.md's formulas, for several sizes and per-block lists."""
+"""count_trainable equals the README's parameter formulas, for several sizes and per-block lists."""
 
 from __future__ import annotations
 

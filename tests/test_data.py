@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from autopeft.data import DataConfig, from_arrays, load_task
-from autopeft.data.cache import CACHE_FOLDER
+from autopeft.data.cache import CACHE_FOLDER, decode_image
+from autopeft.data.formats import VTAB_FILES, Item
 from autopeft.data.transforms import augment, normalize
 from autopeft.errors import ConfigError, DataError
 
@@ -256,3 +257,180 @@ def test_normalize_and_augment():
     assert 10 < sum(mirrored) < 54
     shifted = augment(ramp, torch.Generator().manual_seed(0), shift=1)
     assert shifted.shape == ramp.shape
+
+
+# 16-bit images, class structure and the up-front check of every split ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "dtype", "values", "mode"),
+    [
+        (".png", np.uint16, [0, 25700, 32768, 65535], "I;16"),
+        (".tif", np.uint16, [0, 25700, 32768, 65535], "I;16"),
+        (".tif", np.int32, [0, 2**31 // 255 * 100, 2**30, 2**31 - 1], "I"),
+    ],
+    ids=["png-16bit", "tiff-16bit", "tiff-32bit"],
+)
+def test_high_bit_depth_grayscale_is_scaled_not_clipped(tmp_path, suffix, dtype, values, mode):
+    path = tmp_path / f"deep{suffix}"
+    Image.fromarray(np.repeat(np.array(values, dtype=dtype)[:, None], 4, axis=1)).save(path)
+    with Image.open(path) as image:
+        assert image.mode == mode
+    decoded = decode_image(Item(path, 0, "list.txt:1"), 4)
+    assert decoded.dtype == np.uint8 and decoded.shape == (4, 4, 3)
+    assert decoded[:, 0, 0].tolist() == [0, 100, 128, 255]
+    assert (decoded == decoded[:, :1, :1]).all(), "every row is one gray value in all three channels"
+
+
+def test_16bit_images_reach_the_pool_scaled(tmp_path):
+    for split, name in (("train", "train800"), ("val", "val200"), ("test", "test")):
+        for i, value in enumerate((0, 32768, 65535)):
+            path = tmp_path / "toy" / "images" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((6, 6), value, dtype=np.uint16)).save(path)
+        lines = [f"images/{name}/{i}.png {i % 2}" for i in range(3)]
+        (tmp_path / "toy" / VTAB_FILES[split]).write_text("\n".join(lines) + "\n")
+    (tmp_path / "toy" / "train800val200.txt").write_text(
+        (tmp_path / "toy" / "train800.txt").read_text() + (tmp_path / "toy" / "val200.txt").read_text()
+    )
+    pool = vtab(tmp_path, size=6).split("test").pool
+    assert pool[:, :, 3, 3].tolist() == [[0, 0, 0], [128, 128, 128], [255, 255, 255]]
+
+
+def write_fgvc(folder: Path, splits: dict[str, dict[str, int]]) -> None:
+    for i, (split, entries) in enumerate(splits.items()):
+        for j, name in enumerate(entries):
+            write_image(folder / name, 10 * i + j)
+        (folder / f"{split}.json").write_text(json.dumps(entries))
+
+
+def test_one_class_vtab_is_refused(tmp_path):
+    folder = make_vtab(tmp_path, classes=1)
+    with pytest.raises(DataError) as info:
+        vtab(tmp_path)
+    assert str(info.value) == f"{folder}: only 1 class (label 0); at least 2 classes are needed"
+
+
+def test_one_class_fgvc_is_refused(tmp_path):
+    folder = tmp_path / "birds"
+    write_fgvc(folder, {"train": {"a.jpg": 5, "b.jpg": 5}, "val": {"c.jpg": 5}, "test": {"d.jpg": 5}})
+    with pytest.raises(DataError) as info:
+        load_task(DataConfig(format="fgvc", root=str(tmp_path), task="birds"), 8)
+    assert str(info.value) == f"{folder}: only 1 class (label 5); at least 2 classes are needed"
+
+
+@pytest.mark.parametrize("splits", [("train", "val", "test"), ("",)], ids=["split-folders", "class-folders"])
+def test_one_class_imagefolder_is_refused(tmp_path, splits):
+    make_imagefolder(tmp_path, splits=splits)
+    for split in splits:
+        for image in (tmp_path / split / "dog").iterdir():
+            image.unlink()
+        (tmp_path / split / "dog").rmdir()
+    with pytest.raises(DataError) as info:
+        load_task(DataConfig(format="imagefolder", root=str(tmp_path)), 8)
+    folder = tmp_path / splits[0] if splits[0] else tmp_path
+    assert str(info.value) == f"{folder}: only 1 class (folder 'cat'); at least 2 classes are needed"
+
+
+@pytest.mark.parametrize("splits", [("train", "val", "test"), ("",)], ids=["split-folders", "class-folders"])
+def test_imagefolder_class_folder_without_images_is_refused(tmp_path, splits):
+    make_imagefolder(tmp_path, splits=splits)
+    empty = tmp_path / splits[0] / "bird"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError) as info:
+        load_task(DataConfig(format="imagefolder", root=str(tmp_path)), 8)
+    assert str(info.value) == (
+        f"{empty}: class folder holds no images (allowed: .jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp)"
+    )
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_fgvc_class_absent_from_train_is_refused(tmp_path, split):
+    folder = tmp_path / "birds"
+    splits = {"train": {"a.jpg": 1, "b.jpg": 3}, "val": {"c.jpg": 3}, "test": {"d.jpg": 1, "e.jpg": 3}}
+    splits[split]["f.jpg"] = 7
+    write_fgvc(folder, splits)
+    with pytest.raises(DataError) as info:
+        load_task(DataConfig(format="fgvc", root=str(tmp_path), task="birds"), 8)
+    assert str(info.value) == (
+        f"{folder / f'{split}.json'}: entry 'f.jpg': class 7 never occurs in {folder / 'train.json'}; "
+        f"every {split} class must occur in train"
+    )
+
+
+def test_imagefolder_test_class_absent_from_train_is_refused(tmp_path):
+    make_imagefolder(tmp_path)
+    write_image(tmp_path / "test" / "cow" / "0.png", 1)
+    with pytest.raises(DataError, match=r"test: class folder 'cow' is not among the training classes"):
+        load_task(DataConfig(format="imagefolder", root=str(tmp_path)), 8)
+
+
+def test_vtab_class_absent_from_train_only_warns(tmp_path, caplog):
+    """VTAB-1k's own lists do this (SUN397's train800 holds 309 of its 397 classes), so it loads with a warning."""
+    folder = make_vtab(tmp_path)
+    test_list = folder / "test.txt"
+    test_list.write_text(test_list.read_text() + "images/test/0.jpg 3\n")
+    with caplog.at_level(logging.WARNING, logger="autopeft.data.formats"):
+        task = vtab(tmp_path)
+    assert task.num_classes == 4
+    assert caplog.messages == [
+        f"{test_list}: 1 of 4 classes never occur in {folder / 'train800val200.txt'}: 3 (first at line 5); "
+        f"their images can only be scored wrong"
+    ]
+
+
+def test_check_names_a_missing_test_image_before_training(tmp_path):
+    folder = make_vtab(tmp_path)
+    (folder / "images/test/2.jpg").unlink()
+    task = vtab(tmp_path)
+    with pytest.raises(DataError) as info:
+        task.check()
+    assert str(info.value) == f"{folder / 'test.txt'}:3: image {folder / 'images/test/2.jpg'} does not exist"
+
+
+def test_check_names_a_corrupt_val_image(tmp_path):
+    folder = make_vtab(tmp_path)
+    (folder / "images/val200/1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"val200\.txt:2: cannot decode image .*images/val200/1\.jpg"):
+        vtab(tmp_path, cache="memory").check()
+
+
+def test_check_decodes_every_split_once_into_the_disk_cache(tmp_path):
+    folder = make_vtab(tmp_path)
+    expected = {name: vtab(tmp_path, cache="memory").split(name).pool for name in ("train", "test")}
+    task = vtab(tmp_path)
+    task.check()
+    assert sorted(p.name.split("-")[0] for p in (folder / CACHE_FOLDER).iterdir()) == ["test", "trainval"]
+    for image in (folder / "images/test/0.jpg", folder / "images/train800/0.jpg"):
+        stat = image.stat()
+        image.write_bytes(bytes(stat.st_size))  # same size and mtime, no longer a JPEG: reading it would fail
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert torch.equal(task.split("test").pool, expected["test"])
+    assert torch.equal(task.split("train").pool, expected["train"])
+
+
+def test_check_keeps_memory_cached_splits_decoded(tmp_path):
+    folder = make_vtab(tmp_path)
+    task = vtab(tmp_path, cache="memory")
+    task.check()
+    for image in folder.glob("images/*/*.jpg"):
+        image.unlink()
+    assert [len(task.split(name)) for name in ("train", "val", "trainval", "test")] == [6, 3, 9, 4]
+
+
+def test_check_of_in_memory_arrays_reads_the_test_split():
+    rng = np.random.default_rng(0)
+    arrays = {s: (rng.integers(0, 256, (4, 8, 8), dtype=np.uint8), np.arange(4) % 2) for s in ("train", "val")}
+    arrays["test"] = (np.zeros((4, 8, 8), dtype=np.float32), np.arange(4) % 2)
+    task = from_arrays("mine", lambda: arrays, 8)
+    assert len(task.split("train")) == 4
+    with pytest.raises(DataError, match=r"images: expected uint8 \(N, H, W\) or \(N, H, W, 3\), got torch.float32"):
+        task.check()
+
+
+def test_check_of_builtin_task():
+    task = load_task(DataConfig(name="digits"), 32)
+    task.check()
+    assert [len(task.split(s)) for s in ("train", "val", "trainval")] == [800, 200, 1000]
+    assert task.split("test").pool.shape[1:] == (3, 32, 32)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
+import torch
 
 import autopeft
 from autopeft.errors import BackboneError, ConfigError
+from autopeft.methods import Elastic
 from tests.conftest import tiny_vit
 
 BAD_OPTIONS = [
@@ -109,3 +113,74 @@ def test_save_adapter_refuses_merged_model(tmp_path):
     with pytest.raises(ConfigError, match=r"\['lora'\] are merged into the backbone weights"):
         autopeft.save_adapter(model, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_get_sizes_of_an_unknown_or_absent_method():
+    model = autopeft.apply(tiny_vit(), {"lora": {"rank": [4, 0, 2]}, "bitfit": {}})
+    assert autopeft.get_sizes(model, "lora") == [4, 0, 2]
+    with pytest.raises(ConfigError) as info:
+        autopeft.get_sizes(model, "loraa")
+    assert str(info.value) == (
+        "unknown method 'loraa'; allowed: lora, ssf, kv_prompt, adapter, vpt, bitfit, ln_tune, linear, full"
+    )
+    with pytest.raises(ConfigError) as info:
+        autopeft.get_sizes(model, "adapter")
+    assert str(info.value) == "get_sizes: the model has no 'adapter' modules; apply it first"
+    with pytest.raises(ConfigError) as info:
+        autopeft.get_sizes(model, "bitfit")
+    assert str(info.value) == "get_sizes: method 'bitfit' has no size; allowed: lora, ssf, kv_prompt, adapter, vpt"
+
+
+def snapshot(model) -> tuple:
+    """Everything a failed load must leave as it was: modules, tensors, trainability, sizes, methods."""
+    modules = [(name, type(module), id(module)) for name, module in model.named_modules()]
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    sizes = {m: autopeft.get_sizes(model, m) for m in getattr(model, "autopeft_methods", {})}
+    sizes.update({name: getattr(m, "size", None) for name, m in model.named_modules() if isinstance(m, Elastic)})
+    return modules, state, flags, sizes, copy.deepcopy(getattr(model, "autopeft_methods", None))
+
+
+def assert_unchanged(model, before: tuple) -> None:
+    modules, state, flags, sizes, methods = snapshot(model)
+    assert modules == before[0]
+    assert state.keys() == before[1].keys() and all(torch.equal(state[k], before[1][k]) for k in state)
+    assert (flags, sizes, methods) == before[2:]
+
+
+def test_failed_load_adapter_leaves_a_plain_backbone_as_it_was(tmp_path, images):
+    model = autopeft.apply(tiny_vit(), {"lora": {"rank": 2}, "adapter": {"dim": 3}, "vpt": {"length": 2}})
+    autopeft.save_adapter(model, tmp_path)
+    wider = tiny_vit(embed_dim=64)
+    plain = tiny_vit(embed_dim=64)(images)
+    before = snapshot(wider)
+    with pytest.raises(ConfigError, match=r"tensor '.*' is \(\d+, 32\) in the file but \(\d+, 64\) in the model"):
+        autopeft.load_adapter(wider, tmp_path)
+    assert_unchanged(wider, before)
+    assert getattr(wider, "autopeft_methods", None) is None
+    assert torch.equal(wider(images), plain)
+    assert autopeft.apply(wider, {"ssf": {}}) is wider  # a plain backbone again: methods apply
+
+
+def test_failed_load_adapter_leaves_an_adapted_model_as_it_was(tmp_path):
+    autopeft.save_adapter(autopeft.apply(tiny_vit(), {"lora": {"rank": 4}, "ssf": {}}), tmp_path)
+    wider = autopeft.apply(tiny_vit(embed_dim=64), {"lora": {"rank": 4}, "ssf": {}})
+    autopeft.set_sizes(wider, "lora", [1, 0, 3])
+    autopeft.set_sizes(wider, "ssf", [0, 1, 0])
+    wider.patch_embed.proj.size = 0  # the SSF of the patch embedding, which serves no block
+    before = snapshot(wider)
+    with pytest.raises(ConfigError, match=r"in the file but \([^)]*64[^)]*\) in the model"):
+        autopeft.load_adapter(wider, tmp_path)
+    assert_unchanged(wider, before)
+    assert autopeft.get_sizes(wider, "lora") == [1, 0, 3]
+
+
+def test_load_adapter_without_weights_file_changes_nothing(tmp_path):
+    autopeft.save_adapter(autopeft.apply(tiny_vit(), {"lora": {}}), tmp_path)
+    (tmp_path / "adapter.safetensors").unlink()
+    model = tiny_vit()
+    before = snapshot(model)
+    with pytest.raises(ConfigError, match=r"adapter.safetensors: no such file"):
+        autopeft.load_adapter(model, tmp_path)
+    assert_unchanged(model, before)
+    assert getattr(model, "autopeft_methods", None) is None

@@ -140,3 +140,35 @@ def test_save_load_keeps_active_sizes(images, tmp_path):
     assert autopeft.get_sizes(restored, "lora") == [8, 2, 0]
     assert autopeft.get_sizes(restored, "vpt") == [3, 0, 6]
     assert torch.equal(restored(images), expected)
+
+
+def test_lora_merge_resize_unmerge_restores_base_weights_bit_for_bit(images):
+    model = with_methods({"lora": {"rank": 8, "targets": ["q", "v", "fc1"], "alpha": 16.0}})
+    randomise_trainable(model)
+    wrappers = [m for m in model.modules() if type(m).__name__ == "LoRALinear"]
+    originals = [w.base.weight.detach().clone() for w in wrappers]
+    autopeft.set_sizes(model, "lora", 4)
+    at_rank_4 = model(images)
+    autopeft.set_sizes(model, "lora", 8)
+    at_rank_8 = model(images)
+    for wrapper in wrappers:
+        wrapper.merge()
+    assert (model(images) - at_rank_8).abs().max().item() <= 1e-5
+    autopeft.set_sizes(model, "lora", 4)  # resized while merged
+    for wrapper, original in zip(wrappers, originals, strict=True):
+        wrapper.unmerge()
+        assert torch.equal(wrapper.base.weight, original)
+    assert torch.equal(model(images), at_rank_4)
+    assert "unmerged_weight" not in dict(model.named_buffers()) and "unmerged_weight" not in str(model.state_dict())
+
+
+def test_save_load_of_lora_at_rank_zero_everywhere(images, tmp_path):
+    model = with_methods({"lora": {"rank": 0}, "bitfit": {}})
+    randomise_trainable(model)
+    assert autopeft.get_sizes(model, "lora") == [0, 0, 0]
+    autopeft.save_adapter(model, tmp_path)
+    restored = autopeft.load_adapter(tiny_vit(), tmp_path)
+    assert autopeft.get_sizes(restored, "lora") == [0, 0, 0]
+    assert torch.equal(restored(images), model(images))
+    with pytest.raises(autopeft.ConfigError, match=r"lora: size in block 1: got 2, above the allocated maximum 0"):
+        autopeft.set_sizes(restored, "lora", [0, 2, 0])

@@ -85,19 +85,21 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not (out / "trials" / "0002" / "checkpoint.pt").is_file() and time.time() < deadline:
+    trial = out / "trials" / "0002"
+    while not ((trial / "checkpoint.pt").is_file() and not (trial / "result.json").is_file()):
+        assert time.time() < deadline and process.poll() is None
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(signal.SIGKILL)  # in trial 2, after one of its epochs was saved
     process.wait()
     storage = f"sqlite:///{out / 'study.db'}"
     before = finished(storage)
-    assert 2 <= len(before) < 5 and not (out / "result.json").is_file()
+    assert len(before) == 2 and not (out / "result.json").is_file()
     resumed = cli("search", str(config), "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     after = finished(storage)
     assert {n: after[n] for n in before} == before  # nothing finished was lost or changed
     result = json.loads((out / "result.json").read_text())
-    assert len(after) == 5 and result["trials_completed"] == 5 and result["trials_retried"] <= 1
+    assert len(after) == 5 and result["trials_completed"] == 5 and result["trials_retried"] == 1
     retried = [
         t for t in optuna.load_study(study_name="autopeft", storage=storage).trials if "retry_of" in t.user_attrs
     ]

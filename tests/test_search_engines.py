@@ -7,7 +7,7 @@ import re
 import pytest
 
 from autopeft.errors import ConfigError
-from autopeft.search.candidates import Candidate, pareto_front, ranked, read_candidates, write_candidates
+from autopeft.search.candidates import Candidate, candidate_front, ranked, read_candidates, write_candidates
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
 from autopeft.supernet import SubnetConfig
 from tests.test_evolution import closeness, supernet
@@ -43,7 +43,7 @@ def candidate(score: float, params: int, round_: int = 0, loss: float = float("n
 
 def test_pareto_front_keeps_exactly_the_non_dominated():
     points = [candidate(90, 100), candidate(85, 50), candidate(95, 400), candidate(80, 60), candidate(90, 200)]
-    assert [(c.score, c.params) for c in pareto_front(points)] == [(85, 50), (90, 100), (95, 400)]
+    assert [(c.score, c.params) for c in candidate_front(points)] == [(85, 50), (90, 100), (95, 400)]
     assert [(c.score, c.params) for c in ranked(points)][:3] == [(95, 400), (90, 100), (90, 200)]
 
 
@@ -56,7 +56,7 @@ def test_ranking_by_loss_breaks_ties_by_accuracy_and_its_front_trades_loss_for_p
     points = [candidate(80, 100, loss=0.5), candidate(90, 300, loss=0.5), candidate(70, 50, loss=0.9)]
     points.append(candidate(60, 400, loss=0.3))
     assert [c.params for c in ranked(points, "loss")] == [400, 300, 100, 50]
-    assert [c.params for c in pareto_front(points, "loss")] == [50, 100, 300, 400]  # 300: same loss, better accuracy
+    assert [c.params for c in candidate_front(points, "loss")] == [50, 100, 300, 400]  # 300: same loss, better accuracy
 
 
 def test_candidates_file_round_trips(tmp_path):

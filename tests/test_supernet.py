@@ -215,3 +215,26 @@ def test_bad_spaces_fail_with_one_clear_line(space, problem):
 def test_supernet_refuses_what_shared_weights_cannot_score(space, problem):
     with pytest.raises(ConfigError, match=problem):
         Supernet(tiny_vit(), parse_space(space, "space.yaml"))
+
+
+@pytest.mark.parametrize("value", ["learnable", "learnable_scalar"])
+def test_searched_adapter_scale_must_be_a_number(value):
+    space = parse_space({"methods": {"adapter": {"sizes": [4], "search": {"scale": [0.1, value]}}}}, "space.yaml")
+    with pytest.raises(ConfigError) as err:  # standalone trials may search it; shared weights cannot
+        Supernet(tiny_vit(), space)
+    assert str(err.value) == (
+        f"supernet: adapter.search.scale: got {value!r}; allowed: numbers (the supernet sets a searched scale at "
+        f"run time; a learnable one changes the module structure: fix it under options, or search it with "
+        f"standalone trials in `autopeft search`)"
+    )
+
+
+def test_searched_adapter_scales_run_and_a_learnable_one_is_fixed_under_options(images):
+    net = supernet({"methods": {"adapter": {"sizes": [4], "search": {"scale": [0.1, 1]}}}})
+    outputs = []
+    for scale in (0.1, 1):
+        net.set_subnet(SubnetConfig.of({"adapter": [4] * DEPTH}, {"adapter": {"scale": scale}}))
+        outputs.append(net.model(images))
+    assert not torch.allclose(*outputs)
+    fixed = supernet({"methods": {"adapter": {"sizes": [0, 4], "options": {"scale": "learnable"}}}})
+    assert fixed.model(images).shape == (4, 5)

@@ -61,13 +61,17 @@ class Split:
 
 @dataclass
 class TaskData:
-    """A loaded task. Splits decode on first use; ``test`` is kept apart so it is read only when asked."""
+    """A loaded task. Splits decode on first use; ``test`` is kept apart so it is read only when asked.
+
+    ``disk_cache``: the loaders read back a disk cache, so a released pool costs no second decode.
+    """
 
     name: str
     num_classes: int
     image_size: int
     data_format: str
     loaders: dict[str, Callable[[], dict[str, Split]]]
+    disk_cache: bool = False
     _splits: dict[str, Split] = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
@@ -77,6 +81,19 @@ class TaskData:
             group = "test" if name == "test" else "trainval"
             self._splits.update(self.loaders[group]())
         return self._splits[name]
+
+    def check(self) -> None:
+        """Decode every split now, so a missing or corrupt image (test included) fails before the first epoch.
+
+        Images decode into the cache as on first use, so none is decoded twice; nothing is evaluated. The test pool
+        is then released when a disk cache holds it, and kept in memory otherwise.
+        """
+        for group, load in self.loaders.items():
+            if ("test" if group == "test" else "train") in self._splits:
+                continue
+            splits = load()
+            if group != "test" or not self.disk_cache:
+                self._splits.update(splits)
 
 
 def load_task(config: DataConfig, image_size: int) -> TaskData:
@@ -95,6 +112,7 @@ def load_task(config: DataConfig, image_size: int) -> TaskData:
         image_size,
         files.data_format,
         {group: _file_loader(files, group, image_size, config.cache == "disk") for group in ("trainval", "test")},
+        config.cache == "disk",
     )
 
 

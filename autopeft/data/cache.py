@@ -18,20 +18,48 @@ from safetensors.torch import load_file, save_file
 from autopeft.data.formats import Item
 from autopeft.errors import DataError
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: 16- and 32-bit integer images are scaled to 0..255, no longer clipped
 CACHE_FOLDER = ".autopeft-cache"
 log = logging.getLogger(__name__)
 
 
 def decode_image(item: Item, size: int) -> np.ndarray:
-    """Read one image as RGB, resized to ``size`` x ``size`` (bilinear), as uint8 HWC."""
+    """Read one image as RGB, resized to ``size`` x ``size`` (bilinear), as uint8 HWC.
+
+    16- and 32-bit integer images are scaled from their sample type's range to 0..255 first.
+    """
     if not item.path.is_file():
         raise DataError(f"{item.origin}: image {item.path} does not exist")
     try:
         with Image.open(item.path) as image:
-            return np.array(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+            return np.array(_to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{item.origin}: cannot decode image {item.path} ({err})") from err
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """An integer image of mode ``I`` or ``I;16*`` as 8-bit grayscale, scaled by its bit depth (``convert`` clips)."""
+    if not image.mode.startswith("I"):
+        return image
+    bits, signed = _sample_type(image)
+    values = np.asarray(image)
+    if bits == 32 and not signed:
+        values = values.view(np.uint32)  # Pillow holds unsigned 32-bit samples in int32
+    white = 2 ** (bits - signed) - 1
+    return Image.fromarray(np.clip(values * (255 / white), 0, 255).round().astype(np.uint8))
+
+
+def _sample_type(image: Image.Image) -> tuple[int, bool]:
+    """Bits per sample and signedness of an ``I``/``I;16*`` image: TIFF tags say; 16-bit PNG/PPM open as ``I``."""
+    if image.mode != "I":
+        return 16, False
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None:
+        bits, sample_format = tags.get(258, 32), tags.get(339, 1)
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        sample_format = sample_format[0] if isinstance(sample_format, tuple) else sample_format
+        return int(bits), sample_format == 2
+    return (16, False) if image.format in ("PNG", "PPM") else (32, True)
 
 
 def decode_images(items: list[Item], size: int) -> torch.Tensor:

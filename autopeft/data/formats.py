@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autopeft.errors import DataError
@@ -13,6 +14,7 @@ SPLITS = ("train", "val", "trainval", "test")
 VTAB_FILES = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
 FGVC_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,31 @@ def read_vtab(root: Path, task: str | None) -> FileTask:
     """``<root>/<task>/{train800,val200,train800val200,test}.txt`` with ``<path> <label>`` lines."""
     folder = _task_folder(root, task, "vtab")
     items = {split: read_list_file(folder / name) for split, name in VTAB_FILES.items()}
-    return FileTask(folder, items, check_labels(items, folder, contiguous=True), "vtab")
+    num_classes = check_labels(items, folder, contiguous=True)
+    for split, training in (("val", "train"), ("test", "trainval")):
+        _warn_untrained(items, split, training, folder)
+    return FileTask(folder, items, num_classes, "vtab")
+
+
+def _warn_untrained(items: dict[str, list[Item]], split: str, training: str, folder: Path) -> None:
+    """Log the classes of ``split`` that never occur in ``training``.
+
+    A warning, not an error: VTAB-1k's own lists do this (SUN397's train800val200 holds 325 of its 397 classes).
+    """
+    trained = {item.label for item in items[training]}
+    untrained = [item for item in items[split] if item.label not in trained]
+    if untrained:
+        labels = sorted({item.label for item in untrained})
+        shown = ", ".join(map(str, labels[:5])) + (", ..." if len(labels) > 5 else "")
+        log.warning(
+            "%s: %d of %d classes never occur in %s: %s (first at line %s); their images can only be scored wrong",
+            folder / VTAB_FILES[split],
+            len(labels),
+            len({item.label for item in items[split]}),
+            folder / VTAB_FILES[training],
+            shown,
+            untrained[0].origin.rsplit(":", 1)[1],
+        )
 
 
 def read_list_file(file: Path) -> list[Item]:
@@ -65,14 +91,23 @@ def read_fgvc(root: Path, task: str | None) -> FileTask:
     """
     folder = _task_folder(root, task, "fgvc")
     raw = {split: _read_json_split(folder / name) for split, name in FGVC_FILES.items()}
-    classes = sorted({label for items in raw.values() for _, label, _ in items})
+    classes = sorted({item.label for items in raw.values() for item in items})
+    _check_class_count([f"label {label}" for label in classes], folder)
+    trained = {item.label for item in raw["train"]}
+    for split in ("val", "test"):
+        untrained = next((item for item in raw[split] if item.label not in trained), None)
+        if untrained is not None:
+            raise DataError(
+                f"{untrained.origin}: class {untrained.label} never occurs in {folder / FGVC_FILES['train']}; "
+                f"every {split} class must occur in train"
+            )
     index = {cls: i for i, cls in enumerate(classes)}
-    items = {split: [Item(folder / p, index[label], origin) for p, label, origin in raw[split]] for split in raw}
+    items = {split: [replace(item, label=index[item.label]) for item in raw[split]] for split in raw}
     items["trainval"] = items["train"] + items["val"]
     return FileTask(folder, items, check_labels(items, folder, contiguous=True), "fgvc")
 
 
-def _read_json_split(file: Path) -> list[tuple[str, int, str]]:
+def _read_json_split(file: Path) -> list[Item]:
     if not file.is_file():
         raise DataError(f"{file}: split file not found (an FGVC task folder holds {', '.join(FGVC_FILES.values())})")
     try:
@@ -84,7 +119,7 @@ def _read_json_split(file: Path) -> list[tuple[str, int, str]]:
     for path, label in data.items():
         if isinstance(label, bool) or not isinstance(label, int):
             raise DataError(f"{file}: entry {path!r} has label {label!r}; allowed: an integer")
-    return [(path, label, f"{file}: entry {path!r}") for path, label in data.items()]
+    return [Item(file.parent / path, label, f"{file}: entry {path!r}") for path, label in data.items()]
 
 
 def read_imagefolder(root: Path, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2) -> FileTask:
@@ -116,10 +151,19 @@ def read_imagefolder(root: Path, seed: int = 0, val_fraction: float = 0.1, test_
 
 
 def _class_folders(folder: Path) -> list[str]:
+    """The class names under ``folder``: at least two folders, each holding images."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{folder}: no class folders (expected <class>/<image> inside)")
+    for name in classes:
+        if not _images(folder / name):
+            raise DataError(f"{folder / name}: class folder holds no images (allowed: {', '.join(IMAGE_SUFFIXES)})")
+    _check_class_count([f"folder '{name}'" for name in classes], folder)
     return classes
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _folder_items(folder: Path, classes: list[str]) -> list[Item]:
@@ -130,8 +174,7 @@ def _folder_items(folder: Path, classes: list[str]) -> list[Item]:
         Item(path, label, str(path))
         for label, name in enumerate(classes)
         if (folder / name).is_dir()
-        for path in sorted((folder / name).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES
+        for path in _images(folder / name)
     ]
 
 
@@ -167,4 +210,11 @@ def check_labels(items: dict[str, list[Item]], where: Path, contiguous: bool) ->
             f"{where}: labels are not contiguous: {missing[:5]} never occur between 0 and {labels[-1]}; "
             f"labels must be 0..K-1"
         )
+    _check_class_count([f"label {label}" for label in labels], where)
     return labels[-1] + 1
+
+
+def _check_class_count(classes: list[str], where: Path) -> None:
+    """A classifier needs two classes; with one it scores 100% without learning anything."""
+    if len(classes) < 2:
+        raise DataError(f"{where}: only 1 class ({classes[0]}); at least 2 classes are needed")

@@ -71,6 +71,8 @@ class LoRALinear(ElasticWrapper):
         for weight in self.lora_A.values():
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.merged = False
+        # While merged: base.weight as it was before merge(), for unmerge() (moves with .to(); not saved).
+        self.register_buffer("unmerged_weight", None, persistent=False)
 
     def scale(self) -> float:
         return 1.0 if self.alpha is None else self.alpha / self.size
@@ -107,20 +109,30 @@ class LoRALinear(ElasticWrapper):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into ``base.weight`` (reversible with :meth:`unmerge`)."""
+        """Fold the update of the active rank into ``base.weight`` (reversible with :meth:`unmerge`).
+
+        While merged, the forward pass is ``base`` alone: a new active rank (``.size``) or new factor
+        values take effect after :meth:`unmerge`."""
         if not self.merged:
+            self.unmerged_weight = self.base.weight.detach().clone()
             self.base.weight += self.delta_weight()
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        """Put ``base.weight`` back bit for bit as it was before :meth:`merge`, whatever the active
+        rank became in between (subtracting the update would round, and use the current rank)."""
         if self.merged:
-            self.base.weight -= self.delta_weight()
+            self.base.weight.copy_(self.unmerged_weight)
+            self.unmerged_weight = None
             self.merged = False
 
+    @torch.no_grad()
     def merged_module(self) -> nn.Linear:
-        """The base Linear with the update folded in, for permanent merging."""
-        self.merge()
+        """The base Linear with the update folded in, for permanent merging (no way back)."""
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
         return self.base
 
     def active_parts(self) -> list[tuple[nn.Parameter, Index]]:

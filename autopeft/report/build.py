@@ -132,13 +132,17 @@ def _costs(loaded: Loaded) -> Section:
             c.command,
             c.status,
             _duration(c.wall_time_s),
+            MISSING if c.compute is None else f"{c.compute.train_images:,} + {c.compute.eval_images:,}",
             c.device,
             MISSING if c.search_cost_ratio is None else f"{c.search_cost_ratio:.2f}x",
         ]
         for c in sorted(loaded.costs, key=lambda c: (c.dataset, str(c.source)))
     ]
-    note = "Wall time of each run directory; search cost ratio = search cost over one final training run (run only)."
-    header_ = ["dataset", "run dir", "command", "status", "wall time", "device", "search cost ratio"]
+    note = (
+        "Wall time and images processed (forward+backward training images + forward-only evaluation images) of "
+        "each run directory; search cost ratio = search cost over one final training run (run only)."
+    )
+    header_ = ["dataset", "run dir", "command", "status", "wall time", "images", "device", "search cost ratio"]
     return Section("Cost per dataset", [note], header_, rows)
 
 
@@ -158,20 +162,20 @@ def _provenance(board: Leaderboard) -> Section:
     for row in board.rows:
         for e in (e for e in row.entries if e.mean is not None):
             p = e.provenance
-            sha = p.get("git_sha") or MISSING
             rows.append(
                 [
                     row.name,
                     e.dataset,
                     format_params(e.params),
-                    str(p.get("autopeft") or MISSING),
-                    sha[:12],
-                    str(p.get("checkpoint") or MISSING),
-                    str(p.get("selection") or MISSING),
+                    p.autopeft or MISSING,
+                    (p.git_sha or MISSING)[:12],
+                    p.checkpoint or MISSING,
+                    p.selection,
+                    " ".join(str(v) for v in (p.device, p.dtype, p.threads and f"{p.threads} threads") if v) or MISSING,
                     str(e.source),
                 ]
             )
-    header_ = ["row", "dataset", "params (M)", "autopeft", "git sha", "checkpoint", "selection", "run dir"]
+    header_ = ["row", "dataset", "params (M)", "autopeft", "git sha", "checkpoint", "selection", "device", "run dir"]
     return Section("Provenance", ["One line per measured run directory and row."], header_, rows)
 
 

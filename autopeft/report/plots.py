@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from autopeft.methods import REGISTRY
+from autopeft.pareto import pareto_front
 
 FRONT_COLOR = "#d62728"
 OTHER_COLOR = "#1f77b4"
@@ -22,20 +23,9 @@ class Point:
     score: float
 
 
-def pareto_front(points: list[Point]) -> list[Point]:
-    """Points no other point beats on both axes (more accuracy, fewer parameters), by parameters."""
-
-    def dominated(p: Point) -> bool:
-        return any(
-            q.params <= p.params and q.score >= p.score and (q.params, q.score) != (p.params, p.score) for q in points
-        )
-
-    return sorted((p for p in points if not dominated(p)), key=lambda p: p.params)
-
-
 def pareto_plot(points: list[Point], score_label: str) -> tuple[bytes, bytes]:
     """PNG and SVG of score vs trainable parameters (M, log x; zero-parameter rows drawn at the left edge)."""
-    front = pareto_front(points)
+    front = pareto_front(points, cost=lambda p: p.params, badness=lambda p: -p.score)
     positive = [p.params for p in points if p.params > 0]
     floor = min(positive) / 3 if positive else 1e-3
     x = {p.name: max(p.params, floor) for p in points}

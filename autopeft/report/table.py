@@ -7,7 +7,7 @@ import io
 import math
 from dataclasses import dataclass, field
 
-from autopeft.report.load import Entry
+from autopeft.report.load import STRATEGY_ROWS, Entry
 from autopeft.report.vtab import GROUPS, TASKS, is_vtab
 
 MISSING = "-"
@@ -91,15 +91,28 @@ def _ordered_datasets(names: set[str]) -> list[str]:
 
 
 def _grouped(entries: list[Entry]) -> dict[tuple[str, str], list[Entry]]:
-    """Group by (row name, dataset); entries of one name and dataset but other methods get their run dir in the name."""
+    """Group by (row name, dataset), pooling only entries of one configuration (``Entry.key``). Where a
+    name holds several configurations on one dataset, each gets its own row, named with what tells
+    them apart: the schedule when that differs, else the run directory. Strategy rows ("searched",
+    "selected per dataset") hold one choice per run directory and dataset by design."""
+    configs: dict[tuple[str, str], set] = {}
+    for e in entries:
+        configs.setdefault((e.name, e.dataset), set()).add(_config(e))
+    split = {name for (name, _), keys in configs.items() if len(keys) > 1}
     groups: dict[tuple[str, str], list[Entry]] = {}
-    for entry in entries:
-        key = (entry.name, entry.dataset)
-        first = groups.get(key, [entry])[0]
-        if first.methods != entry.methods:
-            key = (f"{entry.name} [{entry.source}]", entry.dataset)
-        groups.setdefault(key, []).append(entry)
+    for e in entries:
+        name = e.name
+        if name in split:
+            schedules = {x.schedule for x in entries if x.name == name and x.dataset == e.dataset}
+            name = f"{name} [{e.schedule}]" if len(schedules) > 1 and e.schedule else f"{name} [{e.source}]"
+        groups.setdefault((name, e.dataset), []).append(e)
     return groups
+
+
+def _config(entry: Entry) -> object:
+    if entry.name in STRATEGY_ROWS:
+        return entry.source
+    return entry.key or (str(sorted(entry.methods.items())), str(entry.source))
 
 
 def pool(entries: list[Entry]) -> Cell | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from autopeft.files import write_text
+from autopeft.pareto import pareto_front
 from autopeft.supernet import Scalar, SubnetConfig
 
 COLUMNS = ("rank", "round", "score", "loss", "params", "scored_by", "subnet")
@@ -39,13 +40,9 @@ class Candidate:
     scored_by: str = ""
 
 
-def pareto_front(candidates: Iterable[Candidate], by: RankBy = "accuracy") -> list[Candidate]:
+def candidate_front(candidates: Iterable[Candidate], by: RankBy = "accuracy") -> list[Candidate]:
     """Candidates no other candidate beats on both the ranking score and params (lower), by params."""
-    front: list[Candidate] = []
-    for candidate in sorted(candidates, key=lambda c: (c.params, _key(c, by))):
-        if not front or _key(candidate, by) < _key(front[-1], by):
-            front.append(candidate)
-    return front
+    return pareto_front(candidates, cost=lambda c: c.params, badness=lambda c: _key(c, by))
 
 
 def ranked(candidates: Iterable[Candidate], by: RankBy = "accuracy") -> list[Candidate]:

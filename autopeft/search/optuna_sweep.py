@@ -24,6 +24,8 @@ import optuna
 from optuna.trial import TrialState
 
 from autopeft.errors import ConfigError, SearchFailed
+from autopeft.progress import StageProgress
+from autopeft.records import Compute, SearchRecord
 from autopeft.runs import CHECKPOINT, RunInterrupted
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
@@ -31,6 +33,8 @@ from autopeft.search.sweep import (
     METRIC,
     Prepared,
     SweepConfig,
+    SweepTally,
+    Where,
     claim,
     finish_sweep,
     params_of,
@@ -42,6 +46,7 @@ from autopeft.supernet import SearchSpace, suggest
 
 RETRY_OF = "retry_of"  # user attr: the trial number a retried trial continues
 SURPLUS = "surplus"  # user attr: asked after the study had all its trials; given back unrun
+IMAGES = ("train_images", "eval_images")  # user attrs: images a trial processed, summed over its epochs
 OVER_BUDGET = "over_budget"  # user attr: more trainable parameters than the budget; never trained
 LIVE = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 ENDINGS = {TrialState.COMPLETE: "trials_completed", TrialState.PRUNED: "trials_pruned"}
@@ -88,17 +93,11 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def optuna_sweep(
-    config: SweepConfig,
-    out: Path,
-    storage: str | None = None,
-    study_name: str = "autopeft",
-    resume: bool = False,
-    display: Any = None,
-) -> dict[str, Any]:
-    """Work on the study until it has ``config.trials`` finished trials; write the run files.
-
-    ``display`` has ``say(message)`` and ``run(label)`` (a per-trial progress); None is silent.
-    """
+    config: SweepConfig, out: Path, where: Where, resume: bool = False, display: StageProgress | None = None
+) -> SearchRecord:
+    """Work on the study ``where.study`` in ``where.storage`` (default: SQLite in ``out``) until it has
+    ``config.trials`` finished trials; write the run files."""
+    storage, study_name = where.storage, where.study
     start = time.perf_counter()
     prepared = prepare(config)
     if storage is None:  # the study lives in the run directory
@@ -126,8 +125,8 @@ def optuna_sweep(
             f"interrupted; finished trials are kept in the study: continue with --out {out} --resume"
         ) from err
     candidates = study_candidates(config, prepared, study)
-    info = {"engine": "optuna", "storage": _redact(url), "study": study_name, **_accounting(study)}
-    return finish_sweep(config, prepared.space, out, candidates, info, start)
+    tally = _accounting(study, SweepTally("optuna", _redact(url), study_name))
+    return finish_sweep(config, prepared.space, out, candidates, tally, start)
 
 
 def _open_study(
@@ -204,23 +203,24 @@ def _run(
     folder = out / "trials" / f"{trial.number:04d}"
     resume = _take_over(out, trial, folder)
 
-    def report(metrics: dict[str, Any]) -> None:
+    def report(metrics: dict[str, Any]) -> bool:
+        """Report the epoch to the study; True when its pruner stops the trial."""
         trial.report(metrics[METRIC], metrics["epoch"])
         trial.set_user_attr("val_loss", metrics["val_loss"])
-        if not config.pareto and trial.should_prune():
-            raise optuna.TrialPruned()
+        for key in IMAGES:  # what the trial processed so far (pruned and killed trials count too)
+            trial.set_user_attr(key, trial.user_attrs.get(key, 0) + metrics[key])
+        return not config.pareto and trial.should_prune()
 
     bar = display.run(f"trial {trial.number}") if display is not None else None
-    try:
-        result = run_trial(config, space, subnet, folder, report, resume, bar)
-    except optuna.TrialPruned:
+    run = run_trial(config, space, subnet, folder, report, resume, bar)
+    if run.status == "stopped":
         study.tell(trial, state=TrialState.PRUNED)
         return
-    if result["status"] != "completed":
-        trial.set_user_attr("reason", result.get("reason"))
+    if run.status != "completed":
+        trial.set_user_attr("reason", run.reason)
         study.tell(trial, state=TrialState.FAIL)
         return
-    study.tell(trial, [result[METRIC], float(params)] if config.pareto else result[METRIC])
+    study.tell(trial, [run.val_acc, float(params)] if config.pareto else run.val_acc)
 
 
 def _take_over(out: Path, trial: optuna.Trial, folder: Path) -> bool:
@@ -259,15 +259,14 @@ def study_candidates(config: SweepConfig, prepared: Prepared, study: optuna.Stud
     return candidates
 
 
-def _accounting(study: optuna.Study) -> dict[str, int]:
-    """How many trials ended in each way (surplus and over-budget asks are not trials of the sweep)."""
-    trials = study.get_trials(deepcopy=False)
-    count = {"trials_completed": 0, "trials_pruned": 0, "trials_failed": 0, "trials_retried": 0}
-    for t in trials:
+def _accounting(study: optuna.Study, tally: SweepTally) -> SweepTally:
+    """How many trials ended in each way (surplus and over-budget asks are not trials of the sweep), and
+    the images every trial processed."""
+    for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get(SURPLUS) or t.user_attrs.get(OVER_BUDGET):
             continue
         key = ENDINGS.get(t.state, "trials_failed")
-        count[key] += 1
-        count["trials_retried"] += RETRY_OF in t.user_attrs
-    count["over_budget"] = sum(1 for t in trials if t.user_attrs.get(OVER_BUDGET))
-    return count
+        setattr(tally, key, getattr(tally, key) + 1)
+        tally.trials_retried += RETRY_OF in t.user_attrs
+        tally.compute += Compute(*(int(t.user_attrs.get(key, 0)) for key in IMAGES))
+    return tally

@@ -18,22 +18,30 @@ their own run directories.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from autopeft.config import parse_options
 from autopeft.data import DataConfig, TaskData
 from autopeft.errors import ConfigError, SearchFailed
-from autopeft.files import write_json, write_text
+from autopeft.files import write_text
 from autopeft.methods import REGISTRY
+from autopeft.progress import SilentProgress, StageProgress
+from autopeft.records import Compute, FinalRow, PipelineRecord, RunRecord, SearchRecord
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, read_yaml
-from autopeft.runs import CHECKPOINT, RESULT, RunInterrupted, build_model, provenance, train_or_reuse
-from autopeft.search.candidates import Candidate, pareto_front, ranked, read_candidates, write_candidates
+from autopeft.rundir import claim_dir, locked
+from autopeft.runs import (
+    CHECKPOINT,
+    RESULT,
+    RunInterrupted,
+    build_model,
+    history_compute,
+    provenance,
+    train_or_reuse,
+)
+from autopeft.search.candidates import Candidate, candidate_front, ranked, read_candidates, write_candidates
 from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
 from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, train_supernet
@@ -181,11 +189,14 @@ def load_space(space: str | dict[str, Any]) -> SearchSpace:
 
 
 def run_pipeline(
-    config: PipelineConfig, out: Path, resume: bool = False, progress: Any = None, choose_only: bool = False
-) -> dict[str, Any]:
-    """Run (or with ``resume`` continue) the whole pipeline into ``out``; returns result.json.
+    config: PipelineConfig,
+    out: Path,
+    resume: bool = False,
+    progress: StageProgress | None = None,
+    choose_only: bool = False,
+) -> PipelineRecord | SearchRecord:
+    """Run (or with ``resume`` continue) the whole pipeline into ``out``; returns its record.
 
-    ``progress`` has ``say(message)`` and ``run(label)`` (a display per training run); None is silent.
     ``choose_only`` (`autopeft search --engine supernet`): stop once the winner is chosen on val, with
     ``best.yaml`` and a search result.json written (no baselines, no final runs, test never read).
     """
@@ -193,25 +204,17 @@ def run_pipeline(
     built = _build(config)  # a bad space, backbone or budget fails before anything is written
     command = f"search {out / 'config.yaml'} --engine supernet" if choose_only else f"run {out / 'config.yaml'}"
     again = f"autopeft {command} --out {out} --resume"
-    prepare_out(out, resume, yaml.safe_dump(asdict(config), sort_keys=False), again)
     progress = progress or SilentProgress()
     try:
-        if choose_only:
-            return _search_result(config, built, _choose(config, built, out, resume, progress), out, start)
-        return _pipeline(config, built, out, resume, progress, start)
+        with locked(out):
+            claim_dir(out, resume, asdict(config), again)
+            if choose_only:
+                return _search_result(config, built, _choose(config, built, out, resume, progress), out, start)
+            return _pipeline(config, built, out, resume, progress, start)
     except RunInterrupted as err:
         raise RunInterrupted(f"interrupted; finished stages are saved in {out}: continue with `{again}`") from err
     except NonFiniteLoss as err:
         raise SearchFailed(f"supernet training diverged ({err}); lower supernet.train.lr") from err
-
-
-class SilentProgress:
-    """A progress that shows nothing."""
-
-    def say(self, message: str) -> None: ...
-
-    def run(self, label: str) -> None:
-        return None
 
 
 @dataclass
@@ -241,31 +244,35 @@ def _build(config: PipelineConfig) -> _Built:
 @dataclass
 class _Chosen:
     """The search and selection stages' outcome: every candidate, the top-k, their standalone val
-    runs, the winner's index in ``top`` and the stage times."""
+    runs, the winner's index in ``top``, and what the supernet and the candidate search cost."""
 
     candidates: list[Candidate]
     top: list[Candidate]
-    standalone: list[dict[str, Any]]
+    standalone: list[RunRecord]
     pick: int
-    supernet_s: float
-    search_s: float
+    supernet: Compute
+    search: Compute
 
     @property
-    def row(self) -> dict[str, Any]:
+    def row(self) -> RunRecord:
         return self.standalone[self.pick]
+
+    @property
+    def compute(self) -> dict[str, Compute]:
+        """What each search stage processed and took."""
+        return {"supernet": self.supernet, "search": self.search, "retrain_top_k": _total(self.standalone)}
 
     @property
     def cost(self) -> dict[str, float]:
         """Seconds of each search stage."""
-        retrain_s = sum(r["wall_time_s"] for r in self.standalone)
-        return {
-            "supernet": round(self.supernet_s, 2),
-            "search": round(self.search_s, 2),
-            "retrain_top_k": round(retrain_s, 2),
-        }
+        return {stage: compute.wall_s for stage, compute in self.compute.items()}
 
 
-def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: Any) -> _Chosen:
+def _total(runs: list[RunRecord]) -> Compute:
+    return Compute.total(r.compute for r in runs)
+
+
+def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: StageProgress) -> _Chosen:
     """Supernet, search, top-k standalone on train scored on val; the winner's run config to best.yaml."""
     run, supernet, task, norm = built.run, built.supernet, built.task, built.norm
     space = supernet.space
@@ -278,28 +285,29 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
         supernet, stage.sampling, config.search.budget, config.seed, stage.random_subnets, stage.distill
     )
     bar = progress.run("supernet")
-    _, supernet_s = train_supernet(steps, task, norm, run, supernet_dir, stage.masked, resumed, bar)
+    history, supernet_s = train_supernet(steps, task, norm, run, supernet_dir, stage.masked, resumed, bar)
+    trained = replace(history_compute(history), wall_s=round(supernet_s, 2))
     search_start = time.perf_counter()
     candidates = _search(config.search, supernet, inherited_score(supernet, task, norm), out, resume, progress)
-    search_s = time.perf_counter() - search_start
+    searched = Compute(0, len(task.split("val")) * len(candidates), round(time.perf_counter() - search_start, 2))
     top = ranked(candidates, "loss")[: config.retrain.top_k]
     progress.say(f"retrain: the top {len(top)} of {len(candidates)} candidates standalone on train, chosen on val")
     standalone = [
         _train(config, method_config(space, c.subnet), out / "retrain" / f"{i:02d}", progress)
         for i, c in enumerate(top, 1)
     ]
-    pick = standalone_order(standalone)[-1]
+    pick = standalone_order([(r.val_acc, r.val_loss) for r in standalone])[-1]
     winner = method_config(space, top[pick].subnet)
     best = RunConfig(
         config.backbone, config.data, winner, config.retrain.train, final=True, seed=config.retrain.seeds[0]
     )
     write_text(out / "best.yaml", dump_run_config(best))
-    return _Chosen(candidates, top, standalone, pick, supernet_s, search_s)
+    return _Chosen(candidates, top, standalone, pick, trained, searched)
 
 
 def _pipeline(
-    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: Any, start: float
-) -> dict[str, Any]:
+    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: StageProgress, start: float
+) -> PipelineRecord:
     run, task, norm = built.run, built.task, built.norm
     chosen = _choose(config, built, out, resume, progress)
     rows = {"searched": chosen.row}
@@ -309,73 +317,63 @@ def _pipeline(
     finalists = _finalists(rows, config.retrain.final_baselines)
     progress.say(f"final: {', '.join(finalists)} on train+val, seeds {config.retrain.seeds}, test read once each")
     table = [_final_row(config, name, val_run, out, progress, name in finalists) for name, val_run in rows.items()]
-    cost = chosen.cost
-    result = {
-        "command": "run",
-        "dataset": task.name,
-        "backbone": config.backbone.name,
-        "methods": table[0]["methods"],
-        "trainable_params": table[0]["params"],
-        "val_acc": table[0]["val_acc"],
-        "test_acc": table[0]["test_acc"],
-        "test_acc_std": table[0]["test_acc_std"],
-        "seed": config.seed,
-        "seeds": config.retrain.seeds,
-        "epochs": config.retrain.train.epochs,
-        "select_epochs": config.retrain.select_train().epochs,
-        "candidates": len(chosen.candidates),
-        "retrained": len(chosen.top),
-        "search_cost_s": cost,
-        "search_cost_ratio": round(sum(cost.values()) / table[0]["run_s"], 2),
-        "table": table,
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "provenance": provenance(run, task, norm),
-        "status": "completed",
+    searched, cost = table[0], chosen.cost
+    compute = {
+        **chosen.compute,
+        "baselines": _total([r for name, r in rows.items() if name != "searched"]),
+        "final": Compute.total(row.compute for row in table),
     }
-    write_text(out / "summary.md", render_table(result))
-    write_json(out / RESULT, result)
-    return result
+    record = PipelineRecord(
+        dataset=task.name,
+        backbone=config.backbone.name,
+        methods=searched.methods,
+        trainable_params=searched.params,
+        seed=config.seed,
+        seeds=config.retrain.seeds,
+        epochs=config.retrain.train.epochs,
+        select_epochs=config.retrain.select_train().epochs,
+        candidates=len(chosen.candidates),
+        retrained=len(chosen.top),
+        table=table,
+        val_acc=searched.val_acc,
+        test_acc=searched.test_acc,
+        test_acc_std=searched.test_acc_std,
+        budget=config.search.budget,
+        search_cost_s=cost,
+        search_cost_ratio=round(sum(cost.values()) / searched.run_s, 2) if searched.run_s else None,
+        wall_time_s=round(time.perf_counter() - start, 2),
+        compute=compute,
+        provenance=provenance(run, task, norm, test_read=True),
+    )
+    write_text(out / "summary.md", render_table(record))
+    record.write(out / RESULT)
+    return record
 
 
-def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: Path, start: float) -> dict[str, Any]:
+def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: Path, start: float) -> SearchRecord:
     """result.json of a supernet search stopped at its winner: the winner's standalone val run, no test."""
     row, train = chosen.row, config.retrain.select_train()
-    result = {
-        "command": "search",
-        "engine": "supernet",
-        "dataset": built.task.name,
-        "backbone": config.backbone.name,
-        "methods": row["methods"],
-        "train": {"lr": train.lr, "weight_decay": train.weight_decay},
-        "trainable_params": row["trainable_params"],
-        "val_acc": row["val_acc"],
-        "val_loss": row.get("val_loss"),
-        "test_acc": None,
-        "seed": config.seed,
-        "epochs": train.epochs,
-        "candidates": len(chosen.candidates),
-        "retrained": len(chosen.top),
-        "search_cost_s": chosen.cost,
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "provenance": {**provenance(built.run, built.task, built.norm), "test_read": False},
-        "status": row["status"],
-    }
-    write_json(out / RESULT, result)
-    return result
-
-
-def prepare_out(out: Path, resume: bool, resolved: str, again: str) -> None:
-    """Refuse to overwrite a run, or to resume one with another config (``again``: the command
-    that resumes it as started); write config.yaml."""
-    saved = out / "config.yaml"
-    if resume and not saved.is_file():
-        raise ConfigError(f"--resume: {out} holds no run to continue (config.yaml missing); nothing was changed")
-    if resume and saved.read_text() != resolved:
-        raise ConfigError(f"--resume: the config differs from the one {out} was started with; resume with: {again}")
-    if not resume and out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: already holds a run; choose another --out, or pass --resume to continue it")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(saved, resolved)
+    record = SearchRecord(
+        engine="supernet",
+        dataset=built.task.name,
+        backbone=config.backbone.name,
+        methods=row.methods,
+        train={"lr": train.lr, "weight_decay": train.weight_decay},
+        trainable_params=row.trainable_params,
+        val_acc=row.val_acc,
+        val_loss=row.val_loss,
+        seed=config.seed,
+        epochs=train.epochs,
+        candidates=len(chosen.candidates),
+        retrained=len(chosen.top),
+        search_cost_s=chosen.cost,
+        wall_time_s=round(time.perf_counter() - start, 2),
+        status=row.status,
+        compute=Compute.total(chosen.compute.values()),
+        provenance=provenance(built.run, built.task, built.norm, test_read=False),
+    )
+    record.write(out / RESULT)
+    return record
 
 
 def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bool, progress) -> list[Candidate]:
@@ -402,11 +400,13 @@ def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bo
     if not candidates:
         raise ConfigError("search: no candidate fits the space and budget")
     write_candidates(out / "candidates.csv", candidates, SCORED_BY, "loss")
-    write_candidates(out / "pareto.csv", pareto_front(candidates, "loss"), SCORED_BY, "loss")
+    write_candidates(out / "pareto.csv", candidate_front(candidates, "loss"), SCORED_BY, "loss")
     return candidates
 
 
-def _train(config: PipelineConfig, methods: dict, out: Path, progress: Any, seed: int | None = None) -> dict:
+def _train(
+    config: PipelineConfig, methods: dict, out: Path, progress: StageProgress, seed: int | None = None
+) -> RunRecord:
     """A standalone run: on train scored on val (no test) when ``seed`` is None, else on train+val
     with that seed and the test split read once at the end."""
     final = seed is not None
@@ -416,76 +416,71 @@ def _train(config: PipelineConfig, methods: dict, out: Path, progress: Any, seed
     return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
 
 
-def _finalists(rows: dict[str, dict], which: str) -> list[str]:
+def _finalists(rows: dict[str, RunRecord], which: str) -> list[str]:
     """The searched subnet and every baseline (``all``) or the baseline best on val (``best``)."""
     baselines = [name for name in rows if name != "searched"]
     if which == "best" and baselines:
-        order = standalone_order([rows[name] for name in baselines])
+        order = standalone_order([(rows[name].val_acc, rows[name].val_loss) for name in baselines])
         baselines = [baselines[order[-1]]]
     return ["searched", *baselines]
 
 
-def _final_row(config: PipelineConfig, name: str, val_run: dict, out: Path, progress: Any, final: bool) -> dict:
+def _final_row(
+    config: PipelineConfig, name: str, val_run: RunRecord, out: Path, progress: StageProgress, final: bool
+) -> FinalRow:
     """``val_run``'s methods retrained on train+val once per seed (when ``final``), test read once
     per run; mean and std over seeds."""
-    methods = val_run["methods"]
     seeds = config.retrain.seeds if final else []
-    runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s) for s in seeds]
-    tests = [r["test_acc"] for r in runs if r["status"] == "completed"]
-    return {
-        "name": name,
-        "methods": methods,
-        "params": val_run["trainable_params"],
-        "val_acc": val_run["val_acc"],
-        "test_acc": statistics.mean(tests) if tests else None,
-        "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
-        "seeds_run": len(runs),
-        "seeds_completed": len(tests),
-        "run_s": round(statistics.mean(r["wall_time_s"] for r in runs), 2) if runs else None,
-    }
+    runs = [_train(config, val_run.methods, out / "final" / name / f"seed{s}", progress, s) for s in seeds]
+    return FinalRow.of_runs(name, val_run.methods, val_run.trainable_params, val_run.val_acc, runs)
 
 
-def standalone_order(runs: list[dict[str, Any]]) -> list[int]:
-    """Indices of ``runs`` from worst to best by val accuracy, ties broken by lower val loss and
-    then by the earlier index (the better inherited rank); a failed run counts as worst."""
+def standalone_order(scores: list[tuple[float | None, float | None]]) -> list[int]:
+    """Indices of ``(val accuracy, val loss)`` pairs from worst to best by accuracy, ties broken by
+    lower val loss and then by the earlier index (the better inherited rank); a failed run (accuracy
+    None) counts as worst."""
 
     def key(i: int) -> tuple[float, float, int]:
-        acc, loss = runs[i]["val_acc"], runs[i].get("val_loss")
+        acc, loss = scores[i]
         return (-1.0 if acc is None else acc, -(loss if loss is not None else float("inf")), -i)
 
-    return sorted(range(len(runs)), key=key)
+    return sorted(range(len(scores)), key=key)
 
 
-def render_table(result: dict[str, Any]) -> str:
-    """The comparison table: the searched subnet vs each baseline (params, val, test mean +- std)."""
-    seeds = len(result["seeds"])
+def render_table(record: PipelineRecord) -> str:
+    """The comparison table: the searched subnet vs each baseline (params, val, test mean +- std),
+    with what each stage processed."""
+    seeds, select = len(record.seeds), record.select_epochs
     lines = [
-        f"# autopeft run: {result['dataset']} on {result['backbone']}",
+        f"# autopeft run: {record.dataset} on {record.backbone}",
         "",
-        f"val: trained on train for {result['select_epochs']} epoch{'s' if result['select_epochs'] > 1 else ''} "
-        f"(the selection schedule), scored on val. test: retrained on train+val for {result['epochs']} epochs, "
-        f"final epoch, mean +- std over {seeds} seed{'s' if seeds > 1 else ''}. params: trainable, classifier head "
-        "excluded.",
+        f"val: trained on train for {select} epoch{'s' if select > 1 else ''} (the selection schedule), scored on "
+        f"val. test: retrained on train+val for {record.epochs} epochs, final epoch, mean +- std over {seeds} "
+        f"seed{'s' if seeds > 1 else ''}. params: trainable, classifier head excluded"
+        + (f"; budget {record.budget:,}." if record.budget is not None else "; no parameter budget."),
         "",
         "| strategy | params | val % | test % |",
         "|---|---:|---:|---:|",
     ]
-    for row in result["table"]:
-        test = f"{row['test_acc']:.2f} +- {row['test_acc_std']:.2f}" if row["test_acc"] is not None else "failed"
-        test = test if row["seeds_run"] else "not run (not best on val)"
-        val = "-" if row["val_acc"] is None else f"{row['val_acc']:.2f}"
-        lines.append(f"| {row['name']} | {row['params']:,} | {val} | {test} |")
-    cost = result["search_cost_s"]
+    for row in record.table:
+        test = f"{row.test_acc:.2f} +- {row.test_acc_std or 0.0:.2f}" if row.test_acc is not None else "failed"
+        test = test if row.seeds_run else "not run (not best on val)"
+        val = "-" if row.val_acc is None else f"{row.val_acc:.2f}"
+        lines.append(f"| {row.name} | {row.params:,} | {val} | {test} |")
+    cost, compute = record.search_cost_s, record.compute
+    ratio = "n/a" if record.search_cost_ratio is None else f"{record.search_cost_ratio:.1f}x"
     lines += [
         "",
-        f"Searched subnet: {describe_methods(result['methods'])}.",
-        f"{result['candidates']} candidates scored by val loss with inherited supernet weights; the top "
-        f"{result['retrained']} trained standalone and chosen on val. (How well inherited val loss ranks subnets "
+        f"Searched subnet: {describe_methods(record.methods)}.",
+        f"{record.candidates} candidates scored by val loss with inherited supernet weights; the top "
+        f"{record.retrained} trained standalone and chosen on val. (How well inherited val loss ranks subnets "
         "like standalone training is measured over random panels of subnets in autopeft's results/ranking.md.)",
-        f"Search cost: supernet {cost['supernet']:.0f} s + search {cost['search']:.0f} s + top-{result['retrained']} "
-        f"selection runs {cost['retrain_top_k']:.0f} s = {result['search_cost_ratio']:.1f}x one final training run "
-        f"of the searched subnet ({result['table'][0]['run_s']:.0f} s). "
-        f"Wall time {result['wall_time_s'] / 60:.1f} min.",
+        f"Search cost: supernet {cost['supernet']:.0f} s + search {cost['search']:.0f} s + top-{record.retrained} "
+        f"selection runs {cost['retrain_top_k']:.0f} s = {ratio} one final training run of the searched subnet "
+        f"({record.table[0].run_s or 0:.0f} s). Wall time {(record.wall_time_s or 0) / 60:.1f} min.",
+        "Images processed (training passes + forward-only evaluation): "
+        + ", ".join(f"{stage} {c.train_images:,} + {c.eval_images:,}" for stage, c in compute.items())
+        + ".",
         "",
     ]
     return "\n".join(lines)

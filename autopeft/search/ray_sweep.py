@@ -27,27 +27,34 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from autopeft.errors import ConfigError
+from autopeft.progress import StageProgress
+from autopeft.records import Compute, SearchRecord
 from autopeft.runs import RunInterrupted
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
-from autopeft.search.sweep import METRIC, SweepConfig, claim, finish_sweep, params_of, prepare, run_trial, scored_by
+from autopeft.search.sweep import (
+    METRIC,
+    SweepConfig,
+    SweepTally,
+    Where,
+    claim,
+    finish_sweep,
+    params_of,
+    prepare,
+    run_trial,
+    scored_by,
+)
 from autopeft.supernet import SearchSpace, suggest
 
 EXPERIMENT = "sweep"  # the Tune experiment's folder under the storage path
 
 
 def ray_sweep(
-    config: SweepConfig,
-    out: Path,
-    address: str | None,
-    storage_path: str | None,
-    cpus_per_trial: float,
-    gpus_per_trial: float,
-    max_concurrent: int,
-    resume: bool,
-    display: Any = None,
-) -> dict[str, Any]:
+    config: SweepConfig, out: Path, where: Where, resume: bool, display: StageProgress | None = None
+) -> SearchRecord:
     """Run ``config.trials`` trials with Ray Tune (or finish an interrupted sweep); write the run files."""
+    address, storage_path, max_concurrent = where.address, where.storage_path, where.max_concurrent
+    cpus_per_trial, gpus_per_trial = where.cpus_per_trial, where.gpus_per_trial
     start = time.perf_counter()
     if config.budget is not None:
         raise ConfigError("budget: the ray engine cannot constrain parameters; use --engine optuna or drop budget")
@@ -90,9 +97,9 @@ def ray_sweep(
     finally:
         if started:
             ray.shutdown()
-    candidates, info = _collect(config, prepared.space, prepared.depth, analysis)
-    info = {"engine": "ray", "storage": str(path), "address": address or "local", **info}
-    return finish_sweep(config, prepared.space, out, candidates, info, start)
+    tally = SweepTally("ray", str(path), address=address or "local")
+    candidates = _collect(config, prepared.space, prepared.depth, analysis, tally)
+    return finish_sweep(config, prepared.space, out, candidates, tally, start)
 
 
 def _connect(address: str | None) -> bool:
@@ -160,13 +167,14 @@ def _trial(params: dict[str, Any], sweep: SweepConfig, space: SearchSpace, depth
             shutil.copytree(saved, run)
     extra = {"params": params_of(sweep, space, subnet), "node": ray.get_runtime_context().get_node_id()}
 
-    def report(metrics: dict[str, Any]) -> None:
-        keys = {key: metrics[key] for key in (METRIC, "val_loss", "epoch")}
+    def report(metrics: dict[str, Any]) -> bool:
+        keys = {key: metrics[key] for key in (METRIC, "val_loss", "epoch", "train_images", "eval_images")}
         tune.report({**keys, **extra}, checkpoint=tune.Checkpoint.from_directory(run))
+        return False  # ASHA stops a trial through Tune itself
 
-    result = run_trial(sweep, space, subnet, run, report, resume=checkpoint is not None)
-    if result["status"] != "completed":
-        raise RuntimeError(f"trial failed: {result.get('reason')}")
+    record = run_trial(sweep, space, subnet, run, report, resume=checkpoint is not None)
+    if record.status != "completed":
+        raise RuntimeError(f"trial failed: {record.reason}")
 
 
 def _check_finished(analysis: tune.ExperimentAnalysis, trials: int, out: Path) -> None:
@@ -177,25 +185,31 @@ def _check_finished(analysis: tune.ExperimentAnalysis, trials: int, out: Path) -
 
 
 def _collect(
-    config: SweepConfig, space: SearchSpace, depth: int, analysis: tune.ExperimentAnalysis
-) -> tuple[list[Candidate], dict[str, Any]]:
-    """Candidates (finished trials at their last report; stopped ones marked pruned) and the accounting."""
-    count = {"trials_completed": 0, "trials_pruned": 0, "trials_failed": 0, "trials_retried": 0}
+    config: SweepConfig, space: SearchSpace, depth: int, analysis: tune.ExperimentAnalysis, tally: SweepTally
+) -> list[Candidate]:
+    """Candidates (finished trials at their last report; stopped ones marked pruned); counts the
+    trials, their nodes and the images every report of every trial processed into ``tally``."""
     candidates, nodes = [], set()
     for trial in analysis.trials:
         index = int(trial.experiment_tag.split("_", 1)[0]) - 1  # Tune tags trials "<count>_<params>"; retries move
         frame = analysis.trial_dataframes.get(trial.trial_id)
-        nodes.update(frame["node"] if frame is not None and "node" in frame else [])
+        if frame is not None and "node" in frame:
+            nodes.update(frame["node"])
+            tally.compute += Compute(int(frame["train_images"].sum()), int(frame["eval_images"].sum()))
         last = trial.last_result
         if trial.status != Trial.TERMINATED or METRIC not in last:
-            count["trials_failed"] += 1
+            tally.trials_failed += 1
             continue
-        count["trials_retried"] += trial.num_failures > 0
+        tally.trials_retried += trial.num_failures > 0
         epochs = int(last["epoch"])
         pruned = epochs < config.train.epochs
-        count["trials_pruned" if pruned else "trials_completed"] += 1
+        if pruned:
+            tally.trials_pruned += 1
+        else:
+            tally.trials_completed += 1
         subnet = suggest(optuna.trial.FixedTrial(trial.config), space, depth)
         genes = tuple(sorted(trial.config.items()))
         score = scored_by(config, epochs) if pruned else ""
         candidates.append(Candidate(subnet, genes, int(last["params"]), last[METRIC], index, last["val_loss"], score))
-    return candidates, {**count, "nodes": sorted(nodes)}
+    tally.nodes = sorted(nodes)
+    return candidates

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,25 +27,25 @@ from typing import Any, Literal
 
 import optuna
 import torch
-import yaml
 
 from autopeft import __version__
 from autopeft.config import parse_options
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
+from autopeft.progress import SilentProgress, StageProgress
+from autopeft.records import Compute, DatasetChoice, FinalRow, Provenance, SearchRecord, SelectionRecord
 from autopeft.runconfig import BackboneConfig, RunConfig
+from autopeft.rundir import claim_dir, locked
 from autopeft.runs import RESULT, RunInterrupted, git_sha, train_or_reuse
 from autopeft.search.pipeline import (
     PipelineConfig,
-    SilentProgress,
     describe_methods,
     parse_pipeline,
-    prepare_out,
     run_pipeline,
     standalone_order,
 )
-from autopeft.search.sweep import SweepConfig, backbone_depth, params_of, parse_sweep
+from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep, run_sweep
 from autopeft.supernet import FloatRange, parse_space, suggest
 from autopeft.train import TrainConfig
 
@@ -84,6 +83,7 @@ class SuiteConfig:
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     datasets: list[str | dict[str, Any]] = field(default_factory=lambda: ["digits"])
+    data: dict[str, Any] | None = None  # set once: a name in datasets is then this mapping's task
     strategies: list[str] = field(default_factory=lambda: ["lora", "adapter", "vpt", "ssf", "kv_prompt", SUPERNET])
     budget: int | None = None  # most trainable parameters (head excluded) for every strategy
     engine: Literal["optuna", "ray"] = "optuna"  # the single-method sweeps' engine
@@ -139,9 +139,12 @@ def parse_suite(data: Any, where: str, base: Path | None = None) -> SuiteConfig:
 
 
 def data_configs(suite: SuiteConfig) -> list[DataConfig]:
-    """The suite's datasets as DataConfigs; a string is a built-in name, checked here."""
+    """The suite's datasets as DataConfigs: a mapping as it is; a string is the task of the suite's
+    ``data`` mapping when the suite sets one (e.g. a VTAB-1k root), else a built-in name, checked here."""
     configs = []
     for i, entry in enumerate(suite.datasets):
+        if isinstance(entry, str) and suite.data is not None:
+            entry = {**suite.data, "task": entry}
         if isinstance(entry, str):
             if entry not in BUILTIN_TASKS:
                 raise ConfigError(
@@ -152,6 +155,8 @@ def data_configs(suite: SuiteConfig) -> list[DataConfig]:
             config = parse_options(DataConfig, entry, f"datasets[{i}]")
             if config.root is not None and not Path(config.root).exists():
                 raise ConfigError(f"datasets[{i}].root: {config.root} not found")
+            if config.task is not None and config.root is not None and not (Path(config.root) / config.task).is_dir():
+                raise ConfigError(f"datasets[{i}]: task folder {Path(config.root) / config.task} not found")
             configs.append(config)
     return configs
 
@@ -195,132 +200,193 @@ def supernet_config(suite: SuiteConfig, data: DataConfig, index: int = 0) -> Pip
     return parse_pipeline(given, "supernet")
 
 
-def dump_suite(config: SuiteConfig) -> str:
-    return yaml.safe_dump(asdict(config), sort_keys=False)
-
-
 def run_select(
-    config: SuiteConfig, out: Path, resume: bool = False, progress: Any = None, again: str = ""
-) -> dict[str, Any]:
+    config: SuiteConfig, out: Path, resume: bool = False, progress: StageProgress | None = None, again: str = ""
+) -> SelectionRecord:
     """Select a strategy for every dataset of the suite into ``out`` (with ``resume``: finished
     datasets are kept as they are, an interrupted one continues); returns result.json."""
     start = time.perf_counter()
     progress = progress or SilentProgress()
     datasets = data_configs(config)
     again = again or f"autopeft select {out / 'config.yaml'} --out {out} --resume"
-    prepare_out(out, resume, dump_suite(config), again)
-    selections = []
+    with locked(out):
+        claim_dir(out, resume, asdict(config), again)
+        try:
+            selections = [_selection(config, data, i, out, progress) for i, data in enumerate(datasets)]
+        except RunInterrupted as err:
+            raise RunInterrupted(
+                f"interrupted; finished datasets and runs are saved in {out}: continue with `{again}`"
+            ) from err
+        record = _suite_record(config, selections, start)
+        write_text(out / "summary.md", render_summary(record, selections))
+        record.write(out / RESULT)
+        return record
+
+
+def _selection(
+    config: SuiteConfig, data: DataConfig, index: int, out: Path, progress: StageProgress
+) -> DatasetSelection:
+    """The dataset's selection: kept as it is when a finished one is on disk, else made now."""
+    folder = out / dataset_label(data, index)
+    if (folder / "selection.json").is_file():
+        progress.say(f"{folder.name}: selected before, kept as it is")
+        return read_selection(folder / "selection.json")
+    return select_dataset(config, data, index, folder, progress)
+
+
+@dataclass
+class StrategyOutcome:
+    """One strategy on one dataset: trained on train, scored on val (skipped or failed: why)."""
+
+    name: str
+    status: Literal["completed", "failed", "skipped"]
+    reason: str | None = None
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trainable_params: int | None = None
+    val_acc: float | None = None
+    val_loss: float | None = None
+    train: dict[str, float] = field(default_factory=dict)  # lr and weight decay it was selected with
+    scored_by: str | None = None
+    run_dir: str | None = None
+    wall_time_s: float = 0.0
+    compute: Compute = field(default_factory=Compute)
+
+
+@dataclass
+class Finalist:
+    """A finalist strategy: its val outcome and its final runs on train+val per seed."""
+
+    row: FinalRow
+    train: dict[str, float]
+    seeds: list[int]
+    run_dirs: list[str]
+
+
+@dataclass
+class DatasetSelection:
+    """``<dataset>/selection.json``: every strategy's val outcome, the finalists' final runs and the
+    strategy chosen on val; written last, so a finished dataset is never redone."""
+
+    dataset: str
+    data: DataConfig
+    ranking: list[str]
+    strategies: list[StrategyOutcome]
+    finalists: list[Finalist]
+    chosen: str
+    selected_on: str = "val"
+    selection_wall_time_s: float | None = None
+
+    @property
+    def choice(self) -> Finalist:
+        return next(f for f in self.finalists if f.row.name == self.chosen)
+
+    def compute(self) -> dict[str, Compute]:
+        """What each strategy's selection processed, and every final run together."""
+        return {
+            **{o.name: o.compute for o in self.strategies},
+            "final": Compute.total(f.row.compute for f in self.finalists),
+        }
+
+
+def read_selection(path: Path) -> DatasetSelection:
     try:
-        for i, data in enumerate(datasets):
-            folder = out / dataset_label(data, i)
-            if (folder / "selection.json").is_file():
-                progress.say(f"{folder.name}: selected before, kept as it is")
-                selections.append(json.loads((folder / "selection.json").read_text()))
-                continue
-            selections.append(select_dataset(config, data, i, folder, progress))
-    except RunInterrupted as err:
-        raise RunInterrupted(
-            f"interrupted; finished datasets and runs are saved in {out}: continue with `{again}`"
-        ) from err
-    result = _suite_result(config, selections, start)
-    write_text(out / "summary.md", render_summary(result, selections))
-    write_json(out / RESULT, result)
-    return result
+        return parse_options(DatasetSelection, json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); delete it to select this dataset again") from err
 
 
-def select_dataset(config: SuiteConfig, data: DataConfig, index: int, folder: Path, progress: Any) -> dict[str, Any]:
+def select_dataset(
+    config: SuiteConfig, data: DataConfig, index: int, folder: Path, progress: StageProgress
+) -> DatasetSelection:
     """Every strategy on ``data`` (val only), the finalists on train+val per seed; writes selection.json."""
     start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / "strategies.json"
-    done: dict[str, dict] = json.loads(record.read_text()) if record.is_file() else {}
+    done = _read_outcomes(record)
     for name in config.strategies:
         if name not in done:
             progress.say(f"{folder.name}: strategy {name} on train, scored on val")
             done[name] = _strategy(config, data, index, name, folder / name, progress)
-            write_json(record, done)
+            write_json(record, {n: asdict(o) for n, o in done.items()})
     outcomes = [done[name] for name in config.strategies]
-    scored = [o for o in outcomes if o["status"] == "completed" and o["val_acc"] is not None]
+    scored = [o for o in outcomes if o.status == "completed" and o.val_acc is not None]
     if not scored:
         raise ConfigError(f"{folder.name}: no strategy finished ({'; '.join(_why(o) for o in outcomes)})")
-    order = standalone_order(scored)[::-1]  # best first
+    order = standalone_order([(o.val_acc, o.val_loss) for o in scored])[::-1]  # best first
     finalists = [scored[i] for i in order[: config.finalists]]
     seeds = config.final.seeds
     progress.say(
-        f"{folder.name}: finalists {', '.join(f['name'] for f in finalists)} on train+val, seeds {seeds}, "
+        f"{folder.name}: finalists {', '.join(f.name for f in finalists)} on train+val, seeds {seeds}, "
         "test read once each"
     )
-    rows = [_final(config, data, f, folder / "final" / f["name"], progress) for f in finalists]
-    chosen = rows[0]  # the finalist best on val (finalists are in val order); never chosen on test
-    selection = {
-        "dataset": folder.name,
-        "data": asdict(data),
-        "selected_on": "val",
-        "ranking": [scored[i]["name"] for i in order],
-        "strategies": outcomes,
-        "finalists": rows,
-        "chosen": chosen["name"],
-        "methods": chosen["methods"],
-        "trainable_params": chosen["trainable_params"],
-        "val_acc": chosen["val_acc"],
-        "test_acc": chosen["test_acc"],
-        "test_acc_std": chosen["test_acc_std"],
-        "seeds": seeds,
-        "wall_time_s": round(sum(o["wall_time_s"] or 0 for o in outcomes) + sum(r["run_s"] for r in rows), 2),
-        "selection_wall_time_s": round(time.perf_counter() - start, 2),
-    }
-    write_json(folder / "selection.json", selection)
+    rows = [_final(config, data, f, folder / "final" / f.name, progress) for f in finalists]
+    selection = DatasetSelection(
+        dataset=folder.name,
+        data=data,
+        ranking=[scored[i].name for i in order],
+        strategies=outcomes,
+        finalists=rows,
+        chosen=rows[0].row.name,  # the finalist best on val (finalists are in val order); never chosen on test
+        selection_wall_time_s=round(time.perf_counter() - start, 2),
+    )
+    write_json(folder / "selection.json", asdict(selection))
     return selection
 
 
-def _why(outcome: dict[str, Any]) -> str:
-    return f"{outcome['name']}: {outcome.get('reason') or outcome['status']}"
+def _read_outcomes(path: Path) -> dict[str, StrategyOutcome]:
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    return {name: parse_options(StrategyOutcome, outcome, f"{path}: {name}") for name, outcome in saved.items()}
 
 
-def _strategy(config: SuiteConfig, data: DataConfig, index: int, name: str, out: Path, progress: Any) -> dict:
+def _why(outcome: StrategyOutcome) -> str:
+    return f"{outcome.name}: {outcome.reason or outcome.status}"
+
+
+def _strategy(
+    config: SuiteConfig, data: DataConfig, index: int, name: str, out: Path, progress: StageProgress
+) -> StrategyOutcome:
     """Run one strategy into ``out`` (resuming what an interrupted run left there); its val outcome."""
     start = time.perf_counter()
     if name == SUPERNET:
         pipeline = supernet_config(config, data, index)
         try:
-            row = run_pipeline(pipeline, out, (out / "config.yaml").is_file(), progress, choose_only=True)
+            record = run_pipeline(pipeline, out, (out / "config.yaml").is_file(), progress, choose_only=True)
         except BudgetError as err:
-            return _skipped(name, f"over budget: {err}")
+            return StrategyOutcome(name, "skipped", f"over budget: {err}")
         except SearchFailed as err:
-            return _skipped(name, str(err), "failed")
+            return StrategyOutcome(name, "failed", str(err))
         train = pipeline.retrain.select_train()
         lr, wd = train.lr, train.weight_decay
         scored_by = f"val accuracy (%) of the supernet search's winner, standalone on train ({train.epochs} epochs)"
     else:
         sizes, reason = _sizes_in_budget(config, data, name)
         if not sizes:
-            return _skipped(name, reason)
+            return StrategyOutcome(name, "skipped", reason)
         try:
-            row = _sweep(config, sweep_config(config, data, name, sizes), out, progress)
+            record = _sweep(config, sweep_config(config, data, name, sizes), out, progress)
         except SearchFailed as err:
-            return _skipped(name, str(err), "failed")
-        lr, wd = row["train"]["lr"], row["train"]["weight_decay"]
+            return StrategyOutcome(name, "failed", str(err))
+        lr, wd = record.train["lr"], record.train["weight_decay"]
         scored_by = (
-            f"val accuracy (%) of the best of {row['trials_completed']} sweep trials on train ({row['epochs']} epochs)"
+            f"val accuracy (%) of the best of {record.trials_completed} sweep trials on train ({record.epochs} epochs)"
         )
-    completed = row.get("status") == "completed" and row.get("val_acc") is not None
-    return {
-        "name": name,
-        "status": "completed" if completed else "failed",
-        "reason": None if completed else row.get("reason", "no completed run"),
-        "methods": row["methods"],
-        "trainable_params": row["trainable_params"],
-        "val_acc": row["val_acc"],
-        "val_loss": row.get("val_loss"),
-        "train": {"lr": lr, "weight_decay": wd},
-        "scored_by": scored_by,
-        "run_dir": str(out),
-        "wall_time_s": round(time.perf_counter() - start, 2),
-    }
-
-
-def _skipped(name: str, reason: str, status: str = "skipped") -> dict[str, Any]:
-    return {"name": name, "status": status, "reason": reason, "val_acc": None, "wall_time_s": 0.0}
+    completed = record.status == "completed" and record.val_acc is not None
+    return StrategyOutcome(
+        name=name,
+        status="completed" if completed else "failed",
+        reason=None if completed else record.reason or "no completed run",
+        methods=record.methods,
+        trainable_params=record.trainable_params,
+        val_acc=record.val_acc,
+        val_loss=record.val_loss,
+        train={"lr": lr, "weight_decay": wd},
+        scored_by=scored_by,
+        run_dir=str(out),
+        wall_time_s=round(time.perf_counter() - start, 2),
+        compute=record.compute,
+    )
 
 
 def _sizes_in_budget(config: SuiteConfig, data: DataConfig, method: str) -> tuple[list[int], str]:
@@ -345,20 +411,13 @@ def _sizes_in_budget(config: SuiteConfig, data: DataConfig, method: str) -> tupl
     return fit, "" if fit else reason
 
 
-def _sweep(config: SuiteConfig, sweep: SweepConfig, out: Path, progress: Any) -> dict[str, Any]:
+def _sweep(config: SuiteConfig, sweep: SweepConfig, out: Path, progress: StageProgress) -> SearchRecord:
     """A single-method sweep on the suite's engine, resumed when ``out`` holds an interrupted one."""
-    if config.engine == "optuna":
-        from autopeft.search.optuna_sweep import optuna_sweep
-
-        resume = (out / "config.yaml").is_file() and (out / "study.db").is_file()
-        _clear_unresumable(out, resume)
-        return optuna_sweep(sweep, out, None, "autopeft", resume, progress)
-    from autopeft.search.ray_sweep import ray_sweep
-
-    resume = (out / "config.yaml").is_file() and (out / "ray").is_dir()
+    saved = out / ("study.db" if config.engine == "optuna" else "ray")
+    resume = (out / "config.yaml").is_file() and saved.exists()
     _clear_unresumable(out, resume)
-    gpus = 1.0 if torch.cuda.is_available() else 0.0
-    return ray_sweep(sweep, out, None, None, 1.0, gpus, 0, resume, progress)
+    where = Where(gpus_per_trial=1.0 if torch.cuda.is_available() and config.engine == "ray" else 0.0)
+    return run_sweep(config.engine, sweep, out, where, resume, progress)
 
 
 def _clear_unresumable(out: Path, resume: bool) -> None:
@@ -367,85 +426,98 @@ def _clear_unresumable(out: Path, resume: bool) -> None:
         shutil.rmtree(out)
 
 
-def _final(config: SuiteConfig, data: DataConfig, outcome: dict[str, Any], out: Path, progress: Any) -> dict:
+def _final(
+    config: SuiteConfig, data: DataConfig, outcome: StrategyOutcome, out: Path, progress: StageProgress
+) -> Finalist:
     """The strategy's methods on train+val once per seed (``final.train`` with the strategy's lr and
     weight decay), test read once per run; mean +- std over the seeds."""
-    train = replace(config.final.train, **outcome["train"])
+    train = replace(config.final.train, **outcome.train)
     runs = []
     for seed in config.final.seeds:
-        run = RunConfig(config.backbone, data, outcome["methods"], train, final=True, test=True, seed=seed)
+        run = RunConfig(config.backbone, data, outcome.methods, train, final=True, test=True, seed=seed)
         runs.append(train_or_reuse(run, out / f"seed{seed}", progress.run(f"{out.name}/seed{seed}")))
-    tests = [r["test_acc"] for r in runs if r["status"] == "completed"]
-    return {
-        "name": outcome["name"],
-        "methods": outcome["methods"],
-        "trainable_params": outcome["trainable_params"],
-        "val_acc": outcome["val_acc"],
-        "val_loss": outcome["val_loss"],
-        "train": outcome["train"],
-        "test_acc": statistics.mean(tests) if tests else None,
-        "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else None,
-        "test_accs": [r["test_acc"] for r in runs],
-        "seeds": config.final.seeds,
-        "seeds_completed": len(tests),
-        "run_dirs": [str(out / f"seed{s}") for s in config.final.seeds],
-        "run_s": round(sum(r["wall_time_s"] or 0 for r in runs), 2),
-    }
+    row = FinalRow.of_runs(outcome.name, outcome.methods, outcome.trainable_params, outcome.val_acc, runs)
+    return Finalist(row, outcome.train, config.final.seeds, [str(out / f"seed{s}") for s in config.final.seeds])
 
 
-def _suite_result(config: SuiteConfig, selections: list[dict[str, Any]], start: float) -> dict[str, Any]:
-    keys = ("dataset", "chosen", "methods", "trainable_params", "val_acc", "test_acc", "test_acc_std", "seeds")
-    return {
-        "command": "select",
-        "backbone": config.backbone.name,
-        "engine": config.engine,
-        "budget": config.budget,
-        "strategies": config.strategies,
-        "datasets": [{k: s[k] for k in keys} for s in selections],
-        "wall_time_s": round(sum(s["wall_time_s"] for s in selections), 2),
-        "this_invocation_s": round(time.perf_counter() - start, 2),
-        "provenance": {
-            "autopeft": __version__,
-            "git_sha": git_sha(),
-            "torch": torch.__version__,
-            "selection": "val",
-            "reported_epoch": "final",
-            "test_read": "once per final run",
-        },
-        "status": "completed",
-    }
+def _suite_record(config: SuiteConfig, selections: list[DatasetSelection], start: float) -> SelectionRecord:
+    datasets = []
+    for s in selections:
+        chosen = s.choice.row
+        datasets.append(
+            DatasetChoice(
+                dataset=s.dataset,
+                chosen=s.chosen,
+                methods=chosen.methods,
+                trainable_params=chosen.params,
+                val_acc=chosen.val_acc,
+                test_acc=chosen.test_acc,
+                test_acc_std=chosen.test_acc_std,
+                seeds=s.choice.seeds,
+                row_key=chosen.row_key,
+                compute=s.compute(),
+            )
+        )
+    wall = sum(o.wall_time_s for s in selections for o in s.strategies)
+    wall += sum(f.row.run_s * len(f.seeds) for s in selections for f in s.finalists if f.row.run_s)
+    return SelectionRecord(
+        backbone=config.backbone.name,
+        engine=config.engine,
+        budget=config.budget,
+        strategies=config.strategies,
+        datasets=datasets,
+        wall_time_s=round(wall, 2),
+        this_invocation_s=round(time.perf_counter() - start, 2),
+        provenance=Provenance(
+            autopeft=__version__,
+            git_sha=git_sha(),
+            torch=torch.__version__,
+            test_read=True,
+            threads=torch.get_num_threads(),
+        ),
+    )
 
 
-def render_summary(result: dict[str, Any], selections: list[dict[str, Any]]) -> str:
-    """The per-dataset choice table, then each dataset's strategies with their val scores."""
-    seeds = len(selections[0]["seeds"]) if selections else 0
-    budget = "none" if result["budget"] is None else f"{result['budget']:,}"
+def render_summary(record: SelectionRecord, selections: list[DatasetSelection]) -> str:
+    """The per-dataset choice table, then each dataset's strategies with their val scores and compute."""
+    seeds = len(selections[0].choice.seeds) if selections else 0
+    budget = "none" if record.budget is None else f"{record.budget:,}"
     lines = [
-        f"# autopeft select on {result['backbone']}",
+        f"# autopeft select on {record.backbone}",
         "",
         f"Strategies ranked on val (accuracy, ties by val loss); the chosen one is the finalist best on val. "
         f"test: retrained on train+val, final epoch, mean +- std over {seeds} seeds. params: trainable, "
-        f"head excluded. Budget: {budget}. Engine: {result['engine']}.",
+        f"head excluded. Budget: {budget}. Engine: {record.engine}. Compute: images processed by the "
+        "strategy's selection (forward+backward training images + forward-only evaluation images / 3).",
         "",
         "| dataset | chosen | methods | params | val % | test % |",
         "|---|---|---|---:|---:|---:|",
     ]
-    for s in selections:
+    for choice in record.datasets:
         lines.append(
-            f"| {s['dataset']} | {s['chosen']} | {describe_methods(s['methods'])} | {s['trainable_params']:,} | "
-            f"{_pct(s['val_acc'])} | {_test(s['test_acc'], s['test_acc_std'])} |"
+            f"| {choice.dataset} | {choice.chosen} | {describe_methods(choice.methods)} | "
+            f"{choice.trainable_params:,} | {_pct(choice.val_acc)} | {_test(choice.test_acc, choice.test_acc_std)} |"
         )
     for s in selections:
-        finals = {f["name"]: f for f in s["finalists"]}
-        lines += ["", f"## {s['dataset']}", "", "| strategy | params | val % | test % |", "|---|---:|---:|---:|"]
-        for o in s["strategies"]:
-            if o["status"] != "completed":
-                lines.append(f"| {o['name']} | - | - | {o['status']}: {o.get('reason')} |")
+        finals = {f.row.name: f.row for f in s.finalists}
+        lines += [
+            "",
+            f"## {s.dataset}",
+            "",
+            "| strategy | params | val % | test % | compute (images) | wall s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for o in s.strategies:
+            if o.status != "completed":
+                lines.append(f"| {o.name} | - | - | {o.status}: {o.reason} | - | - |")
                 continue
-            row = finals.get(o["name"])
-            test = _test(row["test_acc"], row["test_acc_std"]) if row else "not a finalist"
-            lines.append(f"| {o['name']} | {o['trainable_params']:,} | {_pct(o['val_acc'])} | {test} |")
-    lines += ["", f"Wall time {result['wall_time_s'] / 60:.1f} min.", ""]
+            row = finals.get(o.name)
+            test = _test(row.test_acc, row.test_acc_std) if row else "not a finalist"
+            lines.append(
+                f"| {o.name} | {o.trainable_params:,} | {_pct(o.val_acc)} | {test} | {o.compute.images:,.0f} | "
+                f"{o.wall_time_s:.0f} |"
+            )
+    lines += ["", f"Wall time {(record.wall_time_s or 0) / 60:.1f} min.", ""]
     return "\n".join(lines)
 
 

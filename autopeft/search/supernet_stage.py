@@ -28,10 +28,11 @@ from torch import nn
 
 from autopeft.data import TaskData
 from autopeft.optim import Masks
+from autopeft.progress import RunProgress
 from autopeft.runconfig import RunConfig
 from autopeft.runs import fit
 from autopeft.supernet import SubnetConfig, Supernet
-from autopeft.train import Normalization, autocast, check_finite, evaluate_with_loss
+from autopeft.train import Normalization, Precision, check_finite, evaluate_with_loss
 
 Sampling = Literal["uniform", "budget", "sandwich"]
 
@@ -62,7 +63,7 @@ class SupernetSteps:
         draws = [self.supernet.sample_within(rng, self.budget) for _ in range(self.random_subnets)]
         return [self.top, self.bottom, *draws]
 
-    def __call__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, step: int):
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, step: int, precision: Precision):
         """The step loss (``autopeft.train.StepLoss``): each subnet's forward and backward, gradients
         summed; the mean loss and the number of passes."""
         self.masks = {}
@@ -72,25 +73,22 @@ class SupernetSteps:
             self.supernet.set_subnet(subnet)
             for param, mask in self.supernet.active_masks().items():
                 self.masks[param] = self.masks[param] | mask if param in self.masks else mask
-            loss, logits = subnet_loss(model, inputs, labels, teacher if self.distill else None)
+            with precision.autocast():
+                logits = model(inputs).float()
+            loss = subnet_loss(logits, labels, teacher if self.distill else None)
             check_finite(loss, step)
-            loss.backward()
+            precision.backward(loss)
             teacher = logits.detach() if teacher is None else teacher
             total += loss.detach()
         return total / len(subnets), len(subnets)
 
 
-def subnet_loss(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def subnet_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy with the labels, or with ``teacher`` logits the KL divergence from the teacher's
-    predictions; returns the loss and the logits."""
-    with autocast(inputs.device):
-        logits = model(inputs).float()
+    predictions (in-place distillation)."""
     if teacher is None:
-        return F.cross_entropy(logits, labels), logits
-    loss = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), reduction="batchmean", log_target=True)
-    return loss, logits
+        return F.cross_entropy(logits, labels)
+    return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), reduction="batchmean", log_target=True)
 
 
 def train_supernet(
@@ -101,7 +99,7 @@ def train_supernet(
     out: Path,
     masked: bool = True,
     resume: bool = False,
-    progress: Any = None,
+    progress: RunProgress | None = None,
     after_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train every method's shared weights on the train split; val accuracy per epoch is the

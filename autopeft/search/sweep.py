@@ -25,23 +25,25 @@ from typing import Any, Literal
 
 import optuna
 import torch
-import yaml
 
 from autopeft import __version__
 from autopeft.api import apply, count_trainable
 from autopeft.config import parse_options
 from autopeft.data import DataConfig
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
-from autopeft.files import write_json, write_text
-from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
+from autopeft.files import write_text
+from autopeft.progress import RunProgress, StageProgress
+from autopeft.records import Compute, Provenance, RunRecord, SearchRecord
+from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, dump_yaml
+from autopeft.rundir import claim_dir
 from autopeft.runs import build_backbone, git_sha, train_run
-from autopeft.search.candidates import Candidate, pareto_front, ranked, write_candidates
+from autopeft.search.candidates import Candidate, candidate_front, ranked, write_candidates
 from autopeft.search.optuna_search import SAMPLERS
-from autopeft.search.pipeline import load_space, prepare_out
+from autopeft.search.pipeline import load_space
 from autopeft.supernet import SearchSpace, SubnetConfig, method_config, option_genes, size_genes, suggest
 from autopeft.train import TrainConfig
 
-PRUNERS = ("none", "median", "successive_halving", "hyperband")
+Pruner = Literal["none", "median", "successive_halving", "hyperband"]
 METRIC = "val_acc"
 
 
@@ -60,7 +62,7 @@ class SweepConfig:
     sampler: str = "tpe"
     pareto: bool = False  # True: val accuracy up and trainable parameters down
     budget: int | None = None  # most trainable parameters (head excluded) a trial may have
-    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    pruner: Pruner = "median"
     retries: int = 1
     seed: int = 0
 
@@ -92,7 +94,7 @@ def parse_sweep(data: Any, where: str, base: Path | None = None) -> SweepConfig:
 
 
 def dump_sweep(config: SweepConfig) -> str:
-    return yaml.safe_dump(asdict(config), sort_keys=False)
+    return dump_yaml(asdict(config))
 
 
 @dataclass
@@ -160,42 +162,18 @@ def trial_run(config: SweepConfig, space: SearchSpace, subnet: SubnetConfig) -> 
     return RunConfig(config.backbone, config.data, method_config(space, subnet), train, test=False, seed=config.seed)
 
 
-class EpochHook:
-    """A ``fit`` progress that passes each epoch's metrics to ``on_epoch`` (which may raise to
-    stop the trial) and to an optional display."""
-
-    def __init__(self, on_epoch: Callable[[dict[str, Any]], None], display: Any = None) -> None:
-        self.on_epoch, self.display = on_epoch, display
-
-    def start(self, epochs: int, images_per_epoch: int, done_epochs: int) -> None:
-        if self.display is not None:
-            self.display.start(epochs, images_per_epoch, done_epochs)
-
-    def step(self, images: int, loss: float) -> None:
-        if self.display is not None:
-            self.display.step(images, loss)
-
-    def epoch(self, metrics: dict[str, Any]) -> None:
-        if self.display is not None:
-            self.display.epoch(metrics)
-        self.on_epoch(metrics)
-
-    def stop(self) -> None:
-        if self.display is not None:
-            self.display.stop()
-
-
 def run_trial(
     config: SweepConfig,
     space: SearchSpace,
     subnet: SubnetConfig,
     out: Path,
-    on_epoch: Callable[[dict[str, Any]], None],
+    on_epoch: Callable[[dict[str, Any]], bool],
     resume: bool = False,
-    display: Any = None,
-) -> dict[str, Any]:
-    """Train one trial into ``out`` (resuming its checkpoint when ``resume``); returns result.json."""
-    return train_run(trial_run(config, space, subnet), out, resume=resume, progress=EpochHook(on_epoch, display))
+    display: RunProgress | None = None,
+) -> RunRecord:
+    """Train one trial into ``out`` (resuming its checkpoint when ``resume``); returns its record.
+    ``on_epoch`` sees every epoch's metrics and returns True to stop the trial there (pruning)."""
+    return train_run(trial_run(config, space, subnet), out, resume, display, stop_after=on_epoch)
 
 
 def scored_by(config: SweepConfig, epochs: int | None = None) -> str:
@@ -205,42 +183,98 @@ def scored_by(config: SweepConfig, epochs: int | None = None) -> str:
     return f"val accuracy (%) of a standalone run on train ({done})"
 
 
+@dataclass
+class Where:
+    """Where a sweep runs, for either engine: the Optuna study's storage and name; the Ray cluster
+    address, storage path, resources per trial and concurrency (0: as many as the cluster holds)."""
+
+    storage: str | None = None
+    study: str = "autopeft"
+    address: str | None = None
+    storage_path: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0
+
+
+ENGINES = ("optuna", "ray")
+
+
+def run_sweep(
+    engine: str, config: SweepConfig, out: Path, where: Where, resume: bool, progress: StageProgress | None
+) -> SearchRecord:
+    """The sweep on ``engine`` (one of ENGINES): the one entry point of both engines."""
+    if engine == "optuna":
+        from autopeft.search.optuna_sweep import optuna_sweep
+
+        return optuna_sweep(config, out, where, resume, progress)
+    if engine == "ray":
+        from autopeft.search.ray_sweep import ray_sweep
+
+        return ray_sweep(config, out, where, resume, progress)
+    raise ConfigError(f"engine: got {engine!r}; allowed: {', '.join(ENGINES)}")
+
+
+@dataclass
+class SweepTally:
+    """How a sweep's trials ended, and what they processed (summed over every trial's epochs)."""
+
+    engine: str
+    storage: str
+    study: str | None = None
+    address: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    trials_completed: int = 0
+    trials_pruned: int = 0
+    trials_failed: int = 0
+    trials_retried: int = 0
+    compute: Compute = field(default_factory=Compute)
+
+
 def finish_sweep(
-    config: SweepConfig, space: SearchSpace, out: Path, candidates: list[Candidate], info: dict[str, Any], start: float
-) -> dict[str, Any]:
-    """Write candidates.csv, pareto.csv, best.yaml and result.json; returns result.json."""
+    config: SweepConfig, space: SearchSpace, out: Path, candidates: list[Candidate], tally: SweepTally, start: float
+) -> SearchRecord:
+    """Write candidates.csv, pareto.csv, best.yaml and result.json; returns the search record."""
     completed = [c for c in candidates if not c.scored_by]
     if not completed:
-        raise SearchFailed(f"search: no trial completed ({info}); nothing to choose from")
+        raise SearchFailed(f"search: no trial completed ({tally}); nothing to choose from")
     write_candidates(out / "candidates.csv", candidates, scored_by(config))
-    write_candidates(out / "pareto.csv", pareto_front(completed), scored_by(config))
+    write_candidates(out / "pareto.csv", candidate_front(completed), scored_by(config))
     best = ranked(completed)[0]
     run = trial_run(config, space, best.subnet)
     write_text(out / "best.yaml", dump_run_config(replace(run, final=True, test=True)))
-    result = {
-        "command": "search",
-        "dataset": config.data.label,
-        "backbone": config.backbone.name,
-        "methods": run.methods,
-        "train": {"lr": run.train.lr, "weight_decay": run.train.weight_decay},
-        "trainable_params": best.params,
-        "val_acc": best.score,
-        "val_loss": best.loss,
-        "test_acc": None,
-        "seed": config.seed,
-        "epochs": config.train.epochs,
-        "best_trial": best.round,
-        **info,
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "provenance": {"autopeft": __version__, "git_sha": git_sha(), "selection": "val", "test_read": False},
-        "status": "completed",
-    }
-    write_json(out / "result.json", result)
-    return result
+    wall = round(time.perf_counter() - start, 2)
+    record = SearchRecord(
+        engine=tally.engine,
+        dataset=config.data.label,
+        backbone=config.backbone.name,
+        methods=run.methods,
+        train={"lr": run.train.lr, "weight_decay": run.train.weight_decay},
+        trainable_params=best.params,
+        val_acc=best.score,
+        val_loss=best.loss,
+        seed=config.seed,
+        epochs=config.train.epochs,
+        candidates=len(candidates),
+        best_trial=best.round,
+        trials_completed=tally.trials_completed,
+        trials_pruned=tally.trials_pruned,
+        trials_failed=tally.trials_failed,
+        trials_retried=tally.trials_retried,
+        storage=tally.storage,
+        study=tally.study,
+        address=tally.address,
+        nodes=tally.nodes,
+        wall_time_s=wall,
+        compute=replace(tally.compute, wall_s=wall),
+        provenance=Provenance(autopeft=__version__, git_sha=git_sha(), torch=torch.__version__, test_read=False),
+    )
+    record.write(out / "result.json")
+    return record
 
 
 def claim(out: Path, resume: bool, config: SweepConfig, engine: str) -> None:
     """Make ``out`` this sweep's run directory (after the config was checked): refuse another
     run's directory, or a resume with another config; write config.yaml."""
     again = f"autopeft search {out / 'config.yaml'} --engine {engine} --out {out} --resume"
-    prepare_out(out, resume, dump_sweep(config), again)
+    claim_dir(out, resume, asdict(config), again)  # not locked: workers sharing a study share --out

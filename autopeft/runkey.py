@@ -1,0 +1,95 @@
+"""One hash of everything that changes a run's result: the run cache's key and the leaderboard's row key.
+
+The key covers the backbone and the identity of its weights, the data, the methods with every
+option, the schedule, the split and the seed; settings that do not change the numbers (the
+device) are left out. ``row_key`` is the same without the seed: runs that pool into mean +- std.
+Benchmarks train through ``autopeft.runs.cached_run``, so a configuration trained before is read
+back instead of trained again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from autopeft.backbones import DEMO_BACKBONES
+from autopeft.errors import ConfigError
+from autopeft.runconfig import BackboneConfig, RunConfig
+
+NOT_IN_KEY = {"train": ("device",)}  # run-config fields that never change a run's numbers
+
+
+def weights_id(backbone: BackboneConfig) -> str:
+    """What the backbone's weights are: a sha256 of the file they come from, or how they are made."""
+    if not backbone.pretrained:
+        return "random init"
+    if backbone.checkpoint:
+        path = Path(backbone.checkpoint).resolve()
+        stat = path.stat()
+        return "sha256:" + _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    if backbone.name in DEMO_BACKBONES:
+        return "sha256:" + DEMO_BACKBONES[backbone.name]["sha256"]
+    return f"timm hub: {backbone.name}"
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def key_fields(config: RunConfig) -> dict[str, Any]:
+    """The run config as the cache key sees it: every field that changes the result, plus the weights."""
+    fields = config.to_dict()
+    for section, names in NOT_IN_KEY.items():
+        fields[section] = {k: v for k, v in fields[section].items() if k not in names}
+    return {**fields, "weights": weights_id(config.backbone)}
+
+
+def config_key(config: RunConfig) -> str:
+    """A stable hex key of ``config`` (sha256 of its canonical JSON, 16 hex digits)."""
+    return _digest(key_fields(config))
+
+
+def row_key(config: RunConfig) -> str:
+    """``config_key`` without the seed: the key shared by the seeds of one configuration."""
+    return _digest({k: v for k, v in key_fields(config).items() if k != "seed"})
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def changed_keys(before: Any, after: Any, ignore: tuple[str, ...] = ("device",), path: str = "") -> list[str]:
+    """Dotted paths of the leaves that differ between two nested mappings (keys named in ``ignore``,
+    settings that never change a result, are skipped)."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return [] if before == after else [path or "(whole config)"]
+    changed = []
+    for key in sorted(set(before) | set(after), key=str):
+        if key in ignore:
+            continue
+        where = f"{path}.{key}" if path else str(key)
+        if key not in before or key not in after:
+            changed.append(where)
+        else:
+            changed += changed_keys(before[key], after[key], ignore, where)
+    return changed
+
+
+def refuse_changes(before: Any, after: Any, where: Path, again: str) -> None:
+    """One line naming every result-changing key a resumed run would change, and how to resume it."""
+    changed = changed_keys(before, after)
+    if changed:
+        raise ConfigError(
+            f"--resume: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the run {where} "
+            f"was started with; nothing was changed. "
+            f"Resume it as started with: {again}"
+        )

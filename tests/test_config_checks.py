@@ -1,0 +1,160 @@
+"""Config values as users write them: YAML numbers like 3e-3, range checks on the train section, devices."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from autopeft.cli import main
+from autopeft.errors import ConfigError
+from autopeft.runconfig import (
+    BackboneConfig,
+    RunConfig,
+    dump_run_config,
+    load_run_config,
+    load_yaml,
+    parse_run_config,
+)
+from autopeft.train import TrainConfig, resolve_device
+
+EXPONENT_FLOATS = [
+    ("3e-3", 3e-3),
+    ("1e-3", 1e-3),
+    ("1E-4", 1e-4),
+    ("5e2", 500.0),
+    ("-2.5e-3", -2.5e-3),
+    ("+1e3", 1000.0),
+    ("1.5e3", 1500.0),
+    (".5e3", 500.0),
+    ("2.0E5", 200000.0),
+]
+
+
+@pytest.mark.parametrize(("text", "value"), EXPONENT_FLOATS, ids=[t for t, _ in EXPONENT_FLOATS])
+def test_yaml_exponent_numbers_are_floats(text, value):
+    loaded = load_yaml(text)
+    assert type(loaded) is float and loaded == value
+    assert load_yaml(f"lr: {text}") == {"lr": value}
+    assert load_yaml(f"[{text}, 2]") == [value, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        *[("3", 3), ("-7", -7), ("1_000", 1000), ("0x10", 16), ("0.25", 0.25), ("1.0e-3", 1e-3), ("true", True)],
+        *[("3e", "3e"), ("e3", "e3"), ("1e", "1e"), ("v1e3", "v1e3"), ("'3e-3'", "3e-3"), ("adamw", "adamw")],
+        ("~", None),
+    ],
+)
+def test_yaml_ints_and_strings_stay_what_they_were(text, value):
+    loaded = load_yaml(text)
+    assert type(loaded) is type(value) and loaded == value
+
+
+def test_yaml_inf_and_nan_as_pyyaml_reads_them():
+    assert load_yaml(".inf") == math.inf and load_yaml("-.inf") == -math.inf
+    assert math.isnan(load_yaml(".nan"))
+
+
+def test_exponent_numbers_in_a_file_and_in_set_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-5\n")
+    config = load_run_config(path)
+    assert (config.train.lr, config.train.weight_decay) == (1e-3, 5e-5)
+    config = load_run_config(path, ["train.lr=3e-3", "train.weight_decay=1e-4"])
+    assert (config.train.lr, config.train.weight_decay) == (3e-3, 1e-4)
+
+
+def test_saved_config_reads_back_equal_with_exponent_like_strings(tmp_path):
+    config = RunConfig(backbone=BackboneConfig(name="3e-3"), train=TrainConfig(lr=3e-3, weight_decay=1e-5))
+    data = load_yaml(dump_run_config(config))
+    assert data["backbone"]["name"] == "3e-3" and data["train"]["lr"] == 3e-3
+    assert parse_run_config(data, "config.yaml") == config
+
+
+BAD_TRAIN = [
+    ({"epochs": 0}, "train.epochs: got 0; allowed: an integer >= 1"),
+    ({"batch_size": 0}, "train.batch_size: got 0; allowed: an integer >= 1"),
+    ({"eval_batch_size": -4}, "train.eval_batch_size: got -4; allowed: an integer >= 1"),
+    ({"lr": 0}, "train.lr: got 0.0; allowed: a finite number > 0"),
+    ({"lr": -3e-3}, "train.lr: got -0.003; allowed: a finite number > 0"),
+    ({"lr": math.inf}, "train.lr: got inf; allowed: a finite number > 0"),
+    ({"weight_decay": -1e-4}, "train.weight_decay: got -0.0001; allowed: a finite number >= 0"),
+    ({"warmup_epochs": -1}, "train.warmup_epochs: got -1; allowed: 0..30 (at most train.epochs = 30)"),
+    ({"epochs": 2, "warmup_epochs": 3}, "train.warmup_epochs: got 3; allowed: 0..2 (at most train.epochs = 2)"),
+    ({"momentum": 1}, "train.momentum: got 1.0; allowed: 0 <= momentum < 1"),
+    ({"momentum": -0.1}, "train.momentum: got -0.1; allowed: 0 <= momentum < 1"),
+    ({"label_smoothing": 1.5}, "train.label_smoothing: got 1.5; allowed: 0 <= label_smoothing < 1"),
+    ({"grad_clip": 0}, "train.grad_clip: got 0.0; allowed: a number > 0, or null for none"),
+    ({"shift": -2}, "train.shift: got -2; allowed: an integer >= 0"),
+    ({"device": "gpu"}, "train.device: got 'gpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
+    ({"device": "cuda:x"}, "train.device: got 'cuda:x'; allowed: auto, cpu, cuda, cuda:N, mps"),
+]
+
+
+@pytest.mark.parametrize(("train", "message"), BAD_TRAIN, ids=[m for _, m in BAD_TRAIN])
+def test_bad_train_values_raise_one_line_naming_the_key(train, message):
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({"train": train}, "cfg.yaml")
+    assert str(info.value) == f"cfg.yaml: {message}"
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        {},
+        {"epochs": 1, "warmup_epochs": 0},
+        {"epochs": 1, "warmup_epochs": 1},  # the scheduler ends warm-up at the last step at most
+        {"epochs": 6, "lr": 2e-3, "warmup_epochs": 1},
+        {"epochs": 3, "lr": 3e-3, "warmup_epochs": 0},
+        {"lr": 1e38, "optimizer": "sgd", "warmup_epochs": 0, "momentum": 0, "weight_decay": 0},
+        {"grad_clip": 1.0, "label_smoothing": 0.1, "shift": 2, "device": "cuda:1"},
+        {"device": "cpu"},
+        {"device": "mps"},
+    ],
+)
+def test_good_train_values_pass(train):
+    assert parse_run_config({"train": train}, "cfg.yaml").train == TrainConfig(**train)
+
+
+def test_bad_train_value_fails_before_anything_is_written(tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train: {epochs: 2, lr: 3e-3}\n")
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--set", "train.epochs=0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"autopeft: error: {path}: train.epochs: got 0; allowed: an integer >= 1\n"
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_cuda_device_is_one_line(device):
+    mps = torch.backends.mps.is_available()
+    with pytest.raises(ConfigError) as info:
+        resolve_device(device)
+    assert str(info.value) == (
+        f"train.device: got '{device}' but torch sees no CUDA device on this machine; "
+        f"allowed here: auto, cpu{', mps' if mps else ''}"
+    )
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an MPS device")
+def test_mps_without_an_mps_device_is_one_line():
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    here = ", ".join(["auto", "cpu", *(["cuda"] if cuda else []), *(f"cuda:{i}" for i in range(cuda))])
+    with pytest.raises(ConfigError) as info:
+        resolve_device("mps")
+    assert str(info.value) == (
+        f"train.device: got 'mps' but torch sees no MPS device on this machine; allowed here: {here}"
+    )
+
+
+def test_cuda_index_past_the_devices_is_one_line():
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match=r"^train\.device: got 'cuda:99' but torch sees "):
+        resolve_device("cuda:99")
+    if cuda:
+        assert resolve_device("cuda:0") == torch.device("cuda:0")

@@ -1,0 +1,106 @@
+"""Guarded runs: one writer per run directory, resumes that keep their config, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from autopeft.errors import ConfigError
+from autopeft.rundir import LOCK, locked
+from tests.test_train import cli, write_config
+
+
+def hold_lock(folder: str, ready, release) -> None:
+    with locked(Path(folder)):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_writer_gets_one_line_naming_the_holder(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_lock, args=(str(tmp_path / "run"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        done = cli("train", str(write_config(tmp_path)), "--out", str(tmp_path / "run"))
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert (
+            f"another autopeft command is writing this run directory (pid {holder.pid} on {socket.gethostname()}"
+            in (done.stderr)
+        )
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK]  # nothing written
+    finally:
+        release.set()
+        holder.join(30)
+    with locked(tmp_path / "run"):  # the holder's lock ended with its process
+        assert f"pid {os.getpid()}" in (tmp_path / "run" / LOCK).read_text()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_lock, args=(str(tmp_path / "run"), ready, release))
+    holder.start()
+    assert ready.wait(60)
+    holder.kill()
+    holder.join(30)
+    assert f"pid {holder.pid}" in (tmp_path / "run" / LOCK).read_text()  # the dead holder's file is still there
+    done = cli("train", str(write_config(tmp_path, epochs=1)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+
+
+def test_two_writers_in_one_process_are_refused_too(tmp_path):
+    with locked(tmp_path), pytest.raises(ConfigError, match="another autopeft command is writing"), locked(tmp_path):
+        pass
+
+
+def test_resume_refuses_a_changed_config_and_changes_nothing(tmp_path):
+    config = write_config(tmp_path, epochs=3)
+    run = tmp_path / "run"
+    assert cli("train", str(config), "--out", str(run), "--set", "train.epochs=1").returncode == 0
+    (run / "result.json").unlink()  # as if killed after its checkpoint
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK}
+    done = cli("train", str(config), "--out", str(run), "--resume", "--set", "train.lr=3e-2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--resume: train.epochs, train.lr differ from the run" in done.stderr
+    assert f"autopeft train {run / 'config.yaml'} --out {run} --resume" in done.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK} == before
+    device_only = cli("train", str(run / "config.yaml"), "--out", str(run), "--resume", "--set", "train.device=cpu")
+    assert device_only.returncode == 0, device_only.stderr  # the device never changes a result
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.lr=[1,"], "--set 'train.lr=[1,': the value is not valid YAML"),
+        (["--set", "train.epochs=0"], "train.epochs: got 0; allowed: an integer >= 1"),
+        (["--set", "train.device=gpu"], "train.device: got 'gpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
+        (["--set", "train.amp=fp16", "--set", "train.device=cpu"], "train.amp: got 'fp16' on cpu"),
+    ],
+)
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, args, message):
+    done = cli("train", str(write_config(tmp_path)), "--out", str(tmp_path / "run"), *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_naming_a_file_and_bad_threads_are_one_line(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    done = cli("train", str(write_config(tmp_path)), "--out", str(tmp_path / "taken"))
+    assert done.returncode == 2 and str(tmp_path / "taken") in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "taken").read_text() == "not a folder"
+    threads = cli("--threads", "0", "train", str(write_config(tmp_path)), "--out", str(tmp_path / "run"))
+    assert threads.returncode == 2 and "--threads: got 0; allowed: an integer >= 1" in threads.stderr
+
+
+def test_exponent_learning_rates_train(tmp_path):
+    done = cli("train", str(write_config(tmp_path, epochs=1)), "--out", str(tmp_path / "run"), "--set", "train.lr=3e-3")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["schedule"]["lr"] == 0.003 and record["compute"]["train_images"] == 800
