@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -26,7 +27,9 @@ from autopeft.config import parse_options
 from autopeft.errors import BudgetError, ConfigError
 from autopeft.methods import REGISTRY, elastic_modules
 from autopeft.optim import Masks
+from autopeft.runconfig import read_yaml
 
+SPACES = Path(__file__).resolve().parent / "search_spaces"  # named spaces; the repo's search_spaces/ links here
 SEARCHABLE = ("lora", "adapter", "vpt", "kv_prompt", "ssf")
 # Method options a subnet may change at run time without new weights: (method, option) -> attribute.
 RUNTIME_OPTIONS = {("lora", "alpha"): "alpha", ("adapter", "scale"): "fixed_scale"}
@@ -102,6 +105,17 @@ class SubnetConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubnetConfig:
         return cls.of(data["sizes"], data.get("options"), data.get("train"))
+
+
+def load_space(space: str | dict[str, Any]) -> SearchSpace:
+    """A named space (``search_spaces/<name>.yaml``), a YAML path, or an inline mapping."""
+    if isinstance(space, dict):
+        return parse_space(space, "space")
+    path = Path(space) if space.endswith((".yaml", ".yml")) else SPACES / f"{space}.yaml"
+    if not path.is_file():
+        named = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml"))) if SPACES.is_dir() else "none found"
+        raise ConfigError(f"space: {path} not found; give a YAML path or one of: {named}")
+    return parse_space(read_yaml(path), str(path))
 
 
 def parse_space(data: Any, where: str) -> SearchSpace:
@@ -226,6 +240,46 @@ def check_shareable(space: SearchSpace) -> None:
             )
 
 
+def fixed_subnet(space: SearchSpace, depth: int, genes: Mapping[str, Scalar]) -> SubnetConfig:
+    """The candidate with these genes; genes left out take their first value (sizes: the smallest,
+    searched options: the first listed, searched hyperparameters: the low end)."""
+    defaults = {name: min(values) for name, values in size_genes(space, depth).items()}
+    defaults.update({name: values[0] for name, values in option_genes(space).items()})
+    defaults.update({key: r.low for key, r in space.train.items()})
+    import optuna
+
+    return suggest(optuna.trial.FixedTrial({**defaults, **genes}), space, depth)
+
+
+def cheapest_nonempty(space: SearchSpace, depth: int, count: Callable[[SubnetConfig], int]) -> SubnetConfig:
+    """The cheapest subnet that switches at least one method on (the smallest, if it already does):
+    every size gene at its least value, one raised to its least non-zero value. Only the first
+    block's genes (or the model-wide ones) are tried: no later block is narrower than the first."""
+    smallest = fixed_subnet(space, depth, {})
+    if count(smallest) > 0:
+        return smallest
+    grown = [
+        fixed_subnet(space, depth, {name: min(v for v in values if v > 0)})
+        for name, values in size_genes(space, depth).items()
+        if name.endswith((".0", ".size")) and any(v > 0 for v in values)
+    ]
+    counted = [(count(s), i) for i, s in enumerate(grown)]
+    nonempty = [(c, i) for c, i in counted if c > 0]
+    if not nonempty:
+        raise ConfigError("space: no subnet switches a method on (every size list is [0])")
+    return grown[min(nonempty)[1]]
+
+
+def check_budget(budget: int, least: int, where: str = "budget") -> None:
+    """The one budget check: BudgetError unless ``budget`` admits ``least``, the parameters of the
+    cheapest subnet that switches a method on."""
+    if budget < least:
+        raise BudgetError(
+            f"{where}: got {budget:,} trainable parameters; allowed: >= {least:,}, the smallest subnet "
+            f"of this space that switches a method on"
+        )
+
+
 class Supernet:
     """Every method of ``space`` attached to ``model`` at its largest size; a subnet activates a part.
 
@@ -329,28 +383,10 @@ class Supernet:
 
     def check_budget(self, budget: int, where: str = "budget") -> None:
         """BudgetError unless ``budget`` admits a subnet that switches a method on."""
-        least = self.count(self.smallest_nonempty())
-        if budget < least:
-            raise BudgetError(
-                f"{where}: got {budget:,} trainable parameters; allowed: >= {least:,}, the smallest subnet "
-                f"of this space that switches a method on"
-            )
+        check_budget(budget, self.count(self.smallest_nonempty()), where)
 
     def smallest_nonempty(self) -> SubnetConfig:
-        """The cheapest subnet that switches at least one method on (the smallest, if it already does)."""
-        smallest = self.smallest()
-        if self.count(smallest) > 0:
-            return smallest
-        base = {**self._genes(min), **self._first_options()}
-        grown = [
-            self.from_genes({**base, name: min(v for v in values if v > 0)})
-            for name, values in size_genes(self.space, self.depth).items()
-            if name != "depth" and any(v > 0 for v in values)
-        ]
-        nonempty = [(self.count(s), i) for i, s in enumerate(grown) if self.count(s) > 0]
-        if not nonempty:
-            raise ConfigError("space: no subnet switches a method on (every size list is [0])")
-        return grown[min(nonempty)[1]]
+        return cheapest_nonempty(self.space, self.depth, self.count)
 
     def from_genes(self, genes: Mapping[str, Scalar]) -> SubnetConfig:
         import optuna

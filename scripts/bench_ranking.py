@@ -41,10 +41,9 @@ from autopeft.data import DataConfig
 from autopeft.ground import load_ground
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.runs import CHECKPOINT, build_model, cached_run
-from autopeft.search.pipeline import load_space
 from autopeft.search.ranking import Estimate, bootstrap, draw_panel, kendall_tau, spearman, top_pick_regret
 from autopeft.search.supernet_stage import SupernetSteps, inherited_score, train_supernet
-from autopeft.supernet import SubnetConfig, Supernet, method_config
+from autopeft.supernet import SubnetConfig, Supernet, load_space, method_config
 from autopeft.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,8 +34,8 @@ from autopeft.backbones import build_demo_architecture
 from autopeft.data import DataConfig, load_task
 from autopeft.data.transforms import input_config, normalize
 from autopeft.progress import PipelineProgress
-from autopeft.search.pipeline import load_space, parse_pipeline, run_pipeline
-from autopeft.supernet import Supernet, method_config
+from autopeft.search.pipeline import parse_pipeline, run_pipeline
+from autopeft.supernet import Supernet, load_space, method_config
 from autopeft.train import TrainConfig, make_optimizer
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "bench" / "supernet.json"

@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from autopeft.search.pipeline import SPACES
+from autopeft.supernet import SPACES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_a_wheel_install_finds_the_demo_backbone_and_every_named_space(tmp_path)
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     code = (
-        "import autopeft; from autopeft.search.pipeline import load_space; "
+        "import autopeft; from autopeft.supernet import load_space; "
         "print(autopeft.__file__); print(sorted(load_space('demo').methods)); "
         "print(autopeft.count_trainable(autopeft.create_backbone('vit_demo_fmnist', 10))); "
         "from autopeft.ground import load_ground; print(load_ground().budget)"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autopeft.search.pipeline import standalone_order
+from autopeft.search.candidates import standalone_order
 from tests.test_pipeline import cli_command, env
 from tests.test_train import TINY, cli
 
@@ -58,10 +58,11 @@ def test_select_chooses_on_val_and_reads_test_only_in_final_runs(tmp_path):
         selection = load(out / row["dataset"] / "selection.json")
         scored = [s for s in selection["strategies"] if s["status"] == "completed"]
         assert {s["name"] for s in selection["strategies"]} == {"lora", "ssf", "supernet"}
-        assert selection["ranking"] == [scored[i]["name"] for i in standalone_order(scored)[::-1]]
-        finalists = selection["finalists"]
+        order = standalone_order([(s["val_acc"], s["val_loss"]) for s in scored])[::-1]
+        assert selection["ranking"] == [scored[i]["name"] for i in order]
+        finalists = [f["row"] for f in selection["finalists"]]
         assert [f["name"] for f in finalists] == selection["ranking"][:2]
-        best = standalone_order(finalists)[-1]  # the chosen one is the finalist best on val
+        best = standalone_order([(f["val_acc"], None) for f in finalists])[-1]  # the finalist best on val is chosen
         assert row["chosen"] == selection["chosen"] == finalists[best]["name"]
         assert row["val_acc"] == max(f["val_acc"] for f in finalists)
         for finalist in finalists:
@@ -71,15 +72,16 @@ def test_select_chooses_on_val_and_reads_test_only_in_final_runs(tmp_path):
             assert all(r["command"] == "train" and r["val_acc"] is None and r["test_acc"] is not None for r in seeds)
             assert [r["seed"] for r in seeds] == [0, 1, 2] and all(r["methods"] == finalist["methods"] for r in seeds)
             tests = [r["test_acc"] for r in seeds]
-            assert finalist["test_acc"] == statistics.mean(tests) and finalist["test_acc_std"] == statistics.stdev(
-                tests
-            )
+            assert finalist["test_accs"] == tests and finalist["test_acc"] == statistics.mean(tests)
+            assert finalist["test_acc_std"] == statistics.stdev(tests)
+            assert finalist["compute"]["train_images"] == sum(r["compute"]["train_images"] for r in seeds) > 0
             final_dirs += [str(out / row["dataset"] / "final" / finalist["name"] / f"seed{s}") for s in (0, 1, 2)]
             if finalist["name"] == row["chosen"]:
                 assert (row["test_acc"], row["test_acc_std"]) == (finalist["test_acc"], finalist["test_acc_std"])
         for strategy in scored:  # every selection run: scored on val, test never read
             runs = list(Path(strategy["run_dir"]).rglob("result.json"))
             assert runs and all(load(p)["test_acc"] is None for p in runs)
+            assert strategy["compute"]["train_images"] > 0  # what the strategy's selection processed
     report = cli("report", str(out), *final_dirs, "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     with (tmp_path / "report" / "leaderboard.csv").open(newline="") as handle:
@@ -96,7 +98,7 @@ def test_budget_skips_a_method_whose_smallest_size_is_over_it(tmp_path):
     selection = load(out / "digits" / "selection.json")
     ssf = next(s for s in selection["strategies"] if s["name"] == "ssf")
     assert ssf["status"] == "skipped" and "over budget" in ssf["reason"] and not (out / "digits" / "ssf").exists()
-    assert selection["chosen"] == "lora" and selection["trainable_params"] <= 600
+    assert selection["chosen"] == "lora" and selection["finalists"][0]["row"]["params"] <= 600
 
 
 def test_killed_select_resumes_without_redoing_a_finished_dataset(tmp_path):

@@ -11,8 +11,8 @@ from PIL import Image
 from autopeft.data import load_task
 from autopeft.report.vtab import TASKS
 from autopeft.runconfig import apply_overrides, read_yaml
-from autopeft.search.pipeline import SPACES
 from autopeft.search.select import data_configs, parse_suite
+from autopeft.supernet import SPACES
 from tests.test_train import TINY, cli
 
 SUITE = SPACES / "vtab1k.yaml"

@@ -71,3 +71,15 @@ def read_candidates(path: Path) -> dict[SubnetConfig, tuple[float, float]]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {SubnetConfig.from_dict(json.loads(r["subnet"])): (float(r["score"]), float(r["loss"])) for r in rows}
+
+
+def standalone_order(scores: list[tuple[float | None, float | None]]) -> list[int]:
+    """Indices of ``(val accuracy, val loss)`` pairs from worst to best by accuracy, ties broken by
+    lower val loss and then by the earlier index (the better inherited rank); a failed run (accuracy
+    None) counts as worst."""
+
+    def key(i: int) -> tuple[float, float, int]:
+        acc, loss = scores[i]
+        return (-1.0 if acc is None else acc, -(loss if loss is not None else float("inf")), -i)
+
+    return sorted(range(len(scores)), key=key)

@@ -27,10 +27,10 @@ from autopeft.config import parse_options
 from autopeft.data import DataConfig, TaskData
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_text
-from autopeft.methods import REGISTRY
+from autopeft.methods import REGISTRY, describe_methods
 from autopeft.progress import SilentProgress, StageProgress
 from autopeft.records import Compute, FinalRow, PipelineRecord, RunRecord, SearchRecord
-from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, read_yaml
+from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
 from autopeft.rundir import claim_dir, locked
 from autopeft.runs import (
     CHECKPOINT,
@@ -41,14 +41,20 @@ from autopeft.runs import (
     provenance,
     train_or_reuse,
 )
-from autopeft.search.candidates import Candidate, candidate_front, ranked, read_candidates, write_candidates
+from autopeft.search.candidates import (
+    Candidate,
+    candidate_front,
+    ranked,
+    read_candidates,
+    standalone_order,
+    write_candidates,
+)
 from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
 from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, train_supernet
-from autopeft.supernet import SearchSpace, SubnetConfig, Supernet, check_shareable, method_config, parse_space
+from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
-SPACES = Path(__file__).resolve().parents[1] / "search_spaces"  # the repo's search_spaces/ links here
 ENGINES = ("evolution", *SAMPLERS)
 SCORED_BY = "val loss and accuracy (%) with inherited supernet weights, ranked by loss"
 
@@ -175,17 +181,6 @@ def _merge(default: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         both = isinstance(value, dict) and isinstance(default.get(key), dict)
         merged[key] = _merge(default[key], value) if both else value
     return merged
-
-
-def load_space(space: str | dict[str, Any]) -> SearchSpace:
-    """A named space (``search_spaces/<name>.yaml``), a YAML path, or an inline mapping."""
-    if isinstance(space, dict):
-        return parse_space(space, "space")
-    path = Path(space) if space.endswith((".yaml", ".yml")) else SPACES / f"{space}.yaml"
-    if not path.is_file():
-        named = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml"))) if SPACES.is_dir() else "none found"
-        raise ConfigError(f"space: {path} not found; give a YAML path or one of: {named}")
-    return parse_space(read_yaml(path), str(path))
 
 
 def run_pipeline(
@@ -435,18 +430,6 @@ def _final_row(
     return FinalRow.of_runs(name, val_run.methods, val_run.trainable_params, val_run.val_acc, runs)
 
 
-def standalone_order(scores: list[tuple[float | None, float | None]]) -> list[int]:
-    """Indices of ``(val accuracy, val loss)`` pairs from worst to best by accuracy, ties broken by
-    lower val loss and then by the earlier index (the better inherited rank); a failed run (accuracy
-    None) counts as worst."""
-
-    def key(i: int) -> tuple[float, float, int]:
-        acc, loss = scores[i]
-        return (-1.0 if acc is None else acc, -(loss if loss is not None else float("inf")), -i)
-
-    return sorted(range(len(scores)), key=key)
-
-
 def render_table(record: PipelineRecord) -> str:
     """The comparison table: the searched subnet vs each baseline (params, val, test mean +- std),
     with what each stage processed."""
@@ -484,12 +467,3 @@ def render_table(record: PipelineRecord) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def describe_methods(methods: dict[str, dict[str, Any]]) -> str:
-    parts = []
-    for name, options in methods.items():
-        size_option = REGISTRY[name].size_option
-        sizes = options.get(size_option) if size_option else None
-        parts.append(name if sizes is None else f"{name} {size_option} {sizes}")
-    return "; ".join(parts)

@@ -33,18 +33,14 @@ from autopeft.config import parse_options
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
+from autopeft.methods import describe_methods
 from autopeft.progress import SilentProgress, StageProgress
 from autopeft.records import Compute, DatasetChoice, FinalRow, Provenance, SearchRecord, SelectionRecord
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.rundir import claim_dir, locked
 from autopeft.runs import RESULT, RunInterrupted, git_sha, train_or_reuse
-from autopeft.search.pipeline import (
-    PipelineConfig,
-    describe_methods,
-    parse_pipeline,
-    run_pipeline,
-    standalone_order,
-)
+from autopeft.search.candidates import standalone_order
+from autopeft.search.pipeline import PipelineConfig, parse_pipeline, run_pipeline
 from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep, run_sweep
 from autopeft.supernet import FloatRange, parse_space, suggest
 from autopeft.train import TrainConfig

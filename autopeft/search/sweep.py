@@ -20,17 +20,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import optuna
 import torch
 
 from autopeft import __version__
 from autopeft.api import apply, count_trainable
 from autopeft.config import parse_options
 from autopeft.data import DataConfig
-from autopeft.errors import BudgetError, ConfigError, SearchFailed
+from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_text
 from autopeft.progress import RunProgress, StageProgress
 from autopeft.records import Compute, Provenance, RunRecord, SearchRecord
@@ -39,8 +39,16 @@ from autopeft.rundir import claim_dir
 from autopeft.runs import build_backbone, git_sha, train_run
 from autopeft.search.candidates import Candidate, candidate_front, ranked, write_candidates
 from autopeft.search.optuna_search import SAMPLERS
-from autopeft.search.pipeline import load_space
-from autopeft.supernet import SearchSpace, SubnetConfig, method_config, option_genes, size_genes, suggest
+from autopeft.supernet import (
+    SearchSpace,
+    SubnetConfig,
+    cheapest_nonempty,
+    check_budget,
+    fixed_subnet,
+    load_space,
+    method_config,
+    size_genes,
+)
 from autopeft.train import TrainConfig
 
 Pruner = Literal["none", "median", "successive_halving", "hyperband"]
@@ -110,33 +118,11 @@ def prepare(config: SweepConfig) -> Prepared:
     the budget admits a candidate that switches a method on; fails before anything is written."""
     space = load_space(config.space)
     depth = backbone_depth(config.backbone)
-    sizes, options = size_genes(space, depth), option_genes(space)
-    first = {n: v[0] for n, v in options.items()}
-    params_of(config, space, _fixed(space, depth, {**{n: max(v) for n, v in sizes.items()}, **first}))
+    params_of(config, space, fixed_subnet(space, depth, {n: max(v) for n, v in size_genes(space, depth).items()}))
     if config.budget is not None:
-        least = _least_nonempty(config, space, depth, {**{n: min(v) for n, v in sizes.items()}, **first})
-        if config.budget < least:
-            raise BudgetError(
-                f"budget: got {config.budget:,}; allowed: >= {least:,}, the cheapest candidate with a method on"
-            )
+        count = partial(params_of, config, space)
+        check_budget(config.budget, count(cheapest_nonempty(space, depth, count)))
     return Prepared(space, depth)
-
-
-def _least_nonempty(config: SweepConfig, space: SearchSpace, depth: int, smallest: dict[str, Any]) -> int:
-    """Trainable parameters of the cheapest candidate with one method on in one block (all blocks
-    of a ViT cost the same, so the first block's genes stand for every block's)."""
-    genes = {n: v for n, v in size_genes(space, depth).items() if n.endswith((".0", ".size")) and max(v) > 0}
-    counts = [
-        params_of(config, space, _fixed(space, depth, {**smallest, name: min(v for v in values if v > 0)}))
-        for name, values in genes.items()
-    ]
-    return min(counts, default=0)
-
-
-def _fixed(space: SearchSpace, depth: int, genes: dict[str, Any]) -> SubnetConfig:
-    """The candidate with these size and option genes (searched hyperparameters at their low end)."""
-    floats = {key: r.low for key, r in space.train.items()}
-    return suggest(optuna.trial.FixedTrial({**genes, **floats}), space, depth)
 
 
 def backbone_depth(backbone: BackboneConfig) -> int:
