@@ -41,11 +41,11 @@ def _datasets(args: argparse.Namespace) -> None:
     from autopeft.data import BUILTIN_TASKS, builtin_arrays
 
     table = Table(title="built-in offline tasks (VTAB-1k protocol; use data.name in a config)")
-    for column in ("name", "classes", "train / val / test", "what the label is", "source"):
+    for column in ("name", "classes", "chance %", "train / val / test", "what the label is", "source"):
         table.add_column(column)
     for name, task in BUILTIN_TASKS.items():
         sizes = " / ".join(str(len(labels)) for _, labels in builtin_arrays(name).values())
-        table.add_row(name, str(task.num_classes), sizes, task.description, task.source)
+        table.add_row(name, str(task.num_classes), f"{task.chance:.1f}", sizes, task.description, task.source)
     Console().print(table)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.backbones import DEMO_BACKBONES
+from autopeft.data import BUILTIN_TASKS
 from autopeft.errors import ConfigError
 from autopeft.runconfig import BackboneConfig, RunConfig
 
@@ -49,6 +50,9 @@ def key_fields(config: RunConfig) -> dict[str, Any]:
     fields = config.to_dict()
     for section, names in NOT_IN_KEY.items():
         fields[section] = {k: v for k, v in fields[section].items() if k not in names}
+    task = BUILTIN_TASKS.get(config.data.name or "")
+    if task is not None and task.version > 1:  # keys made before generators had versions stay valid
+        fields["data_version"] = task.version
     return {**fields, "weights": weights_id(config.backbone)}
 
 

@@ -165,7 +165,7 @@ def test_two_workers_share_a_postgresql_study(tmp_path):
         ),
         (["--resume"], "holds no run to continue"),
         (["--set", "pareto=true"], "pruner: 'median' stops trials on one metric"),
-        (["--set", "budget=10"], "budget: got 10; allowed: >= "),
+        (["--set", "budget=10"], "budget: got 10 trainable parameters; allowed: >= "),
         (["--set", "sampler=grid"], "sampler: got 'grid'"),
     ],
 )

@@ -199,3 +199,19 @@ def test_a_relative_space_path_resolves_against_the_config_file(tmp_path):
     with (tmp_path / "run" / "candidates.csv").open() as handle:
         methods = {name for row in csv.DictReader(handle) for name in json.loads(row["subnet"])["sizes"]}
     assert methods == {"lora", "ssf"}
+
+
+def test_finalists_tried_at_several_learning_rates_carry_the_winners_lr(tmp_path):
+    config = {**CONFIG, "retrain": {**CONFIG["retrain"], "top_k": 2, "lrs": [0.003, 0.03]}}
+    out = tmp_path / "search"
+    done = cli("search", str(write(tmp_path, config)), "--engine", "supernet", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    runs = {p.parent.name: json.loads(p.read_text()) for p in (out / "retrain").glob("*/result.json")}
+    assert sorted(runs) == ["01-lr0.003", "01-lr0.03", "02-lr0.003", "02-lr0.03"]
+    winner = max(runs, key=lambda name: (runs[name]["val_acc"], -runs[name]["val_loss"]))
+    best = load_run_config(out / "best.yaml")
+    assert best.train.lr == runs[winner]["schedule"]["lr"] == float(winner.split("-lr")[1])
+    result = json.loads((out / "result.json").read_text())
+    assert result["train"]["lr"] == best.train.lr and result["val_acc"] == runs[winner]["val_acc"]
+    retrain_images = sum(r["compute"]["train_images"] for r in runs.values())
+    assert result["compute"]["train_images"] > retrain_images  # the supernet's training counted too

@@ -98,8 +98,8 @@ def test_sampling_within_a_range_stays_in_it():
     net = supernet()
     low, high = 5_000, 9_000
     rng = random.Random(0)
-    counts = [net.count(net.sample_within(rng, high, low)) for _ in range(20)]
-    assert all(low <= c <= high for c in counts) and len(set(counts)) > 5
+    counts = [net.count(net.sample_within(rng, high, low)) for _ in range(8)]
+    assert all(low <= c <= high for c in counts) and len(set(counts)) > 4
     with pytest.raises(BudgetError, match=r"no subnet of the space has 1\.\.1 trainable parameters"):
         net.sample_within(rng, 1, 1, tries=200)
 

@@ -11,8 +11,10 @@ from autopeft.runconfig import parse_run_config
 from autopeft.runs import RunInterrupted, build_model
 from autopeft.search.supernet_stage import SupernetSteps, inherited_score, train_supernet
 from autopeft.supernet import Supernet, parse_space
+from autopeft.train import Precision
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+CPU = Precision(torch.device("cpu"))  # fp32, no loss scaling
 SPACE = {"methods": {"lora": {"sizes": [0, 2, 4]}, "adapter": {"sizes": [0, 4]}, "vpt": {"sizes": [0, 2]}}}
 
 
@@ -100,7 +102,7 @@ def test_sandwich_step_gradient_is_the_sum_of_its_subnets_gradients(distill):
     inputs = (images.float() / 255 - 0.5) / 0.5
     steps = SupernetSteps(supernet, "sandwich", 600, seed=0, distill=distill)
     model.zero_grad(set_to_none=True)
-    _loss, passes = steps(model, inputs, labels, 3)
+    _loss, passes = steps(model, inputs, labels, 3, CPU)
     together = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     expected: dict[str, torch.Tensor] = {}
     teacher = None
@@ -134,11 +136,11 @@ def test_masked_step_leaves_inactive_slices_bit_for_bit_unchanged():
     inputs = (images.float() / 255 - 0.5) / 0.5
     for step in range(6):  # moments everywhere become non-zero
         optimizer.zero_grad(set_to_none=True)
-        steps(model, inputs, labels, step)
+        steps(model, inputs, labels, step, CPU)
         optimizer.step()
     before = {p: (p.detach().clone(), {k: v.clone() for k, v in optimizer.state[p].items()}) for p in trainable_params}
     optimizer.zero_grad(set_to_none=True)
-    steps(model, inputs, labels, 6)
+    steps(model, inputs, labels, 6, CPU)
     optimizer.step()
     partial = moved = 0
     for param, mask in steps.masks.items():

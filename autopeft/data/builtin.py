@@ -27,6 +27,8 @@ SUPER = 4  # supersampling factor per axis for anti-aliasing
 ELLIPSE, RECT, TRIANGLE = 0, 1, 2
 MIN_CONTRAST = 0.45  # least RGB distance (0..1 scale) between an object and the background it lies on
 MAX_NOISE = 0.03  # largest per-image standard deviation of the pixel noise (0..1 scale)
+COUNT_CLASSES = 4  # shapes_count: 1..4 shapes (version 2; version 1 had 1..6 smaller shapes, near chance)
+DISTANCE_CLASSES = 4  # shapes_distance: 4 bins over distances 1..4 (version 2; version 1: 6 bins over 1..6)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class BuiltinTask:
     description: str
     source: str
     make: Callable[[int], Arrays]
+    version: int = 1  # raised whenever the generator changes, so cached runs of the old images are not reused
+
+    @property
+    def chance(self) -> float:
+        """Accuracy (%) of always guessing one class: every built-in task has balanced classes."""
+        return 100.0 / self.num_classes
 
 
 def builtin_arrays(name: str, seed: int = 0) -> Arrays:
@@ -288,12 +296,12 @@ def _orientation(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _count(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label = number of small non-overlapping shapes minus one (1..6 shapes), each with its own colour."""
-    labels = _balanced_labels(rng, n, 6)
+    """Label = number of non-overlapping shapes minus one (1..4 shapes), each with its own colour."""
+    labels = _balanced_labels(rng, n, COUNT_CLASSES)
     background, base = _plain_background(rng, n)
     total = int(labels.sum()) + n
     image = np.repeat(np.arange(n), labels + 1)
-    kind, a, b = _regular_shape(rng.integers(0, 3, total), rng.uniform(1.6, 2.4, total))
+    kind, a, b = _regular_shape(rng.integers(0, 3, total), rng.uniform(2.4, 3.2, total))
     radius = _bounding_radius(kind, a, b)
     x, y = np.empty(total), np.empty(total)
     for first, count in zip(np.cumsum(labels + 1) - (labels + 1), labels + 1, strict=True):
@@ -318,8 +326,8 @@ def _place(rng: np.random.Generator, radius: np.ndarray, x: np.ndarray, y: np.nd
 
 
 def _distance(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label = distance of one shape on a ground plane in 6 log-spaced bins: bigger and lower means nearer."""
-    labels = _balanced_labels(rng, n, 6)
+    """Label = distance of one shape on a ground plane in 4 log-spaced bins: bigger and lower means nearer."""
+    labels = _balanced_labels(rng, n, DISTANCE_CLASSES)
     sky, ground = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
     horizon = rng.uniform(9, 14, n)[:, None, None]
     _, y_grid = _grid()
@@ -329,8 +337,8 @@ def _distance(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]
     ground_image = np.clip(ground[:, None, None, :] + shade * depth, 0, 1)
     sky_image = np.clip(sky[:, None, None, :] - 0.1 * (y_grid / SIDE)[..., None], 0, 1)
     background = np.broadcast_to(sky_image * (1 - below) + ground_image * below, (n, SIDE, SIDE, 3))
-    distance = np.exp((labels + rng.uniform(0.1, 0.9, n)) / 6 * math.log(6))  # 1..6
-    kind, a, b = _regular_shape(rng.integers(0, 3, n), 7.5 / distance * rng.uniform(0.93, 1.07, n))
+    distance = np.exp((labels + rng.uniform(0.1, 0.9, n)) / DISTANCE_CLASSES * math.log(4))  # 1..4
+    kind, a, b = _regular_shape(rng.integers(0, 3, n), 8.5 / distance * rng.uniform(0.93, 1.07, n))
     size = np.sqrt(a * b)
     contact = horizon[:, 0, 0] + (SIDE - 1 - horizon[:, 0, 0]) / distance + rng.uniform(-1.5, 1.5, n)
     x = rng.uniform(size, SIDE - size)
@@ -386,17 +394,19 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
         ),
         BuiltinTask(
             "shapes_count",
-            6,
-            "number of shapes (1-6) minus one (as VTAB's CLEVR-count)",
+            COUNT_CLASSES,
+            "number of shapes (1-4) minus one (as VTAB's CLEVR-count)",
             _SHAPES_SOURCE,
             _procedural("shapes_count", _count),
+            version=2,
         ),
         BuiltinTask(
             "shapes_distance",
-            6,
+            DISTANCE_CLASSES,
             "distance bin of one shape on a ground plane, bigger and lower is nearer (as CLEVR-distance)",
             _SHAPES_SOURCE,
             _procedural("shapes_distance", _distance),
+            version=2,
         ),
     )
 }

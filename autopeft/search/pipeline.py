@@ -117,6 +117,7 @@ class RetrainStage:
     top_k: int = 8
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-3, warmup_epochs=0))
     select_epochs: int | None = 1  # None: the full train.epochs
+    lrs: list[float] | None = None  # every top-k candidate trained at each of these; None: train.lr only
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     final_baselines: Literal["all", "best"] = "all"  # best: only the best baseline on val gets final runs
 
@@ -127,6 +128,8 @@ class RetrainStage:
             raise ConfigError(
                 f"retrain.select_epochs: got {self.select_epochs}; allowed: >= 1, or null for train.epochs"
             )
+        if self.lrs is not None and (not self.lrs or min(self.lrs) <= 0):
+            raise ConfigError(f"retrain.lrs: got {self.lrs}; allowed: a non-empty list of numbers > 0, or null")
 
     def select_train(self) -> TrainConfig:
         """The schedule of the selection runs: ``train`` cut to ``select_epochs`` (warm-up included)."""
@@ -247,6 +250,7 @@ class _Chosen:
     pick: int
     supernet: Compute
     search: Compute
+    lr: float  # the winner's learning rate
 
     @property
     def row(self) -> RunRecord:
@@ -286,18 +290,29 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     candidates = _search(config.search, supernet, inherited_score(supernet, task, norm), out, resume, progress)
     searched = Compute(0, len(task.split("val")) * len(candidates), round(time.perf_counter() - search_start, 2))
     top = ranked(candidates, "loss")[: config.retrain.top_k]
-    progress.say(f"retrain: the top {len(top)} of {len(candidates)} candidates standalone on train, chosen on val")
+    lrs = config.retrain.lrs or [config.retrain.train.lr]
+    progress.say(
+        f"retrain: the top {len(top)} of {len(candidates)} candidates standalone on train"
+        + (f" at lr {', '.join(f'{lr:g}' for lr in lrs)}" if config.retrain.lrs else "")
+        + ", chosen on val"
+    )
+    tried = [(i, c, lr) for i, c in enumerate(top, 1) for lr in lrs]
     standalone = [
-        _train(config, method_config(space, c.subnet), out / "retrain" / f"{i:02d}", progress)
-        for i, c in enumerate(top, 1)
+        _train(config, method_config(space, c.subnet), out / "retrain" / _retrain_dir(i, lr, lrs), progress, lr=lr)
+        for i, c, lr in tried
     ]
     pick = standalone_order([(r.val_acc, r.val_loss) for r in standalone])[-1]
-    winner = method_config(space, top[pick].subnet)
-    best = RunConfig(
-        config.backbone, config.data, winner, config.retrain.train, final=True, seed=config.retrain.seeds[0]
-    )
+    _, chosen, lr = tried[pick]
+    winner = method_config(space, chosen.subnet)
+    final = replace(config.retrain.train, lr=lr)
+    best = RunConfig(config.backbone, config.data, winner, final, final=True, seed=config.retrain.seeds[0])
     write_text(out / "best.yaml", dump_run_config(best))
-    return _Chosen(candidates, top, standalone, pick, trained, searched)
+    return _Chosen(candidates, top, standalone, pick, trained, searched, lr)
+
+
+def _retrain_dir(number: int, lr: float, lrs: list[float]) -> str:
+    """``01``, ``02``, ... per candidate; ``01-lr0.01`` when candidates are tried at several lrs."""
+    return f"{number:02d}" + (f"-lr{lr:g}" if len(lrs) > 1 else "")
 
 
 def _pipeline(
@@ -311,7 +326,10 @@ def _pipeline(
         rows[name] = _train(config, {name: {}}, out / "baselines" / name, progress)
     finalists = _finalists(rows, config.retrain.final_baselines)
     progress.say(f"final: {', '.join(finalists)} on train+val, seeds {config.retrain.seeds}, test read once each")
-    table = [_final_row(config, name, val_run, out, progress, name in finalists) for name, val_run in rows.items()]
+    lrs = {"searched": chosen.lr}  # baselines keep the schedule's lr
+    table = [
+        _final_row(config, name, run, out, progress, name in finalists, lrs.get(name)) for name, run in rows.items()
+    ]
     searched, cost = table[0], chosen.cost
     compute = {
         **chosen.compute,
@@ -347,7 +365,7 @@ def _pipeline(
 
 def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: Path, start: float) -> SearchRecord:
     """result.json of a supernet search stopped at its winner: the winner's standalone val run, no test."""
-    row, train = chosen.row, config.retrain.select_train()
+    row, train = chosen.row, replace(config.retrain.select_train(), lr=chosen.lr)
     record = SearchRecord(
         engine="supernet",
         dataset=built.task.name,
@@ -400,13 +418,19 @@ def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bo
 
 
 def _train(
-    config: PipelineConfig, methods: dict, out: Path, progress: StageProgress, seed: int | None = None
+    config: PipelineConfig,
+    methods: dict,
+    out: Path,
+    progress: StageProgress,
+    seed: int | None = None,
+    lr: float | None = None,
 ) -> RunRecord:
     """A standalone run: on train scored on val (no test) when ``seed`` is None, else on train+val
-    with that seed and the test split read once at the end."""
+    with that seed and the test split read once at the end; ``lr`` replaces the schedule's."""
     final = seed is not None
     seed = config.seed if seed is None else seed
     train = config.retrain.train if final else config.retrain.select_train()
+    train = train if lr is None else replace(train, lr=lr)
     run = RunConfig(config.backbone, config.data, methods, train, final=final, test=final, seed=seed)
     return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
 
@@ -421,12 +445,18 @@ def _finalists(rows: dict[str, RunRecord], which: str) -> list[str]:
 
 
 def _final_row(
-    config: PipelineConfig, name: str, val_run: RunRecord, out: Path, progress: StageProgress, final: bool
+    config: PipelineConfig,
+    name: str,
+    val_run: RunRecord,
+    out: Path,
+    progress: StageProgress,
+    final: bool,
+    lr: float | None = None,
 ) -> FinalRow:
     """``val_run``'s methods retrained on train+val once per seed (when ``final``), test read once
     per run; mean and std over seeds."""
     seeds = config.retrain.seeds if final else []
-    runs = [_train(config, val_run.methods, out / "final" / name / f"seed{s}", progress, s) for s in seeds]
+    runs = [_train(config, val_run.methods, out / "final" / name / f"seed{s}", progress, s, lr) for s in seeds]
     return FinalRow.of_runs(name, val_run.methods, val_run.trainable_params, val_run.val_acc, runs)
 
 

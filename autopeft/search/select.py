@@ -19,6 +19,7 @@ and the finalist best on val is the dataset's choice. Test accuracy never takes 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -174,9 +175,15 @@ def sweep_config(suite: SuiteConfig, data: DataConfig, method: str, sizes: list[
     return parse_sweep(given, "sweep")
 
 
+def lr_grid(lr: FloatRange) -> list[float]:
+    """Three learning rates spanning the sweeps' range: its ends and their geometric mean."""
+    return [lr.low, math.sqrt(lr.low * lr.high), lr.high]
+
+
 def supernet_config(suite: SuiteConfig, data: DataConfig, index: int = 0) -> PipelineConfig:
     """The supernet strategy's pipeline: the suite's backbone, data and budget; its selection runs
-    use the sweeps' schedule (so val scores compare), top 3 by default; no baselines."""
+    use the sweeps' schedule (so val scores compare), top 3 by default, each finalist at three learning
+    rates across the sweeps' lr range (the lr tuning the single-method sweeps get); no baselines."""
     sweep = sweep_config(suite, data, "lora")
     overrides = suite.supernet
     search, retrain = overrides.get("search") or {}, overrides.get("retrain") or {}
@@ -190,7 +197,14 @@ def supernet_config(suite: SuiteConfig, data: DataConfig, index: int = 0) -> Pip
         "data": asdict(data),
         "baselines": [],
         "search": {**search, "budget": suite.budget},
-        "retrain": {"top_k": 3, "train": asdict(sweep.train), "select_epochs": None, "seeds": [0], **retrain},
+        "retrain": {
+            "top_k": 3,
+            "train": asdict(sweep.train),
+            "select_epochs": None,
+            "lrs": lr_grid(suite.lr),
+            "seeds": [0],
+            **retrain,
+        },
         "seed": overrides.get("seed", sweep.seed),
     }
     return parse_pipeline(given, "supernet")

@@ -1,0 +1,465 @@
+"""Is the search worth running? The supernet pipeline against tuned single methods, Optuna and random
+search on standalone trials, and the largest LoRA that fits, under one parameter budget and counted compute.
+
+    HF_HUB_OFFLINE=1 python scripts/search_vs_sweep.py --workers 2   # results/search_vs_sweep.md + bench json
+
+The ground (tasks, budget, grids, seeds, schedules) is fixed in GROUND below and written into the
+header of the report before any run; see the report for the protocol. Every standalone run is cached
+by its config hash (``runs/cache``); searches resume from their run directories (``runs/search_vs_sweep``).
+``--tasks`` runs a subset; the report covers the tasks finished so far and names the missing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autopeft.data import BUILTIN_TASKS, DataConfig
+from autopeft.ground import load_ground
+from autopeft.records import Compute, RunRecord
+from autopeft.runconfig import BackboneConfig, RunConfig, read_yaml
+from autopeft.runs import cached_run
+from autopeft.search.candidates import standalone_order
+from autopeft.search.pipeline import parse_pipeline, run_pipeline
+from autopeft.search.sweep import Where, parse_sweep, run_sweep
+from autopeft.supernet import SPACES
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "search_vs_sweep.md"
+JSON = ROOT / "results" / "bench" / "search_vs_sweep.json"
+COMMAND = "HF_HUB_OFFLINE=1 python scripts/search_vs_sweep.py"
+BACKBONE = "vit_demo_fmnist"
+TASKS = ("digits", "mnist5k", "shapes_position", "shapes_orientation")
+FINAL_SEEDS = (0, 1, 2)
+SEARCH_SEEDS = (0, 1)
+HALF = [0, 0, 0, 1, 1, 1]
+SIZES: dict[str, list[dict[str, Any]]] = {  # 3 sizes (SSF: placements) per method, all inside the budget
+    "lora": [{"rank": r, "targets": ["q", "v"]} for r in (2, 4, 8)],
+    "adapter": [{"dim": k} for k in (4, 8, 15)],
+    "vpt": [{"length": p} for p in (2, 8, 32)],
+    "kv_prompt": [{"length": t} for t in (2, 8, 32)],
+    "ssf": [{"enabled": 1}, {"enabled": HALF}, {"enabled": [1 - e for e in HALF]}],
+}
+REFERENCE_LRS = {"linear": None, "full": (1e-4, 3e-4, 1e-3)}  # None: the ground's grid; full FT needs smaller lrs
+LARGEST_LORA = {"lora": {"rank": 8, "targets": ["q", "v"]}}
+PIPELINE_TOP_K = 3  # supernet finalists, each trained with every lr of the grid
+
+
+def backbone() -> BackboneConfig:
+    return BackboneConfig(name=BACKBONE)
+
+
+def run_config(task: str, methods: dict, lr: float, final: bool = False, seed: int = 0) -> RunConfig:
+    train = load_ground().schedule(BACKBONE, task).train(lr=lr)
+    return RunConfig(backbone(), DataConfig(name=task), methods, train, final=final, test=final, seed=seed)
+
+
+# Jobs (each a process of its own, 1 thread) ---------------------------------------------------------------------
+
+
+def standalone_job(job: tuple[str, dict, float, bool, int, Path]) -> RunRecord:
+    task, methods, lr, final, seed, cache = job
+    torch.set_num_threads(1)
+    return cached_run(run_config(task, methods, lr, final, seed), cache)
+
+
+def pipeline_job(job: tuple[str, int, Path]) -> dict[str, Any]:
+    """autopeft's supernet pipeline stopped at its winner (every finalist at every lr of the grid)."""
+    task, seed, root = job
+    torch.set_num_threads(1)
+    ground = load_ground()
+    schedule = ground.schedule(BACKBONE, task)
+    config = parse_pipeline(
+        {
+            "backbone": asdict(backbone()),
+            "data": {"name": task},
+            "space": "demo",
+            "supernet": {"train": asdict(schedule.train())},
+            "search": {"budget": ground.budget, "seed": seed},
+            "retrain": {
+                "top_k": PIPELINE_TOP_K,
+                "train": asdict(schedule.train()),
+                "select_epochs": None,
+                "lrs": list(ground.lr_grid),
+                "seeds": [0],
+            },
+            "seed": seed,
+        },
+        "search_vs_sweep",
+    )
+    out = root / task / f"supernet_seed{seed}"
+    record = run_pipeline(config, out, resume=(out / "config.yaml").is_file(), choose_only=True)
+    return {
+        "methods": record.methods,
+        "lr": record.train["lr"],
+        "val_acc": record.val_acc,
+        "compute": asdict(record.compute),
+        "params": record.trainable_params,
+    }
+
+
+def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
+    """Optuna TPE or random sampling over the same space, standalone trials at the full schedule."""
+    task, sampler, seed, trials, root = job
+    torch.set_num_threads(1)
+    ground = load_ground()
+    schedule = ground.schedule(BACKBONE, task)
+    low, high = min(ground.lr_grid), max(ground.lr_grid)
+    space = {**read_yaml(SPACES / "demo.yaml"), "train": {"lr": {"low": low, "high": high}}}  # the supernet's space
+    config = parse_sweep(
+        {
+            "backbone": asdict(backbone()),
+            "data": {"name": task},
+            "space": space,
+            "train": asdict(schedule.train()),
+            "trials": trials,
+            "sampler": sampler,
+            "pruner": "none",
+            "budget": ground.budget,
+            "seed": seed,
+        },
+        "search_vs_sweep",
+    )
+    out = root / task / f"{sampler}_seed{seed}"
+    resume = (out / "study.db").is_file()
+    record = run_sweep("optuna", config, out, Where(), resume, None)
+    return {
+        "methods": record.methods,
+        "lr": record.train["lr"],
+        "val_acc": record.val_acc,
+        "compute": asdict(record.compute),
+        "params": record.trainable_params,
+    }
+
+
+# The comparison ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    """A strategy's choice on one task (one search seed): methods, lr, val accuracy, and its finals."""
+
+    methods: dict[str, dict[str, Any]]
+    lr: float
+    val_acc: float | None
+    params: int | None = None
+    tests: list[float | None] = field(default_factory=list)  # per final seed
+
+
+@dataclass
+class Strategy:
+    name: str
+    choices: list[Choice]  # one per search seed (one for the deterministic strategies)
+    compute: Compute  # mean over search seeds, of choosing (finals not included)
+    note: str = ""
+    outside_budget: bool = False
+
+    def per_seed(self) -> list[float]:
+        """Test accuracy per final seed, averaged over the search seeds (the values paired with other strategies)."""
+        return [statistics.mean(c.tests[i] for c in self.choices) for i in range(len(FINAL_SEEDS))]
+
+    def pooled(self) -> list[float]:
+        return [t for c in self.choices for t in c.tests]
+
+
+def best_on_val(runs: dict[tuple, RunRecord]) -> tuple[tuple, RunRecord]:
+    keys = list(runs)
+    pick = standalone_order([(runs[k].val_acc, runs[k].val_loss) for k in keys])[-1]
+    return keys[pick], runs[keys[pick]]
+
+
+def paired(strategy: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Mean paired difference over final seeds and the half-width of its 95% t-interval."""
+    diffs = [a - b for a, b in zip(strategy, baseline, strict=True)]
+    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}[len(diffs) - 1]
+    return statistics.mean(diffs), t * statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def verdict(mean: float, half: float, decisive: float = 1.0) -> str:
+    """win / loss when the interval excludes 0; tie when it covers 0 and is narrow (half-width <= ``decisive``
+    points); undecided when it covers 0 but is too wide to say anything."""
+    if mean - half > 0:
+        return "win"
+    if mean + half < 0:
+        return "loss"
+    return "tie" if half <= decisive else "undecided"
+
+
+def grid_jobs(task: str, cache: Path) -> list[tuple]:
+    lrs = load_ground().lr_grid
+    jobs = [(task, {m: o}, lr, False, 0, cache) for m, sizes in SIZES.items() for o in sizes for lr in lrs]
+    return jobs + [(task, {m: {}}, lr, False, 0, cache) for m, grid in REFERENCE_LRS.items() for lr in (grid or lrs)]
+
+
+def final_jobs(task: str, choice: Choice, cache: Path) -> list[tuple]:
+    return [(task, choice.methods, choice.lr, True, seed, cache) for seed in FINAL_SEEDS]
+
+
+@dataclass
+class TaskResult:
+    task: str
+    strategies: list[Strategy]
+    per_method: dict[str, tuple[dict, float, float | None]]  # method -> (options, lr, val acc) best on val
+    c_sweep: Compute
+    trials: int
+
+
+def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> TaskResult:
+    """Every strategy on ``task``: its choice on val and its final runs (the test split read once each)."""
+    jobs = grid_jobs(task, cache)
+    grid = dict(
+        zip(((json.dumps(j[1], sort_keys=True), j[2]) for j in jobs), pool.map(standalone_job, jobs), strict=True)
+    )
+    pipelines = list(pool.map(pipeline_job, [(task, s, root) for s in SEARCH_SEEDS]))
+    c_sweep = Compute.total(r.compute for (key, _), r in grid.items() if _method(key) in SIZES)
+    one_run = statistics.median(r.compute.images for (key, _), r in grid.items() if _method(key) in SIZES)
+    c_pipe = statistics.mean(Compute(**p["compute"]).images for p in pipelines)
+    trials = max(1, round(c_pipe / one_run))
+    sweeps = {
+        sampler: list(pool.map(sweep_job, [(task, sampler, s, trials, root) for s in SEARCH_SEEDS]))
+        for sampler in ("tpe", "random")
+    }
+    strategies = [
+        _tuned(grid, c_sweep),
+        *_searched("supernet pipeline", pipelines),
+    ]
+    strategies += [*_searched("Optuna TPE", sweeps["tpe"]), *_searched("random in budget", sweeps["random"])]
+    strategies += [_fixed("largest LoRA (rank 8, q v), lr tuned", grid, LARGEST_LORA)]
+    strategies += [_fixed(f"{m} (reference)", grid, {m: {}}, outside=True) for m in REFERENCE_LRS]
+    jobs = [job for s in strategies for c in s.choices for job in final_jobs(task, c, cache)]
+    finals = iter(pool.map(standalone_job, jobs))
+    for strategy in strategies:
+        for choice in strategy.choices:
+            choice.tests = [next(finals).test_acc for _ in FINAL_SEEDS]
+    per_method = {}
+    for method in SIZES:
+        (key, lr), best = best_on_val({k: r for k, r in grid.items() if _method(k[0]) == method})
+        per_method[method] = (json.loads(key)[method], lr, best.val_acc)
+    return TaskResult(task, strategies, per_method, c_sweep, trials)
+
+
+def _method(key: str) -> str:
+    return next(iter(json.loads(key)))
+
+
+def _tuned(grid: dict, c_sweep: Compute) -> Strategy:
+    (key, lr), best = best_on_val({k: r for k, r in grid.items() if _method(k[0]) in SIZES})
+    choice = Choice(json.loads(key), lr, best.val_acc, best.trainable_params)
+    return Strategy("tuned single method (best on val)", [choice], c_sweep, note=f"{_method(key)}")
+
+
+def _searched(name: str, results: list[dict]) -> list[Strategy]:
+    choices = [Choice(r["methods"], r["lr"], r["val_acc"], r["params"]) for r in results]
+    compute = Compute.total(Compute(**r["compute"]) for r in results)
+    n = len(results)
+    mean = Compute(compute.train_images // n, compute.eval_images // n, round(compute.wall_s / n, 1))
+    return [Strategy(name, choices, mean, note=f"{n} search seeds pooled")]
+
+
+def _fixed(name: str, grid: dict, methods: dict, outside: bool = False) -> Strategy:
+    key = json.dumps(methods, sort_keys=True)
+    runs = {k: r for k, r in grid.items() if k[0] == key}
+    (_, lr), best = best_on_val(runs)
+    compute = Compute.total(r.compute for r in runs.values())
+    return Strategy(name, [Choice(methods, lr, best.val_acc, best.trainable_params)], compute, outside_budget=outside)
+
+
+# Report -----------------------------------------------------------------------------------------------------------
+
+
+def header() -> list[str]:
+    """The ground, written before any run and never changed after seeing results."""
+    ground = load_ground()
+    schedules = ", ".join(
+        f"{t} {ground.schedule(BACKBONE, t).epochs} ep" for t in TASKS if t in ground.schedules.get(BACKBONE, {})
+    )
+    sizes = "; ".join(
+        f"{m} {', '.join(json.dumps(o[next(iter(o))]) if m != 'ssf' else _placement(o) for o in opts)}"
+        for m, opts in SIZES.items()
+    )
+    lrs = ", ".join(f"{lr:g}" for lr in ground.lr_grid)
+    return [
+        "# Search vs sweep: is autopeft's search worth running?",
+        "",
+        "## Ground (fixed before the first comparison run)",
+        "",
+        f"- Backbone `{BACKBONE}` (shipped weights); tasks {', '.join(TASKS)} (chance: "
+        + ", ".join(f"{BUILTIN_TASKS[t].chance:.1f}%" for t in TASKS)
+        + "); parameter budget "
+        f"{ground.budget:,} trainable parameters (head excluded), the largest LoRA on q, v (rank 8).",
+        f"- Final schedules from the convergence check (`autopeft/ground.yaml`, `results/convergence.md`): "
+        f"{schedules}; AdamW, batch 64, weight decay 1e-4, warm-up then cosine.",
+        f"- Learning-rate grid for every method and strategy: {lrs} (full fine-tuning: "
+        f"{', '.join(f'{lr:g}' for lr in REFERENCE_LRS['full'])}).",
+        f"- Tuned single methods: sizes {sizes}; every size x lr trained to the full schedule on train, "
+        "scored on val (no halving); best per method, and best method, on val (accuracy, ties by val loss). "
+        "C_sweep = the compute of all these runs.",
+        f"- autopeft's supernet pipeline (`search --engine supernet`): the demo space (per block: LoRA 0/2/4/8, "
+        "adapter 0/4/8/16, VPT 0/2/5, KV prompts 0/2/5, SSF off/on), supernet with the library defaults, "
+        f"evolution on inherited val loss, the top {PIPELINE_TOP_K} trained standalone at every lr of the grid; "
+        "target compute <= C_sweep / 3.",
+        "- Optuna TPE and random sampling inside the budget over the same space with lr in "
+        f"[{min(ground.lr_grid):g}, {max(ground.lr_grid):g}] (log), standalone trials at the full schedule, as many "
+        "trials as the supernet pipeline's compute (its mean over search seeds) buys.",
+        "- The free heuristic: the largest LoRA that fits, lr tuned on val. Linear probe and full fine-tuning "
+        "as reference rows (outside the budget).",
+        f"- Finals: each choice retrained on train+val, seeds {', '.join(map(str, FINAL_SEEDS))}, test read once per "
+        f"run; searched strategies run with search seeds {', '.join(map(str, SEARCH_SEEDS))}, each seed's choice "
+        "gets its own finals, and the row pools them (6 runs).",
+        "- Differences: paired over final seeds (a searched strategy's two search seeds averaged per final seed) "
+        "against the tuned single method, 95% t-interval (2 degrees of freedom); win/loss when the interval "
+        "excludes 0, tie when it covers 0 with a half-width <= 1 point, undecided when it is wider. Suite: mean "
+        "over tasks with a 95% t-interval over tasks.",
+        "- Compute: images processed (forward+backward training images + forward-only evaluation images / 3), "
+        "and wall time (1 thread per job, 2 jobs at once on 2 cores).",
+        "",
+    ]
+
+
+def _placement(options: dict) -> str:
+    enabled = options["enabled"]
+    return "all blocks" if enabled == 1 else ("last half" if enabled == HALF else "first half")
+
+
+def render(results: list[TaskResult], missing: list[str], minutes: float) -> str:
+    lines = header()
+    summary = []
+    for result in results:
+        lines += _task_lines(result)
+        tuned = result.strategies[0].per_seed()
+        pipeline = next(s for s in result.strategies if s.name == "supernet pipeline")
+        tpe = next(s for s in result.strategies if s.name == "Optuna TPE")
+        summary.append(
+            (
+                result.task,
+                *paired(pipeline.per_seed(), tuned),
+                statistics.mean(pipeline.per_seed()) - statistics.mean(tpe.per_seed()),
+                pipeline.compute.images / result.c_sweep.images,
+            )
+        )
+    if summary:
+        lines += _suite_lines(summary)
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)} (the suite figures cover the tasks above only).", ""]
+    lines += [
+        "",
+        f"Regenerate: `{COMMAND} --workers 2` ({platform.machine()}, torch {torch.__version__}, 1 thread per job; "
+        f"{minutes:.0f} min for what was not cached). Every final run's test accuracy per seed and every "
+        "strategy's compute: `results/bench/search_vs_sweep.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _task_lines(result: TaskResult) -> list[str]:
+    chance = BUILTIN_TASKS[result.task].chance
+    tuned = result.strategies[0].per_seed()
+    lines = [
+        f"## {result.task} (chance {chance:.1f}%)",
+        "",
+        f"C_sweep = {result.c_sweep.images:,.0f} images ({result.c_sweep.wall_s / 60:.0f} min); Optuna and random "
+        f"get {result.trials} trials each. Best per method on val: "
+        + "; ".join(f"{m} {json.dumps(o)} lr {lr:g} ({acc:.1f})" for m, (o, lr, acc) in result.per_method.items())
+        + ".",
+        "",
+        "| strategy | choice | params | val % | test % (mean +- std, runs) | vs tuned single [95% CI] | verdict "
+        "| compute (images, x C_sweep) |",
+        "|---|---|---:|---:|---|---|---|---|",
+    ]
+    for s in result.strategies:
+        pooled = [t for t in s.pooled() if t is not None]
+        test = f"{statistics.mean(pooled):.2f} +- {statistics.stdev(pooled):.2f} ({len(pooled)})" if pooled else "-"
+        if s is result.strategies[0]:
+            versus, call = "-", "-"
+        else:
+            mean, half = paired(s.per_seed(), tuned)
+            versus, call = (
+                f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (width {2 * half:.2f})",
+                verdict(mean, half),
+            )
+        choice = "; ".join(f"{_describe(c.methods)} lr {c.lr:.3g}" for c in s.choices)
+        params = " / ".join(f"{c.params:,}" for c in s.choices if c.params is not None)
+        val = " / ".join(f"{c.val_acc:.1f}" for c in s.choices if c.val_acc is not None)
+        name = s.name + (" *" if s.outside_budget else "")
+        lines.append(
+            f"| {name} | {choice} | {params} | {val} | {test} | {versus} | {call} | "
+            f"{s.compute.images:,.0f} ({s.compute.images / result.c_sweep.images:.2f}) |"
+        )
+    lines += ["", "\\* outside the budget (reference row).", ""]
+    return lines
+
+
+def _describe(methods: dict) -> str:
+    from autopeft.methods import describe_methods
+
+    return describe_methods(methods)
+
+
+def _suite_lines(summary: list[tuple]) -> list[str]:
+    diffs = [row[1] for row in summary]
+    calls = [verdict(row[1], row[2]) for row in summary]
+    lines = [
+        "## Suite",
+        "",
+        "| task | pipeline - tuned single [95% CI] | verdict | pipeline - Optuna TPE | pipeline compute / C_sweep |",
+        "|---|---|---|---:|---:|",
+    ]
+    for task, mean, half, vs_tpe, ratio in summary:
+        lines.append(
+            f"| {task} | {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] | {verdict(mean, half)} | "
+            f"{vs_tpe:+.2f} | {ratio:.2f} |"
+        )
+    if len(diffs) > 1:
+        mean, half = (
+            statistics.mean(diffs),
+            {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}[len(diffs) - 1]
+            * (statistics.stdev(diffs) / math.sqrt(len(diffs))),
+        )
+        lines += [
+            "",
+            f"Suite mean, pipeline minus tuned single method: {mean:+.2f} [{mean - half:+.2f}, "
+            f"{mean + half:+.2f}] (95% t-interval over {len(diffs)} tasks).",
+        ]
+    lines += [
+        f"Wins / ties / undecided / losses: {calls.count('win')} / {calls.count('tie')} / "
+        f"{calls.count('undecided')} / {calls.count('loss')}.",
+        "",
+    ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/search_vs_sweep"))
+    parser.add_argument("--workers", type=int, default=2, help="jobs at once, 1 thread each")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--header-only", action="store_true", help="write the report's ground and stop")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.header_only:
+        OUT.write_text("\n".join([*header(), "No comparison run yet.", ""]))
+        return
+    start, results = time.perf_counter(), []
+    with ProcessPoolExecutor(args.workers) as pool:
+        for task in args.tasks:
+            results.append(run_task(task, pool, args.cache, args.runs))
+            missing = [t for t in TASKS if t not in {r.task for r in results}]
+            OUT.write_text(render(results, missing, (time.perf_counter() - start) / 60))
+            JSON.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
+    print(f"wrote {OUT} and {JSON}")
+
+
+if __name__ == "__main__":
+    main()
