@@ -135,7 +135,7 @@ def truth_job(job: tuple[str, dict, int, Path]) -> tuple[tuple[str, SubnetConfig
     subnet = SubnetConfig.from_dict(subnet_dict)
     result = cached_run(standalone_config(task, subnet, seed), cache)
     print(
-        f"truth {task} seed {seed}: {result['trainable_params']:,} params, val loss {result['val_loss']:.3f}",
+        f"truth {task} seed {seed}: {result.trainable_params:,} params, val loss {result.val_loss:.3f}",
         flush=True,
     )
     return (task, subnet, seed), result
@@ -198,7 +198,7 @@ def variant_job(job: tuple[str, Variant, dict[str, list[dict]], Path]) -> tuple[
 def truth_of(truth: dict, task: str, subnet: SubnetConfig) -> tuple[float, float]:
     """Mean val loss and accuracy over the seeds."""
     runs = [truth[(task, subnet, seed)] for seed in SEEDS]
-    return statistics.mean(r["val_loss"] for r in runs), statistics.mean(r["val_acc"] for r in runs)
+    return statistics.mean(r.val_loss for r in runs), statistics.mean(r.val_acc for r in runs)
 
 
 def predictors(scores: list[tuple[float, float]], counts: list[int], seed: int) -> dict[str, list[float]]:
@@ -289,7 +289,7 @@ def tables(drawn, truth, scores, chosen: Variant) -> dict[str, Any]:
         for panel, subnets in drawn.items():
             loss = [truth_of(truth, task, s)[0] for s in subnets]
             acc = [truth_of(truth, task, s)[1] for s in subnets]
-            seed_loss = [[truth[(task, s, seed)]["val_loss"] for s in subnets] for seed in SEEDS]
+            seed_loss = [[truth[(task, s, seed)].val_loss for s in subnets] for seed in SEEDS]
             rows = [
                 {
                     "subnet": s.to_dict(),
@@ -297,8 +297,8 @@ def tables(drawn, truth, scores, chosen: Variant) -> dict[str, Any]:
                     "standalone": [
                         {
                             "seed": seed,
-                            "val_loss": truth[(task, s, seed)]["val_loss"],
-                            "val_acc": truth[(task, s, seed)]["val_acc"],
+                            "val_loss": truth[(task, s, seed)].val_loss,
+                            "val_acc": truth[(task, s, seed)].val_acc,
                         }
                         for seed in SEEDS
                     ],

@@ -55,14 +55,14 @@ def run_one(args: tuple[str, int, float, Path, int]) -> tuple[tuple[str, int, fl
     run = config(task, epochs, lr)
     result = cached_run(run, root)
     curve = [json.loads(line) for line in (root / config_key(run) / "metrics.jsonl").read_text().splitlines()]
-    print(f"{task} {epochs} ep lr {lr:g}: val {result['val_acc']:.1f} loss {result['val_loss']:.3f}", flush=True)
+    print(f"{task} {epochs} ep lr {lr:g}: val {result.val_acc:.1f} loss {result.val_loss:.3f}", flush=True)
     return (task, epochs, lr), {"result": result, "curve": curve}
 
 
 def choose(runs: dict, task: str, lrs: tuple[float, ...]) -> tuple[int, float, dict[int, float]]:
     """The rule of the module docstring: (epochs, lr) and each length's best final val loss."""
-    best_lr = {e: min(lrs, key=lambda lr: runs[(task, e, lr)]["result"]["val_loss"]) for e in EPOCHS}
-    loss = {e: runs[(task, e, best_lr[e])]["result"]["val_loss"] for e in EPOCHS}
+    best_lr = {e: min(lrs, key=lambda lr: runs[(task, e, lr)]["result"].val_loss) for e in EPOCHS}
+    loss = {e: runs[(task, e, best_lr[e])]["result"].val_loss for e in EPOCHS}
     lowest = min(loss.values())
     epochs = min(e for e in EPOCHS if loss[e] <= lowest * (1 + TOLERANCE))
     return epochs, best_lr[epochs], loss
@@ -78,7 +78,7 @@ def plot(runs: dict, tasks: list[str], lrs: tuple[float, ...]) -> None:
     for ax, task in zip(axes.flat, tasks, strict=False):
         chosen, chosen_lr, _ = choose(runs, task, lrs)
         for epochs in EPOCHS:
-            lr = min(lrs, key=lambda lr, e=epochs: runs[(task, e, lr)]["result"]["val_loss"])
+            lr = min(lrs, key=lambda lr, e=epochs: runs[(task, e, lr)]["result"].val_loss)
             curve = runs[(task, epochs, lr)]["curve"]
             style = "-" if epochs == chosen else "--"
             ax.plot([c["epoch"] for c in curve], [c["val_loss"] for c in curve], style, label=f"{epochs} ep, lr {lr:g}")
@@ -117,16 +117,16 @@ def render(runs: dict, tasks: list[str], lrs: tuple[float, ...], threads: int, w
         epochs, lr, _ = choose(runs, task, lrs)
         cells = []
         for e in EPOCHS:
-            best = min(lrs, key=lambda lr, e=e: runs[(task, e, lr)]["result"]["val_loss"])
+            best = min(lrs, key=lambda lr, e=e: runs[(task, e, lr)]["result"].val_loss)
             r = runs[(task, e, best)]["result"]
             cells.append(f"{r['val_loss']:.3f} / {r['val_acc']:.1f} ({best:g})")
         chance = 100 / BUILTIN_TASKS[task].num_classes
-        acc = runs[(task, epochs, lr)]["result"]["val_acc"]
+        acc = runs[(task, epochs, lr)]["result"].val_acc
         lines.append(
             f"| {task} | {chance:.1f} | " + " | ".join(cells) + f" | {epochs} ep, lr {lr:g} | {acc:.1f} | "
             f"{acc - chance:+.1f} |"
         )
-    cpu = sum(r["result"]["wall_time_s"] for r in runs.values()) / 60
+    cpu = sum(r["result"].wall_time_s for r in runs.values()) / 60
     lines += [
         "",
         "Every cell: the final epoch of its run (never the best epoch). The full val curves of every run are in "
