@@ -119,7 +119,7 @@ def render(runs: dict, tasks: list[str], lrs: tuple[float, ...], threads: int, w
         for e in EPOCHS:
             best = min(lrs, key=lambda lr, e=e: runs[(task, e, lr)]["result"].val_loss)
             r = runs[(task, e, best)]["result"]
-            cells.append(f"{r['val_loss']:.3f} / {r['val_acc']:.1f} ({best:g})")
+            cells.append(f"{r.val_loss:.3f} / {r.val_acc:.1f} ({best:g})")
         chance = 100 / BUILTIN_TASKS[task].num_classes
         acc = runs[(task, epochs, lr)]["result"].val_acc
         lines.append(
