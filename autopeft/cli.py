@@ -76,11 +76,20 @@ def _run(args: argparse.Namespace) -> None:
     base = Path(args.config).resolve().parent if args.config else None
     config = parse_pipeline(apply_overrides(data, args.set), args.config or "the embedded default", base)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "demo")
-    run_pipeline(config, out, resume=args.resume, progress=PipelineProgress())
+    note = "" if args.config else DEMO_NOTE
+    run_pipeline(config, out, resume=args.resume, progress=PipelineProgress(), note=note)
     print((out / "summary.md").read_text())
     print(
         f"{out}: result.json, candidates.csv, pareto.csv, best.yaml (train the winner: autopeft train {out}/best.yaml)"
     )
+
+
+DEMO_NOTE = (
+    "This is the embedded demo: every row is at one parameter budget, but its schedules are short, chosen so "
+    "the demo ends in minutes, and its learning rates are not tuned. The converged, compute-fair comparison of "
+    "the search against tuned single methods, Optuna and random search is results/search_vs_sweep.md in "
+    "autopeft's repository."
+)
 
 
 def _search(args: argparse.Namespace) -> None:

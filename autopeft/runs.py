@@ -74,6 +74,20 @@ def build_backbone(backbone: BackboneConfig) -> torch.nn.Module:
     return create_backbone(backbone.name, 1, backbone.checkpoint, pretrained=hub, **kwargs)
 
 
+def methods_count(backbone: BackboneConfig, methods: dict[str, Any]) -> int:
+    """Trainable parameters (head excluded) of ``methods`` on the backbone, counted on the meta device
+    (the architecture alone: no weights are loaded or allocated)."""
+    with torch.device("meta"):
+        model = build_backbone(replace(backbone, pretrained=False, checkpoint=None))
+        return count_trainable(apply(model, methods))
+
+
+def backbone_depth(backbone: BackboneConfig) -> int:
+    """The backbone's block count, from its architecture alone."""
+    with torch.device("meta"):
+        return len(build_backbone(replace(backbone, pretrained=False, checkpoint=None)).blocks)
+
+
 def provenance(config: RunConfig, task: TaskData, norm: Normalization, test_read: bool | None = None) -> Provenance:
     device = resolve_device(config.train.device)
     return Provenance(

@@ -47,6 +47,8 @@ def test_run_writes_every_file_and_reads_test_only_in_the_final_runs(tmp_path):
     summary = json.loads((run / "result.json").read_text())
     assert summary["command"] == "run" and summary["status"] == "completed"
     assert [row["name"] for row in summary["table"]] == ["searched", "linear", "lora"]
+    lora = summary["table"][2]["params"]  # the default budget: the largest baseline at its default size
+    assert summary["budget"] == lora == 2 * 8 * 64 * 2 and summary["trainable_params"] <= lora
     with (run / "candidates.csv").open() as handle:
         candidates = list(csv.DictReader(handle))
     assert len(candidates) == summary["candidates"] >= 6

@@ -38,6 +38,7 @@ from autopeft.runs import (
     RunInterrupted,
     build_model,
     history_compute,
+    methods_count,
     provenance,
     train_or_reuse,
 )
@@ -101,7 +102,10 @@ class SearchStage:
     )
     trials: int = 64  # Optuna engines
     pareto: bool = True  # Optuna engines: val accuracy up and trainable parameters down
-    budget: int | None = None  # most trainable parameters (head excluded) a candidate may have
+    # most trainable parameters (head excluded) a candidate may have; "baselines": the largest single
+    # baseline of the run at its default size (the searched subnet is never larger than what it is compared
+    # with); null: no budget
+    budget: int | Literal["baselines"] | None = "baselines"
     seed: int = 0  # the engine's random state (evolution or Optuna sampler)
 
     def __post_init__(self) -> None:
@@ -192,6 +196,7 @@ def run_pipeline(
     resume: bool = False,
     progress: StageProgress | None = None,
     choose_only: bool = False,
+    note: str = "",
 ) -> PipelineRecord | SearchRecord:
     """Run (or with ``resume`` continue) the whole pipeline into ``out``; returns its record.
 
@@ -208,7 +213,7 @@ def run_pipeline(
             claim_dir(out, resume, asdict(config), again)
             if choose_only:
                 return _search_result(config, built, _choose(config, built, out, resume, progress), out, start)
-            return _pipeline(config, built, out, resume, progress, start)
+            return _pipeline(config, built, out, resume, progress, start, note)
     except RunInterrupted as err:
         raise RunInterrupted(f"interrupted; finished stages are saved in {out}: continue with `{again}`") from err
     except NonFiniteLoss as err:
@@ -223,6 +228,7 @@ class _Built:
     supernet: Supernet
     task: TaskData
     norm: Normalization
+    budget: int | None  # search.budget resolved
 
 
 def _build(config: PipelineConfig) -> _Built:
@@ -234,9 +240,13 @@ def _build(config: PipelineConfig) -> _Built:
     sizes = len(task.split("train")), len(task.split("trainval"))
     run = replace(run, train=config.supernet.schedule(config.retrain.train, *sizes))
     supernet = Supernet(model, space)
-    if config.search.budget is not None:
-        supernet.check_budget(config.search.budget, "search.budget")
-    return _Built(run, supernet, task, norm)
+    budget = config.search.budget
+    if budget == "baselines":
+        counts = [methods_count(config.backbone, {m: {}}) for m in config.baselines]
+        budget = max(counts) if counts and max(counts) > 0 else None
+    if budget is not None:
+        supernet.check_budget(budget, "search.budget")
+    return _Built(run, supernet, task, norm, budget)
 
 
 @dataclass
@@ -280,14 +290,13 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     supernet_dir = out / "supernet"
     resumed = (supernet_dir / CHECKPOINT).is_file()
     stage = config.supernet
-    steps = SupernetSteps(
-        supernet, stage.sampling, config.search.budget, config.seed, stage.random_subnets, stage.distill
-    )
+    steps = SupernetSteps(supernet, stage.sampling, built.budget, config.seed, stage.random_subnets, stage.distill)
     bar = progress.run("supernet")
     history, supernet_s = train_supernet(steps, task, norm, run, supernet_dir, stage.masked, resumed, bar)
     trained = replace(history_compute(history), wall_s=round(supernet_s, 2))
     search_start = time.perf_counter()
-    candidates = _search(config.search, supernet, inherited_score(supernet, task, norm), out, resume, progress)
+    score = inherited_score(supernet, task, norm)
+    candidates = _search(replace(config.search, budget=built.budget), supernet, score, out, resume, progress)
     searched = Compute(0, len(task.split("val")) * len(candidates), round(time.perf_counter() - search_start, 2))
     top = ranked(candidates, "loss")[: config.retrain.top_k]
     lrs = config.retrain.lrs or [config.retrain.train.lr]
@@ -316,7 +325,7 @@ def _retrain_dir(number: int, lr: float, lrs: list[float]) -> str:
 
 
 def _pipeline(
-    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: StageProgress, start: float
+    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: StageProgress, start: float, note: str
 ) -> PipelineRecord:
     run, task, norm = built.run, built.task, built.norm
     chosen = _choose(config, built, out, resume, progress)
@@ -351,14 +360,14 @@ def _pipeline(
         val_acc=searched.val_acc,
         test_acc=searched.test_acc,
         test_acc_std=searched.test_acc_std,
-        budget=config.search.budget,
+        budget=built.budget,
         search_cost_s=cost,
         search_cost_ratio=round(sum(cost.values()) / searched.run_s, 2) if searched.run_s else None,
         wall_time_s=round(time.perf_counter() - start, 2),
         compute=compute,
         provenance=provenance(run, task, norm, test_read=True),
     )
-    write_text(out / "summary.md", render_table(record))
+    write_text(out / "summary.md", render_table(record) + (f"\n{note}\n" if note else ""))
     record.write(out / RESULT)
     return record
 

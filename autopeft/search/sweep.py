@@ -27,7 +27,6 @@ from typing import Any, Literal
 import torch
 
 from autopeft import __version__
-from autopeft.api import apply, count_trainable
 from autopeft.config import parse_options
 from autopeft.data import DataConfig
 from autopeft.errors import ConfigError, SearchFailed
@@ -36,7 +35,7 @@ from autopeft.progress import RunProgress, StageProgress
 from autopeft.records import Compute, Provenance, RunRecord, SearchRecord
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, dump_yaml
 from autopeft.rundir import claim_dir
-from autopeft.runs import build_backbone, git_sha, train_run
+from autopeft.runs import backbone_depth, git_sha, methods_count, train_run
 from autopeft.search.candidates import Candidate, candidate_front, ranked, write_candidates
 from autopeft.search.optuna_search import SAMPLERS
 from autopeft.supernet import (
@@ -125,21 +124,9 @@ def prepare(config: SweepConfig) -> Prepared:
     return Prepared(space, depth)
 
 
-def backbone_depth(backbone: BackboneConfig) -> int:
-    """The backbone's block count, from its architecture alone."""
-    with torch.device("meta"):
-        return len(_skeleton(backbone).blocks)
-
-
-def _skeleton(backbone: BackboneConfig) -> torch.nn.Module:
-    """The backbone's architecture without its weights (shapes are all a count needs)."""
-    return build_backbone(replace(backbone, pretrained=False, checkpoint=None))
-
-
 def params_of(config: SweepConfig, space: SearchSpace, subnet: SubnetConfig) -> int:
     """Trainable parameters of ``subnet`` on the backbone (head excluded), built on the meta device."""
-    with torch.device("meta"):
-        return count_trainable(apply(_skeleton(config.backbone), method_config(space, subnet)))
+    return methods_count(config.backbone, method_config(space, subnet))
 
 
 def trial_run(config: SweepConfig, space: SearchSpace, subnet: SubnetConfig) -> RunConfig:
