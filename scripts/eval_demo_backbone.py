@@ -47,7 +47,7 @@ def grid(epochs: int):
 def cell(results: dict, task: str, method: str, init: str) -> tuple[float, float]:
     names = [f"{task}-{method}-{init}-lr{lr:g}" for lr in PROTOCOLS[method]]
     best, result = select_on_val(results, names)
-    return result["test_acc"], float(best.rsplit("-lr", 1)[1])
+    return result.test_acc, float(best.rsplit("-lr", 1)[1])
 
 
 def render(results: dict, epochs: int, threads: int) -> str:
@@ -63,7 +63,7 @@ def render(results: dict, epochs: int, threads: int) -> str:
             cells.append(f"{test:.1f} (lr {lr:g})")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{s / len(BUILTIN_TASKS):.1f}**" for s in sums) + " |")
-    wall = sum(r["wall_time_s"] for r in results.values()) / 60
+    wall = sum(r.wall_time_s for r in results.values()) / 60
     return "\n".join(
         [
             "# Does the shipped demo backbone transfer?",

@@ -1,6 +1,6 @@
 """Run a list of ``autopeft train`` configs into one folder, skipping runs already completed.
 
-Shared by the report scripts (``eval_demo_backbone.py``, ``baselines.py``): each run lands in
+Used by ``eval_demo_backbone.py``: each run lands in
 ``<root>/<run name>/`` with the standard run-directory files, so an interrupted report picks
 up where it stopped and every figure in it can be traced to its run directory.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.backbones import DEMO_BACKBONES
+from autopeft.records import RunRecord
 from autopeft.runconfig import parse_run_config
 from autopeft.runs import train_or_reuse
 
@@ -22,17 +23,17 @@ def runs_folder(report: str, backbone: str = "vit_demo_fmnist") -> Path:
     return Path("runs") / report / str(DEMO_BACKBONES[backbone]["sha256"])[:12]
 
 
-def run_all(runs: Iterable[tuple[str, dict[str, Any]]], root: Path) -> dict[str, dict[str, Any]]:
-    """Train each ``(name, config mapping)`` into ``root/name`` (reusing finished runs); result.json by name."""
+def run_all(runs: Iterable[tuple[str, dict[str, Any]]], root: Path) -> dict[str, RunRecord]:
+    """Train each ``(name, config mapping)`` into ``root/name`` (reusing finished runs); records by name."""
     results = {}
     for name, data in runs:
         start = time.perf_counter()
         results[name] = train_or_reuse(parse_run_config(data, name), root / name)
-        print(f"{name}: val {results[name]['val_acc']:.1f}  {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"{name}: val {results[name].val_acc:.1f}  {time.perf_counter() - start:.0f} s", flush=True)
     return results
 
 
-def select_on_val(results: dict[str, dict[str, Any]], names: list[str]) -> tuple[str, dict[str, Any]]:
+def select_on_val(results: dict[str, RunRecord], names: list[str]) -> tuple[str, RunRecord]:
     """The run with the best val accuracy among ``names`` (ties: the first listed)."""
-    best = max(names, key=lambda name: (results[name]["val_acc"], -names.index(name)))
+    best = max(names, key=lambda name: (results[name].val_acc, -names.index(name)))
     return best, results[best]

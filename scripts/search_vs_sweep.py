@@ -37,6 +37,7 @@ from autopeft.supernet import SPACES
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "search_vs_sweep.md"
+BASELINES = ROOT / "results" / "baselines.md"  # every single method at its best size and lr, from the same runs
 JSON = ROOT / "results" / "bench" / "search_vs_sweep.json"
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/search_vs_sweep.py"
 BACKBONE = "vit_demo_fmnist"
@@ -400,6 +401,35 @@ def _task_lines(result: TaskResult) -> list[str]:
     return lines
 
 
+def render_baselines(results: list[TaskResult]) -> str:
+    """Each single method at its best size and learning rate on val, per task (the grid's runs, no extra
+    compute), and the test accuracy of the rows that have final runs."""
+    lines = [
+        "# Single methods, tuned on val",
+        "",
+        "From the runs of `results/search_vs_sweep.md` (no extra compute): for every task, each single method's "
+        "best size and learning rate on val (accuracy, ties by val loss) over the grid in that file's ground, on the "
+        "converged schedule. Test accuracy is read only for the choices that got final runs there (the best method "
+        "on val, the largest LoRA, the linear probe and full fine-tuning).",
+        "",
+        "| task | method | best size | lr | val % |",
+        "|---|---|---|---:|---:|",
+    ]
+    for result in results:
+        for method, (options, lr, acc) in result.per_method.items():
+            lines.append(f"| {result.task} | {method} | {json.dumps(options)} | {lr:g} | {acc:.1f} |")
+    lines += ["", "| task | row | test % (mean +- std over 3 seeds) |", "|---|---|---|"]
+    for result in results:
+        for s in result.strategies:
+            if s.name.startswith(("tuned", "largest", "linear", "full")):
+                tests = [t for t in s.pooled() if t is not None]
+                lines.append(
+                    f"| {result.task} | {s.name} | {statistics.mean(tests):.2f} +- {statistics.stdev(tests):.2f} |"
+                )
+    lines += ["", f"Regenerate: `{COMMAND}` (writes this file too).", ""]
+    return "\n".join(lines)
+
+
 def _describe(methods: dict) -> str:
     from autopeft.methods import describe_methods
 
@@ -457,6 +487,7 @@ def main() -> None:
             results.append(run_task(task, pool, args.cache, args.runs))
             missing = [t for t in TASKS if t not in {r.task for r in results}]
             OUT.write_text(render(results, missing, (time.perf_counter() - start) / 60))
+            BASELINES.write_text(render_baselines(results))
             JSON.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     print(f"wrote {OUT} and {JSON}")
 
