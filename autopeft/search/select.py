@@ -29,17 +29,16 @@ from typing import Any, Literal
 import optuna
 import torch
 
-from autopeft import __version__
 from autopeft.config import parse_options
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import describe_methods
 from autopeft.progress import SilentProgress, StageProgress
-from autopeft.records import Compute, DatasetChoice, FinalRow, Provenance, SearchRecord, SelectionRecord
+from autopeft.records import Compute, DatasetChoice, FinalRow, SearchRecord, SelectionRecord
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.rundir import claim_dir, locked
-from autopeft.runs import RESULT, RunInterrupted, git_sha, train_or_reuse
+from autopeft.runs import RESULT, RunInterrupted, machine_provenance, train_or_reuse
 from autopeft.search.candidates import standalone_order
 from autopeft.search.pipeline import PipelineConfig, parse_pipeline, run_pipeline
 from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep, run_sweep
@@ -478,13 +477,7 @@ def _suite_record(config: SuiteConfig, selections: list[DatasetSelection], start
         datasets=datasets,
         wall_time_s=round(wall, 2),
         this_invocation_s=round(time.perf_counter() - start, 2),
-        provenance=Provenance(
-            autopeft=__version__,
-            git_sha=git_sha(),
-            torch=torch.__version__,
-            test_read=True,
-            threads=torch.get_num_threads(),
-        ),
+        provenance=machine_provenance(test_read=True),
     )
 
 

@@ -24,18 +24,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from autopeft import __version__
 from autopeft.config import parse_options
 from autopeft.data import DataConfig
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_text
 from autopeft.progress import RunProgress, StageProgress
-from autopeft.records import Compute, Provenance, RunRecord, SearchRecord
+from autopeft.records import Compute, RunRecord, SearchRecord
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, dump_yaml
 from autopeft.rundir import claim_dir
-from autopeft.runs import backbone_depth, git_sha, methods_count, train_run
+from autopeft.runs import backbone_depth, machine_provenance, methods_count, train_run
 from autopeft.search.candidates import Candidate, candidate_front, ranked, write_candidates
 from autopeft.search.optuna_search import SAMPLERS
 from autopeft.supernet import (
@@ -240,7 +237,7 @@ def finish_sweep(
         nodes=tally.nodes,
         wall_time_s=wall,
         compute=replace(tally.compute, wall_s=wall),
-        provenance=Provenance(autopeft=__version__, git_sha=git_sha(), torch=torch.__version__, test_read=False),
+        provenance=machine_provenance(test_read=False),
     )
     record.write(out / "result.json")
     return record
