@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +108,13 @@ def test_exponent_learning_rates_train(tmp_path):
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["schedule"]["lr"] == 0.003 and record["compute"]["train_images"] == 800
+
+
+def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
+    command = [sys.executable, "-m", "autopeft.cli", "train", str(write_config(tmp_path)), "--out", str(tmp_path / "r")]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # the command line is up, torch and timm are still loading
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().startswith("autopeft: error: interrupted")
