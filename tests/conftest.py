@@ -45,3 +45,16 @@ def randomise_trainable(model: torch.nn.Module, seed: int = 2) -> None:
             if param.requires_grad and not name.startswith("head."):
                 noise = torch.randn(param.shape, generator=generator) * 0.2
                 param.copy_(noise + (1.0 if name.endswith("gamma") else 0.0))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``autopeft`` in this process (torch already loaded: fast, for one-line error checks): the exit code
+    and what it printed on stderr."""
+    from autopeft.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    return run

@@ -169,10 +169,10 @@ def test_two_workers_share_a_postgresql_study(tmp_path):
         (["--set", "sampler=grid"], "sampler: got 'grid'"),
     ],
 )
-def test_bad_sweeps_fail_on_one_line_and_write_nothing(tmp_path, args, message):
+def test_bad_sweeps_fail_on_one_line_and_write_nothing(tmp_path, args, message, run_cli):
     out = tmp_path / "run"
-    done = cli("search", str(write(tmp_path)), "--out", str(out), *args)
-    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    code, stderr = run_cli("search", str(write(tmp_path)), "--out", str(out), *args)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
 
 

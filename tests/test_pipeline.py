@@ -152,14 +152,14 @@ def env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def test_existing_run_directory_needs_resume(tmp_path):
+def test_existing_run_directory_needs_resume(tmp_path, run_cli):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("x: 1\n")
-    result = cli("run", str(write(tmp_path)), "--out", str(tmp_path / "run"))
-    assert result.returncode == 2 and "pass --resume" in result.stderr and len(result.stderr.splitlines()) == 1
+    code, stderr = run_cli("run", str(write(tmp_path)), "--out", str(tmp_path / "run"))
+    assert code == 2 and "pass --resume" in stderr and len(stderr.splitlines()) == 1
 
 
-def test_bad_pipeline_configs_fail_on_one_line(tmp_path):
+def test_bad_pipeline_configs_fail_on_one_line(tmp_path, run_cli):
     for config, problem in [
         ({**CONFIG, "bogus": 1}, "unknown option 'bogus'"),
         ({**CONFIG, "search": {"engine": "grid"}}, "search.engine: got 'grid'"),
@@ -169,9 +169,9 @@ def test_bad_pipeline_configs_fail_on_one_line(tmp_path):
         ({**CONFIG, "search": {"budget": 10}}, "search.budget: got 10 trainable parameters; allowed: >= 64,"),
         ({**CONFIG, "backbone": {"name": "resnet18", "pretrained": False}}, "needs a timm VisionTransformer"),
     ]:
-        result = cli("run", str(write(tmp_path, config)), "--out", str(tmp_path / "never"))
-        assert result.returncode == 2, (problem, result.stderr)
-        assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        code, stderr = run_cli("run", str(write(tmp_path, config)), "--out", str(tmp_path / "never"))
+        assert code == 2, (problem, stderr)
+        assert problem in stderr and len(stderr.strip().splitlines()) == 1, stderr
         assert not (tmp_path / "never").exists()
 
 

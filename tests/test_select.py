@@ -138,9 +138,9 @@ def test_killed_select_resumes_without_redoing_a_finished_dataset(tmp_path):
         ({"finalist": 2}, "unknown option 'finalist'"),
     ],
 )
-def test_bad_suites_exit_with_one_line_and_write_nothing(tmp_path, changes, message):
+def test_bad_suites_exit_with_one_line_and_write_nothing(tmp_path, changes, message, run_cli):
     out = tmp_path / "out"
-    done = cli("select", str(write(tmp_path, **changes)), "--out", str(out))
-    assert done.returncode == 2 and not out.exists()
-    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
-    assert str(tmp_path / "suite.yaml") in done.stderr
+    code, stderr = run_cli("select", str(write(tmp_path, **changes)), "--out", str(out))
+    assert code == 2 and not out.exists()
+    assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+    assert str(tmp_path / "suite.yaml") in stderr
