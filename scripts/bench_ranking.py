@@ -42,7 +42,7 @@ from autopeft.ground import load_ground
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.runs import CHECKPOINT, build_model, cached_run
 from autopeft.search.ranking import Estimate, bootstrap, draw_panel, kendall_tau, spearman, top_pick_regret
-from autopeft.search.supernet_stage import SupernetSteps, inherited_score, train_supernet
+from autopeft.search.supernet_stage import SupernetSteps, inherited_score, refit_score, train_supernet
 from autopeft.supernet import SubnetConfig, Supernet, load_space, method_config
 from autopeft.train import TrainConfig
 
@@ -178,6 +178,8 @@ def variant_job(job: tuple[str, Variant, dict[str, list[dict]], Path]) -> tuple[
         steps, data, norm, run, out, variant.masked, resume=(out / CHECKPOINT).is_file(), after_epoch=after_epoch
     )
     final = {name: [score(s) for s in subnets] for name, subnets in panel.items()}
+    refit = refit_score(supernet, data, norm)
+    final_refit = {name: [refit(s) for s in subnets] for name, subnets in panel.items()}
     result = {
         "epochs": epochs,
         "lr": train.lr,
@@ -185,6 +187,7 @@ def variant_job(job: tuple[str, Variant, dict[str, list[dict]], Path]) -> tuple[
         "train_s": round(seconds, 1),
         "score_s": round(time.perf_counter() - start - seconds, 1),
         "final": final,
+        "final_refit": final_refit,
         "tracked": tracked,
     }
     (out / "scores.json").write_text(json.dumps(result))
@@ -201,13 +204,16 @@ def truth_of(truth: dict, task: str, subnet: SubnetConfig) -> tuple[float, float
     return statistics.mean(r.val_loss for r in runs), statistics.mean(r.val_acc for r in runs)
 
 
-def predictors(scores: list[tuple[float, float]], counts: list[int], seed: int) -> dict[str, list[float]]:
+def predictors(
+    scores: list[tuple[float, float]], refit: list[tuple[float, float]], counts: list[int], seed: int
+) -> dict[str, list[float]]:
     """Each predictor as a lower-is-better value per subnet."""
     order = list(range(len(counts)))
     random.Random(seed).shuffle(order)
     return {
         "inherited val loss": [loss for _, loss in scores],
         "inherited val accuracy": [-acc for acc, _ in scores],
+        "inherited features, refit head: val loss": [loss for _, loss in refit],
         "parameter count": [-c for c in counts],
         "random order": [float(i) for i in order],
     }
@@ -303,7 +309,12 @@ def tables(drawn, truth, scores, chosen: Variant) -> dict[str, Any]:
                         for seed in SEEDS
                     ],
                     "inherited": {
-                        f"{name} seed{seed}": dict(zip(("val_acc", "val_loss"), result["final"][panel][i], strict=True))
+                        f"{name} seed{seed}": {
+                            "val_acc": result["final"][panel][i][0],
+                            "val_loss": result["final"][panel][i][1],
+                            "refit_val_acc": result["final_refit"][panel][i][0],
+                            "refit_val_loss": result["final_refit"][panel][i][1],
+                        }
                         for (t, name, seed), result in scores.items()
                         if t == task
                     },
@@ -315,7 +326,8 @@ def tables(drawn, truth, scores, chosen: Variant) -> dict[str, Any]:
             for (t, name, seed), result in scores.items():
                 if t != task:
                     continue
-                predicted = predictors(result["final"][panel], [counts[s] for s in subnets], seed=len(subnets))
+                refit = result["final_refit"][panel]
+                predicted = predictors(result["final"][panel], refit, [counts[s] for s in subnets], seed=len(subnets))
                 figures_by_variant[f"{name} seed{seed}"] = {p: figures(loss, acc, v) for p, v in predicted.items()}
             per_task["panels"][panel] = {
                 "rows": rows,
@@ -357,7 +369,13 @@ PANEL_NAMES = {
     "b": f"(b) within {1 - BAND:.0%} of the budget cap",
     "c": "(c) the whole space",
 }
-PREDICTORS = ("inherited val loss", "inherited val accuracy", "parameter count", "random order")
+PREDICTORS = (
+    "inherited val loss",
+    "inherited val accuracy",
+    "inherited features, refit head: val loss",
+    "parameter count",
+    "random order",
+)
 
 
 def render(bench: dict[str, Any], workers: int, minutes: float) -> str:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft.data import TaskData
+from autopeft.data.transforms import normalize
 from autopeft.optim import Masks
 from autopeft.progress import RunProgress
 from autopeft.runconfig import RunConfig
@@ -129,5 +130,58 @@ def inherited_score(supernet: Supernet, task: TaskData, norm: Normalization, bat
     def score(subnet: SubnetConfig) -> tuple[float, float]:
         supernet.set_subnet(subnet)
         return evaluate_with_loss(supernet.model, val, norm, batch_size)
+
+    return score
+
+
+@torch.no_grad()
+def features(model: nn.Module, split, norm: Normalization, batch_size: int = 256) -> torch.Tensor:
+    """The head's input (pre-logits features) for every image of ``split``, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(split), batch_size):
+        images, _ = split.batch(torch.arange(start, min(start + batch_size, len(split))))
+        inputs = normalize(images.to(device), norm.mean, norm.std)
+        out.append(model.forward_head(model.forward_features(inputs), pre_logits=True).float().cpu())
+    return torch.cat(out)
+
+
+def fit_head(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-3, steps: int = 100) -> nn.Linear:
+    """A linear head fitted to features ``x`` and labels ``y``: multinomial logistic regression with an L2
+    penalty, solved with L-BFGS (deterministic: it starts from zero)."""
+    head = nn.Linear(x.shape[1], classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(head(x), y) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return head
+
+
+def refit_score(supernet: Supernet, task: TaskData, norm: Normalization, batch_size: int = 256):
+    """``score(subnet)``: val accuracy (%) and loss of ``subnet`` with the supernet's trained weights and a
+    linear head fitted afresh to the subnet's own train features (the shared head is trained for every
+    subnet at once, so it fits none of them exactly)."""
+    train, val = task.split("train"), task.split("val")
+
+    def score(subnet: SubnetConfig) -> tuple[float, float]:
+        supernet.set_subnet(subnet)
+        x_train, x_val = (
+            features(supernet.model, train, norm, batch_size),
+            features(supernet.model, val, norm, batch_size),
+        )
+        mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+        head = fit_head((x_train - mean) / std, train.labels, task.num_classes)
+        with torch.no_grad():
+            logits = head((x_val - mean) / std)
+        accuracy = 100.0 * (logits.argmax(-1) == val.labels).float().mean().item()
+        return accuracy, F.cross_entropy(logits, val.labels).item()
 
     return score
