@@ -451,8 +451,9 @@ def render(bench: dict[str, Any], workers: int, minutes: float) -> str:
             "",
             "Variants (inherited val loss as the predictor; cost = supernet training images over one final run):",
             "",
-            "| variant | epochs | lr | cost | train s | tau (a) | tau (b) | tau (b), accuracy | regret (b) val loss |",
-            "|---|---:|---:|---:|---:|---|---|---|---:|",
+            "| variant | epochs | lr | cost | train s | tau (a) | tau (b) | tau (b), accuracy | tau (b), refit head "
+            "| regret (b) val loss |",
+            "|---|---:|---:|---:|---:|---|---|---|---|---:|",
         ]
         for name, v in per_task["variants"].items():
             fa = per_task["panels"]["a"]["figures"][name]
@@ -460,7 +461,9 @@ def render(bench: dict[str, Any], workers: int, minutes: float) -> str:
             lines.append(
                 f"| {name} | {v['epochs']} | {v['lr']:g} | {v['cost_x_final_run']:.2f}x | {v['train_s']:.0f} | "
                 f"{show(fa['inherited val loss']['tau'])} | {show(fb['inherited val loss']['tau'])} | "
-                f"{show(fb['inherited val accuracy']['tau'])} | {fb['inherited val loss']['regret_loss']:+.3f} |"
+                f"{show(fb['inherited val accuracy']['tau'])} | "
+                f"{show(fb['inherited features, refit head: val loss']['tau'])} | "
+                f"{fb['inherited val loss']['regret_loss']:+.3f} |"
             )
         lines += ["", "Kendall tau of inherited val loss along supernet training (panels a / b):", ""]
         for name, v in per_task["variants"].items():
