@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from autopeft.optim import MaskedAdamW
 from autopeft.runconfig import parse_run_config
 from autopeft.runs import RunInterrupted, build_model
-from autopeft.search.supernet_stage import SupernetSteps, inherited_score, train_supernet
+from autopeft.search.supernet_stage import SupernetSteps, fit_head, inherited_score, refit_score, train_supernet
 from autopeft.supernet import Supernet, parse_space
 from autopeft.train import Precision
 
@@ -165,3 +165,16 @@ def test_masked_adamw_with_everything_active_follows_adamw():
         plain.step()
         masked.step()
     torch.testing.assert_close(first.detach(), second.detach(), rtol=0, atol=1e-6)
+
+
+def test_a_refit_head_separates_what_a_random_head_cannot():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(120) % 3
+    features = torch.randn(120, 8, generator=generator) + 4 * F.one_hot(labels, 8).float()
+    head = fit_head(features, labels, 3)
+    assert (head(features).argmax(-1) == labels).float().mean() == 1.0
+    supernet, task, norm, _ = setup()
+    subnet = supernet.largest()
+    refit, inherited = refit_score(supernet, task, norm)(subnet), inherited_score(supernet, task, norm)(subnet)
+    assert refit == refit_score(supernet, task, norm)(subnet)  # deterministic: L-BFGS from zero
+    assert refit[1] < inherited[1]  # the shared head is untrained here; a fitted one does better on val

@@ -52,12 +52,12 @@ from autopeft.search.candidates import (
 )
 from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
-from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, train_supernet
+from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, refit_score, train_supernet
 from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
 ENGINES = ("evolution", *SAMPLERS)
-SCORED_BY = "val loss and accuracy (%) with inherited supernet weights, ranked by loss"
+SCORED_BY = "val loss and accuracy (%) with inherited supernet weights (search.scoring), ranked by loss"
 
 
 @dataclass
@@ -107,6 +107,9 @@ class SearchStage:
     # with); null: no budget
     budget: int | Literal["baselines"] | None = "baselines"
     seed: int = 0  # the engine's random state (evolution or Optuna sampler)
+    # how a candidate is scored on val: the supernet's weights and shared head (inherited), or its features
+    # with a linear head fitted afresh on train (refit: one more forward pass over train per candidate)
+    scoring: Literal["inherited", "refit"] = "inherited"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -295,9 +298,11 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     history, supernet_s = train_supernet(steps, task, norm, run, supernet_dir, stage.masked, resumed, bar)
     trained = replace(history_compute(history), wall_s=round(supernet_s, 2))
     search_start = time.perf_counter()
-    score = inherited_score(supernet, task, norm)
+    scorer = {"inherited": inherited_score, "refit": refit_score}[config.search.scoring]
+    score = scorer(supernet, task, norm)
     candidates = _search(replace(config.search, budget=built.budget), supernet, score, out, resume, progress)
-    searched = Compute(0, len(task.split("val")) * len(candidates), round(time.perf_counter() - search_start, 2))
+    per_candidate = len(task.split("val")) + (len(task.split("train")) if config.search.scoring == "refit" else 0)
+    searched = Compute(0, per_candidate * len(candidates), round(time.perf_counter() - search_start, 2))
     top = ranked(candidates, "loss")[: config.retrain.top_k]
     lrs = config.retrain.lrs or [config.retrain.train.lr]
     progress.say(
