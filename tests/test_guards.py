@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -14,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from autopeft.cli import one_line
 from autopeft.errors import ConfigError
+from autopeft.runconfig import load_run_config
 from autopeft.rundir import LOCK, locked
+from autopeft.runs import RunInterrupted, train_run
 from tests.test_train import cli, write_config
 
 
@@ -118,3 +122,32 @@ def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in stderr
     assert stderr.strip().startswith("autopeft: error: interrupted")
+
+
+class CtrlCInFirstEpoch:
+    """A progress display whose user presses Ctrl-C during the first epoch, before any checkpoint."""
+
+    def start(self, *args) -> None: ...
+
+    def step(self, *args) -> None:
+        raise KeyboardInterrupt
+
+    def epoch(self, metrics) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_can_be_resumed(tmp_path):
+    config = load_run_config(write_config(tmp_path))
+    with pytest.raises(RunInterrupted) as err:
+        train_run(config, tmp_path / "run", progress=CtrlCInFirstEpoch())
+    assert "before the first epoch finished; nothing was saved to resume: start again with" in str(err.value)
+    assert "--resume" not in str(err.value) and not (tmp_path / "run" / "checkpoint.pt").exists()
+    train_run(config, tmp_path / "run")  # the advice works: the same command without --resume
+
+
+def test_file_system_errors_are_one_line():
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/run/result.json")
+    assert one_line(full) == "/data/run/result.json: no space left on device"
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data/run")
+    assert one_line(denied) == "/data/run: Permission denied"
