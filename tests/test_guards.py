@@ -112,6 +112,8 @@ def test_exponent_learning_rates_train(tmp_path):
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["schedule"]["lr"] == 0.003 and record["compute"]["train_images"] == 800
+    provenance = record["provenance"]  # the leaderboard's device column reads these
+    assert (provenance["device"], provenance["dtype"], provenance["test_read"]) == ("cpu", "fp32", True)
 
 
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
