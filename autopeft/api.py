@@ -54,8 +54,10 @@ def _spec(name: str):
 
 
 def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    return list(head.parameters()) if isinstance(head, nn.Module) else []
+    """The classifier's parameters: one head, or both heads of a distilled DeiT (class and distillation)."""
+    heads = model.get_classifier() if hasattr(model, "get_classifier") else ()
+    heads = heads if isinstance(heads, tuple) else (heads,)
+    return [p for head in heads if isinstance(head, nn.Module) for p in head.parameters()]
 
 
 def _set_trainable(model: nn.Module, methods: Mapping[str, Any]) -> None:

@@ -30,13 +30,21 @@ DEMO_BACKBONES: dict[str, dict[str, Any]] = {
 }
 
 
+# Block layouts methods are exact on: pre-norm ``Block`` and post-norm ``ResPostBlock`` (adapters refused
+# there); the parallel layouts have no single attn / mlp per block.
+BLOCK_KINDS = ("Block", "ResPostBlock")
+PARALLEL = {
+    "ParallelThingsBlock": "several attention and MLP branches side by side",
+    "ParallelScalingBlock": "attention and MLP fused into one parallel projection",
+}
+
+
 @dataclass(frozen=True)
 class ViTInfo:
     """The shape facts of a ViT backbone that methods and parameter counts need."""
 
     width: int
     depth: int
-    mlp_hidden: int
     num_heads: int
     head_dim: int
     num_prefix_tokens: int
@@ -50,12 +58,17 @@ def vit_info(model: torch.nn.Module, method: str = "autopeft") -> ViTInfo:
         raise BackboneError(
             f"{method}: needs a timm VisionTransformer (vit_*, deit_*) with token blocks; got {type(model).__name__}"
         )
-    block = model.blocks[0]
+    block = unwrapped(model.blocks[0])
+    kind = type(block).__name__
+    if kind not in BLOCK_KINDS:
+        raise BackboneError(
+            f"{method}: blocks of kind {kind} ({PARALLEL.get(kind, 'an unknown block layout')}) are not supported; "
+            f"allowed: timm ViT blocks {', '.join(BLOCK_KINDS)}"
+        )
     attn = unwrapped(block.attn)
     return ViTInfo(
         width=model.embed_dim,
         depth=len(model.blocks),
-        mlp_hidden=unwrapped(block.mlp).fc2.in_features,
         num_heads=attn.num_heads,
         head_dim=attn.head_dim,
         num_prefix_tokens=model.num_prefix_tokens,

@@ -38,11 +38,12 @@ def images() -> torch.Tensor:
 
 
 def randomise_trainable(model: torch.nn.Module, seed: int = 2) -> None:
-    """Give every trainable tensor but the head random values (SSF scales stay near 1)."""
+    """Give every trainable tensor but the head(s) random values (SSF scales stay near 1)."""
     generator = torch.Generator().manual_seed(seed)
+    heads = {id(p) for p in autopeft.api._head_parameters(model)}
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.requires_grad and not name.startswith("head."):
+            if param.requires_grad and id(param) not in heads:
                 noise = torch.randn(param.shape, generator=generator) * 0.2
                 param.copy_(noise + (1.0 if name.endswith("gamma") else 0.0))
 

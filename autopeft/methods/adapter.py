@@ -100,6 +100,12 @@ def attach(model: nn.Module, opts: AdapterOptions, info: ViTInfo) -> None:
     for index, block in inject.blocks_of(model):
         if dims[index] == 0:
             continue
+        if type(inject.unwrapped(block)).__name__ == "ResPostBlock":
+            raise ConfigError(
+                f"adapter: block {index} is post-norm (ResPostBlock: x + norm(sublayer(x))), where an adapter would "
+                f"have to move the norm in front of its sub-layer; allowed on this backbone: lora, ssf, vpt, "
+                f"kv_prompt and the baselines"
+            )
         for site in opts.sites:
             norm_parent, norm_attr = inject.locate(block, NORM_OF_SITE[site], "adapter", index)
             norm = inject.swap(norm_parent, norm_attr, nn.Identity())

@@ -81,9 +81,21 @@ class ScaleShift(ElasticWrapper):
         return base
 
 
+def output_width(module: nn.Module, site: str) -> int:
+    """Channels a site's module puts out (a packed SwiGLU fc1 puts out twice the MLP width)."""
+    base = inject.unwrapped(module)
+    if isinstance(base, nn.Linear):
+        return base.out_features
+    if isinstance(base, nn.LayerNorm):
+        return base.normalized_shape[-1]
+    raise ConfigError(f"ssf: site '{site}' is {type(base).__name__}; allowed: a Linear or a LayerNorm")
+
+
 def _patch_embed_site(model: nn.Module) -> tuple[nn.Module, str, int]:
+    """After the patch embedding's norm when it has one, else after its projection (a conv, also behind
+    a CNN stem in hybrid ViTs)."""
     patch_embed = model.patch_embed
-    if isinstance(patch_embed.norm, nn.LayerNorm):
+    if isinstance(getattr(patch_embed, "norm", None), nn.LayerNorm):
         return patch_embed, "norm", -1
     return patch_embed, "proj", 1
 
@@ -98,21 +110,13 @@ def _final_norm_site(model: nn.Module) -> tuple[nn.Module, str]:
 def attach(model: nn.Module, opts: SSFOptions, info: ViTInfo) -> None:
     flags = [int(f) for f in opts.enabled] if isinstance(opts.enabled, list) else int(opts.enabled)
     enabled = per_block(flags, info.depth, "ssf.enabled", maximum=1)
-    widths = {
-        "norm1": info.width,
-        "qkv": 3 * info.num_heads * info.head_dim,
-        "proj": info.width,
-        "norm2": info.width,
-        "fc1": info.mlp_hidden,
-        "fc2": info.width,
-    }
     for index, block in inject.blocks_of(model):
         if not enabled[index]:
             continue
         for site in BLOCK_SITES:
             if site in opts.sites:
                 parent, attr = inject.locate(block, site, "ssf", index)
-                inject.wrap(parent, attr, ScaleShift, widths[site], index)
+                inject.wrap(parent, attr, ScaleShift, output_width(getattr(parent, attr), site), index)
     if not any(enabled):
         return
     if "patch_embed" in opts.sites:
