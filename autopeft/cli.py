@@ -28,8 +28,11 @@ def _methods(args: argparse.Namespace) -> None:
     with torch.device("meta"):  # shapes only: no memory, no weight init cost
         backbone = autopeft.create_backbone(args.backbone, args.num_classes)
         for name, spec in autopeft.METHODS.items():
-            model = autopeft.apply(copy.deepcopy(backbone), {name: {}})
-            table.add_row(name, str(asdict(spec.options())), f"{autopeft.count_trainable(model):,}")
+            try:
+                count = f"{autopeft.count_trainable(autopeft.apply(copy.deepcopy(backbone), {name: {}})):,}"
+            except ConfigError as err:  # a method this block kind cannot host
+                count = f"not on this backbone ({err})"
+            table.add_row(name, str(asdict(spec.options())), count)
     Console().print(table)
 
 
