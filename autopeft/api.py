@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import vit_info
+from autopeft.backbones import backbone_info
 from autopeft.config import parse_options, per_block
 from autopeft.errors import ConfigError
 from autopeft.files import write_atomic, write_json
@@ -39,7 +39,7 @@ def apply(model: nn.Module, methods: Mapping[str, Mapping[str, Any] | None]) -> 
         raise ConfigError(f"apply: give a mapping of method -> options; allowed methods: {', '.join(REGISTRY)}")
     parsed = {name: parse_options(_spec(name).options, opts, name) for name, opts in methods.items()}
     vit_methods = [name for name in parsed if REGISTRY[name].needs_vit]
-    info = vit_info(model, vit_methods[0]) if vit_methods else None
+    info = backbone_info(model, vit_methods[0]) if vit_methods else None
     for name in sorted(parsed, key=lambda n: REGISTRY[n].order):
         REGISTRY[name].attach(model, parsed[name], info)
     _set_trainable(model, parsed)
@@ -91,7 +91,7 @@ def _elastic(model: nn.Module, method: str, caller: str) -> list[Elastic]:
 
 def get_sizes(model: nn.Module, method: str) -> list[int]:
     """Active size per block of an elastic method (0 where the block has none)."""
-    sizes = [0] * len(model.blocks)
+    sizes = [0] * inject.block_count(model)
     for module in _elastic(model, method, "get_sizes"):
         for block, size in module.block_sizes().items():
             sizes[block] = max(sizes[block], size)
@@ -101,7 +101,7 @@ def get_sizes(model: nn.Module, method: str) -> list[int]:
 def set_sizes(model: nn.Module, method: str, sizes: int | list[int]) -> None:
     """Set the active size per block (each <= the allocated maximum; 0 = off)."""
     modules = _elastic(model, method, "set_sizes")
-    expanded = per_block(sizes, len(model.blocks), f"{method} sizes")
+    expanded = per_block(sizes, inject.block_count(model), f"{method} sizes")
     if not modules:  # applied at size 0 in every block: nothing was allocated
         for block, size in enumerate(expanded):
             check_size(method, size, 0, block)
@@ -194,7 +194,7 @@ def _undo_point(model: nn.Module) -> Callable[[], None]:
     flags = [(param, param.requires_grad) for param in model.parameters()]
     sizes = [(m, m.size if isinstance(m, ElasticWrapper) else m.block_sizes()) for m in elastic_modules(model)]
     methods = model.__dict__.get("autopeft_methods", None)
-    depth = len(model.blocks) if isinstance(getattr(model, "blocks", None), nn.Module) else 0
+    depth = inject.block_count(model)
 
     def undo() -> None:
         for module, modules in children:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
 
 from autopeft.errors import BackboneError
-from autopeft.inject import unwrapped
+from autopeft.inject import stage_blocks, unwrapped
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".npz")
 ASSETS = Path(__file__).parent / "assets"
@@ -31,47 +33,58 @@ DEMO_BACKBONES: dict[str, dict[str, Any]] = {
 
 
 # Block layouts methods are exact on: pre-norm ``Block`` and post-norm ``ResPostBlock`` (adapters refused
-# there); the parallel layouts have no single attn / mlp per block.
-BLOCK_KINDS = ("Block", "ResPostBlock")
+# there) in ViTs, and Swin's ``SwinTransformerBlock``; the parallel layouts have no single attn / mlp per block.
+BLOCK_KINDS = ("Block", "ResPostBlock", "SwinTransformerBlock")
 PARALLEL = {
     "ParallelThingsBlock": "several attention and MLP branches side by side",
     "ParallelScalingBlock": "attention and MLP fused into one parallel projection",
 }
+FAMILIES = (VisionTransformer, SwinTransformer)
 
 
 @dataclass(frozen=True)
-class ViTInfo:
-    """The shape facts of a ViT backbone that methods and parameter counts need."""
+class BackboneInfo:
+    """The shape facts of a backbone that methods and parameter counts need. Blocks are numbered over all
+    stages (``autopeft.inject.blocks_of``); ``stages`` gives each block's stage (a plain ViT has one)."""
 
-    width: int
+    width: int  # the token width entering the first block
     depth: int
+    stages: tuple[int, ...]
     num_heads: int
     head_dim: int
     num_prefix_tokens: int
     patch_size: tuple[int, int]
     in_chans: int
 
+    @property
+    def hierarchical(self) -> bool:
+        """Stages of different widths (Swin): token methods built for one sequence of tokens do not fit."""
+        return max(self.stages) > 0
 
-def vit_info(model: torch.nn.Module, method: str = "autopeft") -> ViTInfo:
-    """Describe ``model``; raise a clear error if it is not a timm VisionTransformer."""
-    if not isinstance(model, VisionTransformer):
+
+def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneInfo:
+    """Describe ``model``; raise a clear error if it is not a supported timm transformer."""
+    if not isinstance(model, FAMILIES):
         raise BackboneError(
-            f"{method}: needs a timm VisionTransformer (vit_*, deit_*) with token blocks; got {type(model).__name__}"
+            f"{method}: needs a timm VisionTransformer (vit_*, deit_*) or SwinTransformer (swin_*) with token "
+            f"blocks; got {type(model).__name__}"
         )
-    block = unwrapped(model.blocks[0])
+    stages, blocks = stage_blocks(model)
+    block = unwrapped(blocks[0])
     kind = type(block).__name__
     if kind not in BLOCK_KINDS:
         raise BackboneError(
             f"{method}: blocks of kind {kind} ({PARALLEL.get(kind, 'an unknown block layout')}) are not supported; "
-            f"allowed: timm ViT blocks {', '.join(BLOCK_KINDS)}"
+            f"allowed: timm blocks {', '.join(BLOCK_KINDS)}"
         )
     attn = unwrapped(block.attn)
-    return ViTInfo(
+    return BackboneInfo(
         width=model.embed_dim,
-        depth=len(model.blocks),
+        depth=len(blocks),
+        stages=tuple(stages),
         num_heads=attn.num_heads,
-        head_dim=attn.head_dim,
-        num_prefix_tokens=model.num_prefix_tokens,
+        head_dim=getattr(attn, "head_dim", model.embed_dim // attn.num_heads),
+        num_prefix_tokens=getattr(model, "num_prefix_tokens", 0),
         patch_size=tuple(model.patch_embed.patch_size),
         in_chans=model.patch_embed.proj.in_channels,
     )
@@ -83,7 +96,7 @@ def create_backbone(
     checkpoint: str | Path | None = None,
     pretrained: bool = False,
     **timm_kwargs: Any,
-) -> VisionTransformer:
+) -> torch.nn.Module:
     """Create a timm ViT with a fresh ``num_classes`` head.
 
     ``checkpoint`` loads local weights (.safetensors; .pth/.pt with ``weights_only=True``;
@@ -102,7 +115,7 @@ def create_backbone(
     return model
 
 
-def _create_timm(name: str, num_classes: int, pretrained: bool, **timm_kwargs: Any) -> VisionTransformer:
+def _create_timm(name: str, num_classes: int, pretrained: bool, **timm_kwargs: Any) -> torch.nn.Module:
     _check_name(name)
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
@@ -116,11 +129,11 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, **timm_kwargs: A
             f"({type(err).__name__}); offline, download them elsewhere and pass "
             f"checkpoint=PATH (.safetensors, .pth/.pt or .npz) instead of pretrained=True"
         ) from err
-    vit_info(model, f"backbone '{name}'")
+    backbone_info(model, f"backbone '{name}'")
     return model
 
 
-def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> VisionTransformer:
+def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> torch.nn.Module:
     """A shipped demo backbone's architecture, randomly initialised, with its normalisation."""
     spec = DEMO_BACKBONES[name]
     model = timm.create_model(spec["timm_name"], num_classes=num_classes, **{**spec["timm"], **timm_kwargs})
@@ -153,7 +166,7 @@ def _check_name(name: str) -> None:
     raise BackboneError(f"unknown backbone '{name}'{hint}")
 
 
-def load_checkpoint(model: VisionTransformer, path: Path) -> None:
+def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     """Load a local checkpoint into ``model``; a classifier of another size is skipped."""
     if not path.is_file():
         raise BackboneError(f"checkpoint {path}: no such file")
@@ -169,8 +182,10 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> None:
             raise BackboneError(f"checkpoint {path}: not a timm/JAX ViT .npz for this backbone ({err})") from err
         return
     state = _read_state_dict(path)
-    state = checkpoint_filter_fn(state, model)
-    head_keys = {f"head.{k}" for k in model.get_classifier().state_dict()}
+    state = sys.modules[type(model).__module__].checkpoint_filter_fn(state, model)  # the family's own key mapping
+    heads = model.get_classifier()
+    head_ids = {id(p) for head in (heads if isinstance(heads, tuple) else (heads,)) for p in head.parameters()}
+    head_keys = {name for name, param in model.named_parameters() if id(param) in head_ids}
     own = model.state_dict()
     for key, tensor in list(state.items()):
         if key in own and own[key].shape != tensor.shape:

@@ -67,5 +67,21 @@ def replace_modules(root: nn.Module, select: Callable[[nn.Module], nn.Module | N
 
 
 def blocks_of(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
-    """Enumerate the transformer blocks of a ViT."""
-    yield from enumerate(model.blocks)
+    """The transformer blocks, numbered over all stages: a ViT's ``blocks``, or the blocks of each stage
+    of a hierarchical model (Swin's ``layers``) in order. Per-block size lists index this numbering."""
+    yield from enumerate(stage_blocks(model)[1])
+
+
+def stage_blocks(model: nn.Module) -> tuple[list[int], list[nn.Module]]:
+    """The stage of every block and the blocks themselves, in forward order."""
+    if isinstance(getattr(model, "blocks", None), nn.Module):
+        blocks = list(model.blocks)
+        return [0] * len(blocks), blocks
+    stages = [
+        stage.blocks for stage in getattr(model, "layers", ()) if isinstance(getattr(stage, "blocks", None), nn.Module)
+    ]
+    return [i for i, stage in enumerate(stages) for _ in stage], [block for stage in stages for block in stage]
+
+
+def block_count(model: nn.Module) -> int:
+    return len(stage_blocks(model)[1])

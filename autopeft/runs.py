@@ -21,6 +21,7 @@ from autopeft.data import TaskData, load_task
 from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
 from autopeft.files import write_atomic, write_text
+from autopeft.inject import block_count
 from autopeft.methods import REGISTRY
 from autopeft.optim import Masks
 from autopeft.progress import RunProgress, StageProgress
@@ -85,7 +86,7 @@ def methods_count(backbone: BackboneConfig, methods: dict[str, Any]) -> int:
 def backbone_depth(backbone: BackboneConfig) -> int:
     """The backbone's block count, from its architecture alone."""
     with torch.device("meta"):
-        return len(build_backbone(replace(backbone, pretrained=False, checkpoint=None)).blocks)
+        return block_count(build_backbone(replace(backbone, pretrained=False, checkpoint=None)))
 
 
 def machine_provenance(test_read: bool | None) -> Provenance:

@@ -25,6 +25,7 @@ from torch import nn
 from autopeft.api import apply, count_trainable
 from autopeft.config import parse_options
 from autopeft.errors import BudgetError, ConfigError
+from autopeft.inject import block_count
 from autopeft.methods import REGISTRY, elastic_modules
 from autopeft.optim import Masks
 from autopeft.runconfig import read_yaml
@@ -283,11 +284,11 @@ def check_budget(budget: int, least: int, where: str = "budget") -> None:
 class Supernet:
     """Every method of ``space`` attached to ``model`` at its largest size; a subnet activates a part.
 
-    The model is edited in place (``apply``); block count comes from ``model.blocks``.
+    The model is edited in place (``apply``); blocks are numbered over all stages (``inject.blocks_of``).
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace) -> None:
-        self.model, self.space, self.depth = model, space, len(model.blocks)
+        self.model, self.space, self.depth = model, space, block_count(model)
         check_shareable(space)
         methods = {m: {**s.options, REGISTRY[m].size_option: max(s.sizes)} for m, s in space.methods.items()}
         apply(model, methods)

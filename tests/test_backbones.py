@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import autopeft
-from autopeft.backbones import ViTInfo, vit_info
+from autopeft.backbones import BackboneInfo, backbone_info
 from tests.conftest import DEPTH, HEADS, HIDDEN, VARIANTS, WIDTH, randomise_trainable, tiny_vit
 
 NAME = "vit_tiny_patch16_224"
@@ -237,10 +237,11 @@ def test_non_vit_timm_model_is_rejected():
     assert "got ResNet" in message
 
 
-def expected_info(prefix_tokens: int) -> ViTInfo:
-    return ViTInfo(
+def expected_info(prefix_tokens: int) -> BackboneInfo:
+    return BackboneInfo(
         width=WIDTH,
         depth=DEPTH,
+        stages=(0,) * DEPTH,
         num_heads=HEADS,
         head_dim=WIDTH // HEADS,
         num_prefix_tokens=prefix_tokens,
@@ -251,8 +252,8 @@ def expected_info(prefix_tokens: int) -> ViTInfo:
 
 def test_variants_build_and_report_their_shape(variant, images):
     model = build(variant)
-    assert vit_info(model) == expected_info(PREFIX_TOKENS[variant])
-    assert vit_info(model).head_dim == 16
+    assert backbone_info(model) == expected_info(PREFIX_TOKENS[variant])
+    assert backbone_info(model).head_dim == 16
     with torch.no_grad():
         assert model(images).shape == (4, TARGET_CLASSES)
 
@@ -260,7 +261,7 @@ def test_variants_build_and_report_their_shape(variant, images):
 def test_deit_builds_tiny():
     torch.manual_seed(1)
     model = autopeft.create_backbone("deit_tiny_patch16_224", TARGET_CLASSES, **TINY)
-    assert vit_info(model) == expected_info(1)
+    assert backbone_info(model) == expected_info(1)
     assert model.autopeft_backbone == {"name": "deit_tiny_patch16_224", "checkpoint": None}
 
 

@@ -101,4 +101,79 @@ def test_parallel_blocks_are_refused_on_one_line(name, kind):
         autopeft.create_backbone(name, 5, **TINY)
     message = str(err.value)
     assert message.startswith(f"backbone '{name}': blocks of kind {kind} (") and "\n" not in message
-    assert message.endswith("are not supported; allowed: timm ViT blocks Block, ResPostBlock")
+    assert message.endswith("are not supported; allowed: timm blocks Block, ResPostBlock, SwinTransformerBlock")
+
+
+SWIN = {"img_size": 32, "patch_size": 2, "window_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2)}
+SWIN_NAME = "swin_tiny_patch4_window7_224"
+STAGE_WIDTHS = [16, 16, 32, 32]  # block widths over the two stages
+
+
+def swin() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return autopeft.create_backbone(SWIN_NAME, 5, **SWIN).eval()
+
+
+def swin_images() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+SWIN_METHODS = {"lora": {"rank": 2}, "adapter": {"dim": 3, "sites": ["mlp", "attn"]}, "ssf": {}}
+
+
+def test_swin_methods_at_size_zero_are_the_plain_model_bit_for_bit():
+    expected = swin()(swin_images())
+    model = autopeft.apply(swin(), SWIN_METHODS)
+    randomise_trainable(model)
+    for method in SWIN_METHODS:
+        autopeft.set_sizes(model, method, 0)
+    assert torch.equal(model(swin_images()), expected)
+
+
+def test_swin_counts_follow_the_formulas_stage_by_stage():
+    def count(methods: dict) -> int:
+        return autopeft.count_trainable(autopeft.apply(swin(), methods))
+
+    assert count({"lora": {"rank": 2}}) == sum(2 * 2 * (d + d) for d in STAGE_WIDTHS)  # q and v rows of qkv
+    assert count({"adapter": {"dim": 3}}) == sum(2 * d * 3 + 3 + d for d in STAGE_WIDTHS)
+    ssf_blocks = sum(2 * (d + 3 * d + d + d + 4 * d + d) for d in STAGE_WIDTHS)
+    assert count({"ssf": {}}) == ssf_blocks + 2 * 16 + 2 * 32  # + the patch embedding and the final norm
+    per_block = autopeft.apply(swin(), {"lora": {"rank": [0, 2, 4, 0]}})
+    assert autopeft.get_sizes(per_block, "lora") == [0, 2, 4, 0]
+    with pytest.raises(ConfigError, match=r"lora.rank: per-block list has 2 entries; allowed: exactly 4"):
+        autopeft.apply(swin(), {"lora": {"rank": [2, 2]}})
+
+
+def test_swin_lora_and_ssf_merge_exactly():
+    model = autopeft.apply(swin(), {"lora": {"rank": 2, "targets": ["qkv", "proj", "fc1", "fc2"]}, "ssf": {}})
+    randomise_trainable(model)
+    expected = model(swin_images())
+    torch.testing.assert_close(autopeft.merge(model)(swin_images()), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_swin_supernet_subnets_count_exactly():
+    import random
+
+    from autopeft.supernet import Supernet, method_config, parse_space
+
+    space = parse_space(
+        {"methods": {"lora": {"sizes": [0, 2]}, "adapter": {"sizes": [0, 3]}, "ssf": {"sizes": [0, 1]}}}, "s"
+    )
+    net = Supernet(swin(), space)
+    assert net.depth == 4
+    rng = random.Random(0)
+    for subnet in [net.largest(), *(net.sample(rng) for _ in range(4))]:
+        assert net.count(subnet) == autopeft.count_trainable(autopeft.apply(swin(), method_config(space, subnet)))
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        ({"vpt": {}}, "vpt: prompts join one token sequence through every block; a hierarchical backbone"),
+        ({"kv_prompt": {}}, "kv_prompt: block 0 attention is WindowAttention; allowed: timm's standard Attention"),
+    ],
+)
+def test_token_methods_are_refused_on_swin_with_one_line(methods, message):
+    with pytest.raises(ConfigError) as err:
+        autopeft.apply(swin(), methods)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import ViTInfo
+from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
@@ -95,7 +95,7 @@ class Adapter(ElasticWrapper):
         return f"{super().extra_repr()}, position={self.position}, scale={scale}"
 
 
-def attach(model: nn.Module, opts: AdapterOptions, info: ViTInfo) -> None:
+def attach(model: nn.Module, opts: AdapterOptions, info: BackboneInfo) -> None:
     dims = per_block(opts.dim, info.depth, "adapter.dim")
     for index, block in inject.blocks_of(model):
         if dims[index] == 0:
@@ -109,8 +109,9 @@ def attach(model: nn.Module, opts: AdapterOptions, info: ViTInfo) -> None:
         for site in opts.sites:
             norm_parent, norm_attr = inject.locate(block, NORM_OF_SITE[site], "adapter", index)
             norm = inject.swap(norm_parent, norm_attr, nn.Identity())
+            width = inject.unwrapped(norm).normalized_shape[-1]  # the block's own width (Swin stages differ)
             parent, attr = inject.locate(block, site, "adapter", index)
-            inject.wrap(parent, attr, Adapter, norm, info.width, index, dims[index], opts.position, opts.scale)
+            inject.wrap(parent, attr, Adapter, norm, width, index, dims[index], opts.position, opts.scale)
 
 
 SPEC = register(

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from autopeft.backbones import ViTInfo
+from autopeft.backbones import BackboneInfo
 from autopeft.errors import ConfigError
 
 Index = tuple[slice, ...]
@@ -106,7 +106,7 @@ class MethodSpec:
 
     name: str
     options: type
-    attach: Callable[[nn.Module, Any, ViTInfo | None], None]
+    attach: Callable[[nn.Module, Any, BackboneInfo | None], None]
     order: int
     size_option: str | None = None
     identity_at_init: bool = False

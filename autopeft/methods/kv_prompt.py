@@ -11,7 +11,7 @@ from timm.layers import Attention
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import ViTInfo
+from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
@@ -83,7 +83,7 @@ class PromptedAttention(ElasticWrapper):
         return per_tensor * (1 if self.prompt_v is None else 2)
 
 
-def attach(model: nn.Module, opts: KVPromptOptions, info: ViTInfo) -> None:
+def attach(model: nn.Module, opts: KVPromptOptions, info: BackboneInfo) -> None:
     lengths = per_block(opts.length, info.depth, "kv_prompt.length")
     for index, block in inject.blocks_of(model):
         if lengths[index] == 0:

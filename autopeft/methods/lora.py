@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import ViTInfo
+from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
@@ -154,7 +154,7 @@ def _parts(target_group: list[str], out_features: int) -> dict[str, tuple[int, i
     return {p: (i * third, (i + 1) * third) for i, p in enumerate(QKV_PARTS) if p in target_group}
 
 
-def attach(model: nn.Module, opts: LoRAOptions, info: ViTInfo) -> None:
+def attach(model: nn.Module, opts: LoRAOptions, info: BackboneInfo) -> None:
     ranks = per_block(opts.rank, info.depth, "lora.rank")
     qkv_group = [t for t in opts.targets if t in (*QKV_PARTS, "qkv")]
     sites = ([("qkv", qkv_group)] if qkv_group else []) + [(t, [t]) for t in opts.targets if t not in qkv_group]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from autopeft.backbones import ViTInfo
+from autopeft.backbones import BackboneInfo
 from autopeft.methods.base import MethodSpec, register
 
 
@@ -31,7 +31,7 @@ def _everything(model: nn.Module) -> list[nn.Parameter]:
     return list(model.parameters())
 
 
-def _attach_nothing(model: nn.Module, opts: NoOptions, info: ViTInfo | None) -> None:
+def _attach_nothing(model: nn.Module, opts: NoOptions, info: BackboneInfo | None) -> None:
     """These baselines add no modules; ``trainable`` selects what they unfreeze."""
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import ViTInfo
+from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
@@ -88,7 +88,9 @@ def output_width(module: nn.Module, site: str) -> int:
         return base.out_features
     if isinstance(base, nn.LayerNorm):
         return base.normalized_shape[-1]
-    raise ConfigError(f"ssf: site '{site}' is {type(base).__name__}; allowed: a Linear or a LayerNorm")
+    if isinstance(base, nn.Conv2d):
+        return base.out_channels
+    raise ConfigError(f"ssf: site '{site}' is {type(base).__name__}; allowed: a Linear, a LayerNorm or a Conv2d")
 
 
 def _patch_embed_site(model: nn.Module) -> tuple[nn.Module, str, int]:
@@ -107,7 +109,7 @@ def _final_norm_site(model: nn.Module) -> tuple[nn.Module, str]:
     raise ConfigError("ssf: site 'norm' needs a final LayerNorm (norm or fc_norm); this backbone has none")
 
 
-def attach(model: nn.Module, opts: SSFOptions, info: ViTInfo) -> None:
+def attach(model: nn.Module, opts: SSFOptions, info: BackboneInfo) -> None:
     flags = [int(f) for f in opts.enabled] if isinstance(opts.enabled, list) else int(opts.enabled)
     enabled = per_block(flags, info.depth, "ssf.enabled", maximum=1)
     for index, block in inject.blocks_of(model):
@@ -121,10 +123,10 @@ def attach(model: nn.Module, opts: SSFOptions, info: ViTInfo) -> None:
         return
     if "patch_embed" in opts.sites:
         parent, attr, channel_dim = _patch_embed_site(model)
-        inject.wrap(parent, attr, ScaleShift, info.width, None, channel_dim)
+        inject.wrap(parent, attr, ScaleShift, output_width(getattr(parent, attr), "patch_embed"), None, channel_dim)
     if "norm" in opts.sites:
         parent, attr = _final_norm_site(model)
-        inject.wrap(parent, attr, ScaleShift, info.width, None)
+        inject.wrap(parent, attr, ScaleShift, output_width(getattr(parent, attr), "norm"), None)
 
 
 SPEC = register(

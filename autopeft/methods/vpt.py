@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import ViTInfo
+from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import Elastic, Index, MethodSpec, check_size, register, tensor_kwargs
@@ -40,7 +40,9 @@ class PromptedBlocks(Elastic, nn.Sequential):
 
     method = "vpt"
 
-    def __init__(self, blocks: nn.Sequential, info: ViTInfo, lengths: list[int], deep: bool, dropout: float) -> None:
+    def __init__(
+        self, blocks: nn.Sequential, info: BackboneInfo, lengths: list[int], deep: bool, dropout: float
+    ) -> None:
         super().__init__(*blocks)
         self.deep = deep
         self.num_prefix_tokens = info.num_prefix_tokens
@@ -97,7 +99,13 @@ class PromptedBlocks(Elastic, nn.Sequential):
         return f"mode={'deep' if self.deep else 'shallow'}, lengths={self.lengths}"
 
 
-def attach(model: nn.Module, opts: VPTOptions, info: ViTInfo) -> None:
+def attach(model: nn.Module, opts: VPTOptions, info: BackboneInfo) -> None:
+    if info.hierarchical:
+        raise ConfigError(
+            "vpt: prompts join one token sequence through every block; a hierarchical backbone (Swin: windowed "
+            "stages of different widths) is not supported; allowed on this backbone: lora, adapter, ssf and the "
+            "baselines"
+        )
     deep = opts.mode == "deep"
     if deep:
         lengths = per_block(opts.length, info.depth, "vpt.length")
