@@ -118,7 +118,7 @@ def swin_images() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-SWIN_METHODS = {"lora": {"rank": 2}, "adapter": {"dim": 3, "sites": ["mlp", "attn"]}, "ssf": {}}
+SWIN_METHODS = {"lora": {"rank": 2}, "adapter": {"dim": 3, "sites": ["mlp", "attn"]}, "ssf": {}, "kv_prompt": {}}
 
 
 def test_swin_methods_at_size_zero_are_the_plain_model_bit_for_bit():
@@ -138,6 +138,7 @@ def test_swin_counts_follow_the_formulas_stage_by_stage():
     assert count({"adapter": {"dim": 3}}) == sum(2 * d * 3 + 3 + d for d in STAGE_WIDTHS)
     ssf_blocks = sum(2 * (d + 3 * d + d + d + 4 * d + d) for d in STAGE_WIDTHS)
     assert count({"ssf": {}}) == ssf_blocks + 2 * 16 + 2 * 32  # + the patch embedding and the final norm
+    assert count({"kv_prompt": {"length": 3}}) == sum(3 * d for d in STAGE_WIDTHS)
     per_block = autopeft.apply(swin(), {"lora": {"rank": [0, 2, 4, 0]}})
     assert autopeft.get_sizes(per_block, "lora") == [0, 2, 4, 0]
     with pytest.raises(ConfigError, match=r"lora.rank: per-block list has 2 entries; allowed: exactly 4"):
@@ -170,10 +171,32 @@ def test_swin_supernet_subnets_count_exactly():
     ("methods", "message"),
     [
         ({"vpt": {}}, "vpt: prompts join one token sequence through every block; a hierarchical backbone"),
-        ({"kv_prompt": {}}, "kv_prompt: block 0 attention is WindowAttention; allowed: timm's standard Attention"),
     ],
 )
 def test_token_methods_are_refused_on_swin_with_one_line(methods, message):
     with pytest.raises(ConfigError) as err:
         autopeft.apply(swin(), methods)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_swin_key_value_prompts_get_no_bias_and_every_shifted_window_query_sees_them():
+    model = autopeft.apply(swin(), {"kv_prompt": {"length": 3, "shared": False}})
+    randomise_trainable(model)
+    block = model.layers[0].blocks[1]  # a shifted block: its mask keeps the rolled regions apart
+    assert block.attn_mask is not None and block.attn_mask.min() < -10
+    prompted, attn = block.attn, block.attn.base
+    windows, N, C = block.attn_mask.shape[0], attn.window_area, 16
+    x = torch.randn(2 * windows, N, C, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            out = prompted(x, mask=block.attn_mask)
+        # an independent oracle: explicit scores over [prompts | window tokens]
+        q, k, v = attn.qkv(x).reshape(2 * windows, N, 3, 1, 16).permute(2, 0, 3, 1, 4)
+        pk = prompted.prompt_k.expand(2 * windows, -1, -1, -1)
+        pv = prompted.prompt_v.expand(2 * windows, -1, -1, -1)
+        scores = q @ torch.cat([pk, k], 2).transpose(-2, -1) * attn.scale  # (B, heads, N, 3 + N)
+        bias = attn._get_rel_pos_bias()  # (1, heads, N, N) for window tokens only
+        mask = block.attn_mask.repeat(2, 1, 1)[:, None]  # window i of every image
+        scores[..., 3:] = scores[..., 3:] + bias + mask
+        expected = attn.proj((scores.softmax(-1) @ torch.cat([pv, v], 2)).transpose(1, 2).reshape(2 * windows, N, C))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
+from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from autopeft import inject
@@ -32,11 +33,12 @@ class PromptedAttention(ElasticWrapper):
 
     method = "kv_prompt"
 
-    def __init__(self, base: Attention, block: int, length: int, shared: bool) -> None:
+    def __init__(self, base: nn.Module, block: int, length: int, shared: bool) -> None:
         super().__init__(base, block, length)
         kw = tensor_kwargs(base)
-        shape = (base.num_heads, length, base.head_dim)
-        bound = 1.0 / math.sqrt(base.head_dim)  # kaiming-uniform(a=sqrt(5)) with fan_in = head_dim
+        head_dim = inject.unwrapped(base.qkv).out_features // 3 // base.num_heads
+        shape = (base.num_heads, length, head_dim)
+        bound = 1.0 / math.sqrt(head_dim)  # kaiming-uniform(a=sqrt(5)) with fan_in = head_dim
         self.prompt_k = nn.Parameter(torch.empty(shape, **kw).uniform_(-bound, bound))
         self.prompt_v = None if shared else nn.Parameter(torch.empty(shape, **kw).uniform_(-bound, bound))
 
@@ -51,8 +53,7 @@ class PromptedAttention(ElasticWrapper):
         gate = attn.gate(x).sigmoid() if attn.gate is not None else None
         q, k, v = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        prompt_k = self.prompt_k[:, :t].expand(B, -1, -1, -1)
-        prompt_v = prompt_k if self.prompt_v is None else self.prompt_v[:, :t].expand(B, -1, -1, -1)
+        prompt_k, prompt_v = self.prompts(B)
         k = torch.cat([prompt_k, k], dim=2)
         v = torch.cat([prompt_v, v], dim=2)
         if attn_mask is not None:
@@ -78,9 +79,39 @@ class PromptedAttention(ElasticWrapper):
     def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
         return [(p, (slice(None), slice(0, self.size))) for p in self.own_parameters()]
 
+    def prompts(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The active key and value prompts, ``(batch, heads, t, head_dim)`` each."""
+        key = self.prompt_k[:, : self.size].expand(batch, -1, -1, -1)
+        return key, key if self.prompt_v is None else self.prompt_v[:, : self.size].expand(batch, -1, -1, -1)
+
     def count(self) -> int:
         per_tensor = self.prompt_k.shape[0] * self.size * self.prompt_k.shape[2]
         return per_tensor * (1 if self.prompt_v is None else 2)
+
+
+class PromptedWindowAttention(PromptedAttention):
+    """Swin's window attention with ``t`` prompt tokens prepended to K and V inside every window.
+
+    The relative position bias and the shifted-window mask are padded with zeros on the prompt columns:
+    prompts carry no position bias, and every query of every window (shifted or not) sees them.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        t, attn = self.size, self.base
+        if t == 0:
+            return attn(x, mask=mask)
+        B, N, _ = x.shape
+        q, k, v = attn.qkv(x).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        prompt_k, prompt_v = self.prompts(B)
+        k, v = torch.cat([prompt_k, k], dim=2), torch.cat([prompt_v, v], dim=2)
+        bias = F.pad(attn._get_rel_pos_bias(), (t, 0))  # (1, heads, N, t + N)
+        if mask is not None:
+            windows = mask.shape[0]
+            shifted = F.pad(mask, (t, 0)).view(1, windows, 1, N, N + t)
+            bias = bias + shifted.expand(B // windows, -1, attn.num_heads, -1, -1).reshape(B, attn.num_heads, N, N + t)
+        dropout = attn.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        return attn.proj_drop(attn.proj(x.transpose(1, 2).reshape(B, N, -1)))
 
 
 def attach(model: nn.Module, opts: KVPromptOptions, info: BackboneInfo) -> None:
@@ -90,11 +121,13 @@ def attach(model: nn.Module, opts: KVPromptOptions, info: BackboneInfo) -> None:
             continue
         parent, attr = inject.locate(block, "attn", "kv_prompt", index)
         attn = getattr(parent, attr)
-        if type(attn) is not Attention:
+        wrapper = {Attention: PromptedAttention, WindowAttention: PromptedWindowAttention}.get(type(attn))
+        if wrapper is None:
             raise ConfigError(
-                f"kv_prompt: block {index} attention is {type(attn).__name__}; allowed: timm's standard Attention"
+                f"kv_prompt: block {index} attention is {type(attn).__name__}; allowed: timm's Attention (ViT) "
+                f"and WindowAttention (Swin)"
             )
-        inject.wrap(parent, attr, PromptedAttention, index, lengths[index], opts.shared)
+        inject.wrap(parent, attr, wrapper, index, lengths[index], opts.shared)
 
 
 SPEC = register(
