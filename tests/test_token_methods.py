@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import autopeft
+from autopeft.inject import unwrapped
 from tests.conftest import WIDTH, randomise_trainable, tiny_vit
 
 PATCHES = 16
@@ -13,7 +14,8 @@ PATCHES = 16
 
 def block_inputs(model: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
-    hooks = [b.register_forward_pre_hook(lambda _, args: seen.append(args[0])) for b in model.blocks]
+    blocks = [unwrapped(b) for b in model.blocks]  # the timm blocks, inside any VPT wrapper
+    hooks = [b.register_forward_pre_hook(lambda _, args: seen.append(args[0])) for b in blocks]
     with torch.no_grad():
         model(images)
     for hook in hooks:
@@ -30,7 +32,7 @@ def test_vpt_prompts_follow_prefix_tokens_and_leave_before_pooling(variant, mode
     reference = block_inputs(plain, images)[0]
     assert first.shape[1] == prefix + 4 + PATCHES
     assert torch.equal(first[:, :prefix], reference[:, :prefix])
-    assert torch.equal(first[:, prefix : prefix + 4], model.blocks.prompt_0.expand(4, -1, -1))
+    assert torch.equal(first[:, prefix : prefix + 4], model.blocks[0].prompt.expand(4, -1, -1))
     assert torch.equal(first[:, prefix + 4 :], reference[:, prefix:])
     with torch.no_grad():
         assert model.forward_features(images).shape == plain.forward_features(images).shape
@@ -41,7 +43,7 @@ def test_vpt_deep_replaces_prompts_per_block(images):
     lengths = [x.shape[1] - 1 - PATCHES for x in block_inputs(model, images)]
     assert lengths == [2, 0, 3]
     inputs = block_inputs(model, images)
-    assert torch.equal(inputs[2][:, 1:4], model.blocks.prompt_2.expand(4, -1, -1))
+    assert torch.equal(inputs[2][:, 1:4], model.blocks[2].prompt.expand(4, -1, -1))
 
 
 def test_vpt_shallow_prompts_travel_through_blocks(images):
@@ -52,7 +54,7 @@ def test_vpt_shallow_prompts_travel_through_blocks(images):
 def test_vpt_init_bound():
     model = autopeft.apply(tiny_vit(), {"vpt": {"length": 200}})
     bound = (6.0 / (3 * 8 * 8 + WIDTH)) ** 0.5
-    prompt = model.blocks.prompt_0
+    prompt = model.blocks[0].prompt
     assert prompt.abs().max().item() <= bound
     assert prompt.abs().max().item() > 0.9 * bound
 
@@ -83,3 +85,28 @@ def test_kv_prompt_matches_explicit_attention():
     assert weights.shape[-2:] == (5, 7)
     expected = attn.proj((weights @ v).transpose(1, 2).reshape(2, 5, WIDTH))
     assert (wrapper(x) - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        {"vpt": {"length": [2, 0, 3], "dropout": 0.0}},
+        {"vpt": {"length": 3, "mode": "shallow", "dropout": 0.0}},
+        {"lora": {"rank": 2}, "adapter": {"dim": 2}, "ssf": {}, "kv_prompt": {"length": 2}},
+    ],
+    ids=["vpt-deep", "vpt-shallow", "the-other-four"],
+)
+def test_timm_gradient_checkpointing_keeps_every_method(methods, images):
+    model = autopeft.apply(tiny_vit(), methods)
+    randomise_trainable(model)
+    expected = model.train()(images)
+    expected.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    model.set_grad_checkpointing(True)  # timm then runs the blocks one by one through torch's checkpoint
+    out = model(images)
+    out.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param.grad, grads[name], rtol=1e-5, atol=1e-6)

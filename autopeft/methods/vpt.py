@@ -14,7 +14,7 @@ from autopeft import inject
 from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import Elastic, Index, MethodSpec, check_size, register, tensor_kwargs
+from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, check_size, register, tensor_kwargs
 
 
 @dataclass
@@ -30,73 +30,89 @@ class VPTOptions:
             raise ConfigError(f"vpt.dropout: got {self.dropout}; allowed: 0 <= dropout < 1")
 
 
-class PromptedBlocks(Elastic, nn.Sequential):
-    """The model's block sequence, inserting prompts after the prefix tokens.
+class PromptRoute:
+    """Which prompts are in the token sequence around each block (shared by a model's PromptedBlocks).
 
-    Deep: before each block its own prompts replace the previous ones (a block with length
-    0 sees none). Shallow: prompts enter before block 0 and travel through. All prompts are
-    removed after the last block, so pooling and the head never see them.
+    Deep: before each block its own prompts replace the previous block's (a block of length 0 sees
+    none). Shallow: block 0's prompts enter before it and travel through every block. After the last
+    block every prompt leaves, so pooling and the head never see one.
     """
+
+    def __init__(self, lengths: list[int], deep: bool, num_prefix_tokens: int) -> None:
+        self.lengths, self.deep, self.prefix = lengths, deep, num_prefix_tokens
+
+    def entering(self, block: int) -> int:
+        """Prompt tokens in the sequence that reaches ``block``."""
+        return 0 if block == 0 else self.lengths[block - 1 if self.deep else 0]
+
+    def leaving(self, block: int) -> int:
+        """Prompt tokens in the sequence that ``block`` puts out."""
+        return self.lengths[block if self.deep else 0]
+
+
+class PromptedBlock(ElasticWrapper):
+    """One transformer block (``base``) with the VPT prompts of its place in the sequence: it puts its own
+    prompts after the prefix tokens in place of the ones it received (deep: every block; shallow: block 0),
+    runs the block, and the last block removes them. One wrapper per block, so timm's gradient
+    checkpointing, which runs the blocks one by one, keeps the prompts."""
 
     method = "vpt"
 
     def __init__(
-        self, blocks: nn.Sequential, info: BackboneInfo, lengths: list[int], deep: bool, dropout: float
+        self,
+        base: nn.Module,
+        block: int,
+        length: int,
+        route: PromptRoute,
+        last: bool,
+        info: BackboneInfo,
+        dropout: float,
     ) -> None:
-        super().__init__(*blocks)
-        self.deep = deep
-        self.num_prefix_tokens = info.num_prefix_tokens
-        self.width = info.width
-        self.max_lengths = list(lengths)
-        self.lengths = list(lengths)
-        self.dropout = dropout  # a float, not an nn.Dropout: every child module here is a block
-        kw = tensor_kwargs(blocks)
+        super().__init__(base, block, length)
+        self.route, self.last, self.width, self.dropout = route, last, info.width, dropout
         bound = math.sqrt(6.0 / (info.in_chans * math.prod(info.patch_size) + info.width))
-        for index, length in enumerate(lengths):
-            if length:
-                prompt = torch.empty(length, info.width, **kw)
-                self.register_parameter(f"prompt_{index}", nn.Parameter(prompt.uniform_(-bound, bound)))
+        empty = torch.empty(length, info.width, **tensor_kwargs(base))
+        self.prompt = nn.Parameter(empty.uniform_(-bound, bound)) if length else None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self._size = check_size(self.method, value, self.max_size, self.block)
+        self.route.lengths[self.block] = self._size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.num_prefix_tokens
-        current = 0
-        for index, block in enumerate(self):
-            length = self.lengths[index]
-            if (self.deep or index == 0) and (length or current):
-                pieces = [x[:, :n], self._prompt(index, x.shape[0])] if length else [x[:, :n]]
-                x = torch.cat([*pieces, x[:, n + current :]], dim=1)
-                current = length
-            x = block(x)
-        if current:
-            x = torch.cat([x[:, :n], x[:, n + current :]], dim=1)
-        return x
+        route, n, entering = self.route, self.route.prefix, self.route.entering(self.block)
+        if (route.deep or self.block == 0) and (entering or self.size):
+            pieces = [x[:, :n], self._prompt(x.shape[0])] if self.size else [x[:, :n]]
+            x = torch.cat([*pieces, x[:, n + entering :]], dim=1)
+        x = self.base(x)
+        leaving = route.leaving(self.block)
+        return torch.cat([x[:, :n], x[:, n + leaving :]], dim=1) if self.last and leaving else x
 
-    def _prompt(self, index: int, batch: int) -> torch.Tensor:
-        prompt = getattr(self, f"prompt_{index}")[: self.lengths[index]]
-        return F.dropout(prompt.expand(batch, -1, -1), self.dropout, self.training)
+    def _prompt(self, batch: int) -> torch.Tensor:
+        return F.dropout(self.prompt[: self.size].expand(batch, -1, -1), self.dropout, self.training)
 
-    def block_sizes(self) -> dict[int, int]:
-        return dict(enumerate(self.lengths))
-
-    def set_block_sizes(self, sizes: list[int]) -> None:
-        checked = [check_size("vpt", s, m, i) for i, (s, m) in enumerate(zip(sizes, self.max_lengths, strict=True))]
-        self.lengths = checked
+    def __getattr__(self, name: str):
+        """The block's own parts (``attn``, ``mlp``, ``norm1``, ...) stay reachable through the wrapper."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base"), name)
 
     def own_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters(recurse=False) if name.startswith("prompt_")]
+        return [] if self.prompt is None else [self.prompt]
 
     def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
-        return [
-            (getattr(self, f"prompt_{i}"), (slice(0, self.lengths[i]),))
-            for i, length in enumerate(self.max_lengths)
-            if length
-        ]
+        return [(p, (slice(0, self.size),)) for p in self.own_parameters()]
 
     def count(self) -> int:
-        return sum(self.lengths) * self.width
+        return self.size * self.width
 
     def extra_repr(self) -> str:
-        return f"mode={'deep' if self.deep else 'shallow'}, lengths={self.lengths}"
+        return f"{super().extra_repr()}, mode={'deep' if self.route.deep else 'shallow'}"
 
 
 def attach(model: nn.Module, opts: VPTOptions, info: BackboneInfo) -> None:
@@ -113,7 +129,10 @@ def attach(model: nn.Module, opts: VPTOptions, info: BackboneInfo) -> None:
         lengths = per_block(opts.length, 1, "vpt.length") + [0] * (info.depth - 1)
     if not any(lengths):
         return
-    inject.wrap(model, "blocks", PromptedBlocks, info, lengths, deep, opts.dropout)
+    route = PromptRoute(list(lengths), deep, info.num_prefix_tokens)
+    for index, _ in inject.blocks_of(model):
+        last = index == info.depth - 1
+        inject.wrap(model.blocks, str(index), PromptedBlock, index, lengths[index], route, last, info, opts.dropout)
 
 
 SPEC = register(
