@@ -13,6 +13,7 @@ import timm
 import torch
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
 from autopeft.errors import BackboneError
 from autopeft.inject import stage_blocks, unwrapped
@@ -33,13 +34,15 @@ DEMO_BACKBONES: dict[str, dict[str, Any]] = {
 
 
 # Block layouts methods are exact on: pre-norm ``Block`` and post-norm ``ResPostBlock`` (adapters refused
-# there) in ViTs, and Swin's ``SwinTransformerBlock``; the parallel layouts have no single attn / mlp per block.
-BLOCK_KINDS = ("Block", "ResPostBlock", "SwinTransformerBlock")
+# there) in ViTs, their relative-position versions, and Swin's ``SwinTransformerBlock``; the parallel layouts
+# have no single attn / mlp per block.
+BLOCK_KINDS = ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock", "SwinTransformerBlock")
+POST_NORM = ("ResPostBlock", "ResPostRelPosBlock")  # x + norm(sublayer(x)): no place for an adapter
 PARALLEL = {
     "ParallelThingsBlock": "several attention and MLP branches side by side",
     "ParallelScalingBlock": "attention and MLP fused into one parallel projection",
 }
-FAMILIES = (VisionTransformer, SwinTransformer)
+FAMILIES = (VisionTransformer, VisionTransformerRelPos, SwinTransformer)
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,8 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
     """Describe ``model``; raise a clear error if it is not a supported timm transformer."""
     if not isinstance(model, FAMILIES):
         raise BackboneError(
-            f"{method}: needs a timm VisionTransformer (vit_*, deit_*) or SwinTransformer (swin_*) with token "
-            f"blocks; got {type(model).__name__}"
+            f"{method}: needs a timm VisionTransformer (vit_*, deit_*, vit_relpos_*) or SwinTransformer (swin_*) "
+            f"with token blocks; got {type(model).__name__}"
         )
     stages, blocks = stage_blocks(model)
     block = unwrapped(blocks[0])

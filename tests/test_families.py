@@ -13,11 +13,19 @@ from tests.conftest import randomise_trainable
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 FAMILIES = {
     "deit_tiny_distilled_patch16_224": TINY,  # two heads, two prefix tokens
+    "vit_relpos_base_patch16_224": TINY,  # relative position bias (an MLP over offsets), no class token
     "vit_base_patch16_rpn_224": TINY,  # post-norm ResPostBlock
     "vit_giant_patch14_dinov2": {"img_size": 28, "patch_size": 14, "embed_dim": 32, "depth": 2, "num_heads": 2},
     "vit_tiny_r_s16_p8_224": {"img_size": 64},  # ResNet stem (HybridEmbed)
 }
 METHODS = {"lora": {"rank": 2}, "ssf": {}, "vpt": {"length": 2}, "kv_prompt": {"length": 2}}
+
+
+RELPOS_METHODS = {"lora": {"rank": 2}, "ssf": {}, "adapter": {"dim": 2}}  # token methods: see below
+
+
+def methods_of(name: str) -> dict:
+    return RELPOS_METHODS if "relpos" in name else METHODS
 
 
 def build(name: str) -> torch.nn.Module:
@@ -34,16 +42,16 @@ def inputs(name: str) -> torch.Tensor:
 def test_every_method_at_size_zero_is_the_plain_model_bit_for_bit(name):
     plain = build(name)
     expected = plain(inputs(name))
-    model = autopeft.apply(build(name), METHODS)
+    model = autopeft.apply(build(name), methods_of(name))
     randomise_trainable(model)  # trained-like values everywhere, then every method switched off
-    for method in METHODS:
+    for method in methods_of(name):
         autopeft.set_sizes(model, method, 0)
     assert torch.equal(model(inputs(name)), expected)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_methods_run_count_exactly_and_merge(name):
-    model = autopeft.apply(build(name), METHODS)
+    model = autopeft.apply(build(name), methods_of(name))
     randomise_trainable(model)
     counted = autopeft.count_trainable(model)
     own = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -101,7 +109,9 @@ def test_parallel_blocks_are_refused_on_one_line(name, kind):
         autopeft.create_backbone(name, 5, **TINY)
     message = str(err.value)
     assert message.startswith(f"backbone '{name}': blocks of kind {kind} (") and "\n" not in message
-    assert message.endswith("are not supported; allowed: timm blocks Block, ResPostBlock, SwinTransformerBlock")
+    assert message.endswith(
+        "not supported; allowed: timm blocks Block, ResPostBlock, RelPosBlock, ResPostRelPosBlock, SwinTransformerBlock"
+    )
 
 
 SWIN = {"img_size": 32, "patch_size": 2, "window_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2)}
@@ -200,3 +210,16 @@ def test_swin_key_value_prompts_get_no_bias_and_every_shifted_window_query_sees_
         scores[..., 3:] = scores[..., 3:] + bias + mask
         expected = attn.proj((scores.softmax(-1) @ torch.cat([pv, v], 2)).transpose(1, 2).reshape(2 * windows, N, C))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        ({"vpt": {}}, "vpt: VisionTransformerRelPos sizes its relative position bias to the patch grid"),
+        ({"kv_prompt": {}}, "kv_prompt: block 0 attention is RelPosAttention; allowed: timm's Attention (ViT)"),
+    ],
+)
+def test_token_methods_are_refused_on_relative_position_vits_with_one_line(methods, message):
+    with pytest.raises(ConfigError) as err:
+        autopeft.apply(build("vit_relpos_base_patch16_224"), methods)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import BackboneInfo
+from autopeft.backbones import POST_NORM, BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
@@ -100,9 +100,10 @@ def attach(model: nn.Module, opts: AdapterOptions, info: BackboneInfo) -> None:
     for index, block in inject.blocks_of(model):
         if dims[index] == 0:
             continue
-        if type(inject.unwrapped(block)).__name__ == "ResPostBlock":
+        kind = type(inject.unwrapped(block)).__name__
+        if kind in POST_NORM:
             raise ConfigError(
-                f"adapter: block {index} is post-norm (ResPostBlock: x + norm(sublayer(x))), where an adapter would "
+                f"adapter: block {index} is post-norm ({kind}: x + norm(sublayer(x))), where an adapter would "
                 f"have to move the norm in front of its sub-layer; allowed on this backbone: lora, ssf, vpt, "
                 f"kv_prompt and the baselines"
             )

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from autopeft import inject
@@ -119,8 +120,13 @@ def attach(model: nn.Module, opts: VPTOptions, info: BackboneInfo) -> None:
     if info.hierarchical:
         raise ConfigError(
             "vpt: prompts join one token sequence through every block; a hierarchical backbone (Swin: windowed "
-            "stages of different widths) is not supported; allowed on this backbone: lora, adapter, ssf and the "
-            "baselines"
+            "stages of different widths) is not supported; allowed on this backbone: lora, adapter, ssf, "
+            "kv_prompt and the baselines"
+        )
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(
+            f"vpt: {type(model).__name__} sizes its relative position bias to the patch grid, so extra tokens do "
+            f"not fit; allowed on this backbone: lora, adapter, ssf and the baselines"
         )
     deep = opts.mode == "deep"
     if deep:
