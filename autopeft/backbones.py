@@ -30,6 +30,23 @@ DEMO_BACKBONES: dict[str, dict[str, Any]] = {
         "std": (0.5, 0.5, 0.5),
         "sha256": "993f65531874c249d1caee0ba58b8f6040b256e1d280ab790dd837876945a2fc",
     },
+    # a tiny Swin at 32 px (patches of 4: an 8x8 then a 4x4 grid; 2 stages of 2 blocks, widths 32 and 64; windows
+    # of 4x4, shifted in every second block of the first stage) for CPU runs of the Swin code paths;
+    # it ships without weights: use it with backbone.pretrained: false (random init)
+    "swin_demo": {
+        "timm_name": "swin_tiny_patch4_window7_224",
+        "timm": {
+            "img_size": 32,
+            "patch_size": 4,
+            "window_size": 4,
+            "embed_dim": 32,
+            "depths": (2, 2),
+            "num_heads": (2, 4),
+        },
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "sha256": None,
+    },
 }
 
 
@@ -152,6 +169,11 @@ def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> 
 
 def demo_weights(name: str) -> Path:
     """The shipped weights of a demo backbone, checked against their recorded sha256."""
+    if DEMO_BACKBONES[name]["sha256"] is None:
+        raise BackboneError(
+            f"backbone '{name}': ships without weights (an architecture for random-init runs); allowed: "
+            f"backbone.pretrained: false, or checkpoint=PATH"
+        )
     path = ASSETS / f"{name}.safetensors"
     if not path.is_file():
         raise BackboneError(f"backbone '{name}': shipped weights {path} are missing; reinstall autopeft")

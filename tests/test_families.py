@@ -223,3 +223,27 @@ def test_token_methods_are_refused_on_relative_position_vits_with_one_line(metho
     with pytest.raises(ConfigError) as err:
         autopeft.apply(build("vit_relpos_base_patch16_224"), methods)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_swin_demo_runs_the_supernet_pipeline_end_to_end(tmp_path):
+    from autopeft.search.pipeline import parse_pipeline, run_pipeline
+
+    backbone = {"name": "swin_demo", "pretrained": False}
+    train = {"epochs": 1, "batch_size": 200, "lr": 0.01, "warmup_epochs": 0}
+    space = {"methods": {"lora": {"sizes": [0, 2]}, "kv_prompt": {"sizes": [0, 2]}, "ssf": {"sizes": [0, 1]}}}
+    pipeline = parse_pipeline(
+        {
+            "backbone": backbone,
+            "space": space,
+            "supernet": {"train": train, "cost": None, "sampling": "budget"},
+            "search": {"evolution": {"population": 3, "parents": 1, "mutations": 2, "crossovers": 0, "generations": 1}},
+            "retrain": {"top_k": 1, "train": train, "seeds": [0]},
+            "baselines": ["lora"],
+        },
+        "x",
+    )
+    record = run_pipeline(pipeline, tmp_path / "run")
+    assert record.status == "completed" and 0 < record.trainable_params <= record.budget
+    assert record.table[0].test_acc is not None and record.provenance.checkpoint == "random init"
+    with pytest.raises(BackboneError, match="backbone 'swin_demo': ships without weights"):
+        autopeft.create_backbone("swin_demo", 5)
