@@ -317,7 +317,7 @@ def header() -> list[str]:
         "as reference rows (outside the budget).",
         f"- Finals: each choice retrained on train+val, seeds {', '.join(map(str, FINAL_SEEDS))}, test read once per "
         f"run; searched strategies run with search seeds {', '.join(map(str, SEARCH_SEEDS))}, each seed's choice "
-        "gets its own finals, and the row pools them (6 runs).",
+        f"gets its own finals, and the row pools them ({len(SEARCH_SEEDS) * len(FINAL_SEEDS)} runs).",
         "- Differences: paired over final seeds (a searched strategy's two search seeds averaged per final seed) "
         "against the tuned single method, 95% t-interval (2 degrees of freedom); win/loss when the interval "
         "excludes 0, tie when it covers 0 with a half-width <= 1 point, undecided when it is wider. Suite: mean "
@@ -418,7 +418,7 @@ def render_baselines(results: list[TaskResult]) -> str:
     for result in results:
         for method, (options, lr, acc) in result.per_method.items():
             lines.append(f"| {result.task} | {method} | {json.dumps(options)} | {lr:g} | {acc:.1f} |")
-    lines += ["", "| task | row | test % (mean +- std over 3 seeds) |", "|---|---|---|"]
+    lines += ["", f"| task | row | test % (mean +- std over {len(FINAL_SEEDS)} seeds) |", "|---|---|---|"]
     for result in results:
         for s in result.strategies:
             if s.name.startswith(("tuned", "largest", "linear", "full")):
