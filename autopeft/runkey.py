@@ -21,6 +21,9 @@ from autopeft.errors import ConfigError
 from autopeft.runconfig import BackboneConfig, RunConfig
 
 NOT_IN_KEY = {"train": ("device",)}  # run-config fields that never change a run's numbers
+# Fields added after keys were first made: they enter the key only away from these defaults, so every
+# run cached before a field existed keeps its key (and stays reusable).
+LATER_FIELDS = {"train": {"amp": "auto"}}
 
 
 def weights_id(backbone: BackboneConfig) -> str:
@@ -50,6 +53,8 @@ def key_fields(config: RunConfig) -> dict[str, Any]:
     fields = config.to_dict()
     for section, names in NOT_IN_KEY.items():
         fields[section] = {k: v for k, v in fields[section].items() if k not in names}
+    for section, defaults in LATER_FIELDS.items():
+        fields[section] = {k: v for k, v in fields[section].items() if defaults.get(k, object()) != v}
     task = BUILTIN_TASKS.get(config.data.name or "")
     if task is not None and task.version > 1:  # keys made before generators had versions stay valid
         fields["data_version"] = task.version
