@@ -132,6 +132,10 @@ def render(runs: dict, tasks: list[str], lrs: tuple[float, ...], threads: int, w
         "Every cell: the final epoch of its run (never the best epoch). The full val curves of every run are in "
         "the cached run folders (`metrics.jsonl`).",
         "",
+        "shapes_count and shapes_distance are their version-2 generators (1-4 shapes; 4 distance bins over 1-4). "
+        "Version 1 (1-6 smaller shapes; 6 bins over 1-6) failed this check at +18 and +20 points over chance "
+        "and was redesigned; cached runs of version 1 carry another key and are never reused.",
+        "",
         f"Regenerate: `{COMMAND} --threads {threads} --workers {workers}` ({len(runs)} runs, {cpu:.0f} min of "
         f"training summed over runs, {platform.machine()}, torch {torch.__version__}).",
         "",
