@@ -341,6 +341,12 @@ def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[dict], 
     except Exception as err:
         raise ConfigError(f"{path}: checkpoint cannot be read ({type(err).__name__})") from err
     params = dict(model.named_parameters())
+    foreign = sorted(set(state["trainable"]) - set(params))
+    if foreign:
+        raise ConfigError(
+            f"{path}: checkpoint holds parameter '{foreign[0]}' that this model does not have (written by another "
+            "autopeft version or model); train in a new folder, or delete the checkpoint to start over"
+        )
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
             params[name].copy_(tensor)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from autopeft.cli import one_line
 from autopeft.errors import ConfigError
@@ -153,3 +154,16 @@ def test_file_system_errors_are_one_line():
     assert one_line(full) == "/data/run/result.json: no space left on device"
     denied = PermissionError(errno.EACCES, "Permission denied", "/data/run")
     assert one_line(denied) == "/data/run: Permission denied"
+
+
+def test_a_checkpoint_from_another_model_is_refused_in_one_line_and_kept(tmp_path):
+    config = load_run_config(write_config(tmp_path, epochs=1))
+    train_run(config, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["trainable"] = {f"old.{name}": tensor for name, tensor in state["trainable"].items()}
+    torch.save(state, checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(ConfigError, match=r"checkpoint holds parameter 'old\.[^']+' that this model does not have"):
+        train_run(config, tmp_path / "run", resume=True)
+    assert checkpoint.read_bytes() == before
