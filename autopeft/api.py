@@ -13,12 +13,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import backbone_info
+from autopeft.backbones import backbone_info, refuse_token_methods
 from autopeft.config import parse_options, per_block
 from autopeft.errors import ConfigError
 from autopeft.files import write_atomic, write_json
 from autopeft.methods import REGISTRY, Elastic, ElasticWrapper, elastic_modules
 from autopeft.methods.base import check_size
+from autopeft.methods.prompts import SegmentMask, segment_masks, set_segment_masks
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -40,6 +41,7 @@ def apply(model: nn.Module, methods: Mapping[str, Mapping[str, Any] | None]) -> 
     parsed = {name: parse_options(_spec(name).options, opts, name) for name, opts in methods.items()}
     vit_methods = [name for name in parsed if REGISTRY[name].needs_vit]
     info = backbone_info(model, vit_methods[0]) if vit_methods else None
+    refuse_token_methods(model, list(parsed), backbone_name(model))
     for name in sorted(parsed, key=lambda n: REGISTRY[n].order):
         REGISTRY[name].attach(model, parsed[name], info)
     _set_trainable(model, parsed)
@@ -127,7 +129,8 @@ def backbone_name(model: nn.Module) -> str:
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
-    """Write ``adapter.safetensors`` (trainable tensors, head included) and ``adapter_config.json``."""
+    """Write ``adapter.safetensors`` (trainable tensors, head included) and ``adapter_config.json`` (with
+    the segment masks of pruned prompts: their pruned segments are in no tensor)."""
     if getattr(model, "autopeft_merged", None):
         raise ConfigError(
             f"save_adapter: {model.autopeft_merged} are merged into the backbone weights; save the "
@@ -145,6 +148,9 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
         "methods": methods,
         "sizes": {m: get_sizes(model, m) for m in methods if REGISTRY[m].size_option},
     }
+    masks = segment_masks(model)
+    if masks:
+        config["segment_masks"] = [asdict(mask) for mask in masks]
     write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
     write_json(directory / CONFIG_FILE, config)
     return directory
@@ -166,8 +172,10 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         raise ConfigError(f"{weights}: not a readable safetensors file ({err})") from err
     methods = getattr(model, "autopeft_methods", None)
     if methods and methods != config["methods"]:
+        name = min(n for n in {*methods, *config["methods"]} if methods.get(n) != config["methods"].get(n))
         raise ConfigError(
-            f"{directory / CONFIG_FILE}: methods {sorted(config['methods'])} differ from the model's {sorted(methods)}"
+            f"{directory / CONFIG_FILE}: methods {sorted(config['methods'])} differ from the model's "
+            f"{sorted(methods)}: {name} is {config['methods'].get(name)} in the file, {methods.get(name)} in the model"
         )
     undo = _undo_point(model)
     try:
@@ -175,6 +183,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             apply(model, config["methods"])
         for method, sizes in config.get("sizes", {}).items():
             set_sizes(model, method, sizes)
+        set_segment_masks(model, _segment_masks(config, directory / CONFIG_FILE), str(directory / CONFIG_FILE))
         _check_tensors(model, tensors, weights, config.get("backbone"))
     except BaseException:
         undo()
@@ -187,19 +196,22 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def _undo_point(model: nn.Module) -> Callable[[], None]:
-    """A function that puts back what ``apply`` and ``set_sizes`` change: every module's children
-    (wrappers replace them), ``requires_grad`` flags, active sizes and ``model.autopeft_methods``.
-    Tensor values are not recorded: ``load_adapter`` copies them only after every check passed."""
-    children = [(module, dict(module._modules)) for module in model.modules()]
+    """A function that puts back what ``apply``, ``set_sizes`` and segment masks change: every module's
+    children (wrappers replace them) and parameters (a masked prompt's), ``requires_grad`` flags, active
+    sizes and ``model.autopeft_methods``. Tensor values are not recorded: ``load_adapter`` copies them only
+    after every check passed."""
+    children = [(module, dict(module._modules), dict(module._parameters)) for module in model.modules()]
     flags = [(param, param.requires_grad) for param in model.parameters()]
     sizes = [(m, m.size if isinstance(m, ElasticWrapper) else m.block_sizes()) for m in elastic_modules(model)]
     methods = model.__dict__.get("autopeft_methods", None)
     depth = inject.block_count(model)
 
     def undo() -> None:
-        for module, modules in children:
+        for module, modules, params in children:
             module._modules.clear()
             module._modules.update(modules)
+            module._parameters.clear()
+            module._parameters.update(params)
         for param, flag in flags:
             param.requires_grad_(flag)
         for module, size in sizes:
@@ -224,6 +236,17 @@ def _read_config(file: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("methods"), dict):
         raise ConfigError(f"{file}: missing key 'methods' (a mapping of method -> options)")
     return config
+
+
+def _segment_masks(config: dict[str, Any], file: Path) -> list[SegmentMask]:
+    masks = config.get("segment_masks", [])
+    if not isinstance(masks, list):
+        raise ConfigError(f"{file}: 'segment_masks' is not a list of masks (method, block, tensor, keep)")
+    keys = list(SegmentMask.__dataclass_fields__)
+    for i, mask in enumerate(masks):
+        if not isinstance(mask, dict) or not set(keys) <= set(mask):
+            raise ConfigError(f"{file}: segment_masks[{i}]: expected a mapping with keys {', '.join(keys)}")
+    return [parse_options(SegmentMask, mask, f"{file}: segment_masks[{i}]") for i, mask in enumerate(masks)]
 
 
 def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], file: Path, saved_for: str | None) -> None:

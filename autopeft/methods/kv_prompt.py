@@ -15,7 +15,8 @@ from autopeft import inject
 from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import MethodSpec, register, tensor_kwargs
+from autopeft.methods.prompts import PromptWrapper
 
 
 @dataclass
@@ -24,7 +25,7 @@ class KVPromptOptions:
     shared: bool = True
 
 
-class PromptedAttention(ElasticWrapper):
+class PromptedAttention(PromptWrapper):
     """timm's Attention, reusing its weights, with ``t`` prompt tokens prepended to K and V.
 
     Prompts have shape ``(heads, t_max, head_dim)``; queries are unchanged, so attention is
@@ -32,6 +33,8 @@ class PromptedAttention(ElasticWrapper):
     """
 
     method = "kv_prompt"
+    tensors = ("prompt_k", "prompt_v")
+    token_dim = 1
 
     def __init__(self, base: nn.Module, block: int, length: int, shared: bool) -> None:
         super().__init__(base, block, length)
@@ -76,17 +79,11 @@ class PromptedAttention(ElasticWrapper):
             x = x * gate
         return attn.proj_drop(attn.proj(x))
 
-    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
-        return [(p, (slice(None), slice(0, self.size))) for p in self.own_parameters()]
-
     def prompts(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The active key and value prompts, ``(batch, heads, t, head_dim)`` each."""
-        key = self.prompt_k[:, : self.size].expand(batch, -1, -1, -1)
-        return key, key if self.prompt_v is None else self.prompt_v[:, : self.size].expand(batch, -1, -1, -1)
-
-    def count(self) -> int:
-        per_tensor = self.prompt_k.shape[0] * self.size * self.prompt_k.shape[2]
-        return per_tensor * (1 if self.prompt_v is None else 2)
+        key, value = (self.prompt_tensor(name) for name in self.tensors)
+        key = key[:, : self.size].expand(batch, -1, -1, -1)
+        return key, key if value is None else value[:, : self.size].expand(batch, -1, -1, -1)
 
 
 class PromptedWindowAttention(PromptedAttention):

@@ -15,7 +15,8 @@ from autopeft import inject
 from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, check_size, register, tensor_kwargs
+from autopeft.methods.base import MethodSpec, check_size, register, tensor_kwargs
+from autopeft.methods.prompts import PromptWrapper
 
 
 @dataclass
@@ -51,13 +52,14 @@ class PromptRoute:
         return self.lengths[block if self.deep else 0]
 
 
-class PromptedBlock(ElasticWrapper):
+class PromptedBlock(PromptWrapper):
     """One transformer block (``base``) with the VPT prompts of its place in the sequence: it puts its own
     prompts after the prefix tokens in place of the ones it received (deep: every block; shallow: block 0),
     runs the block, and the last block removes them. One wrapper per block, so timm's gradient
     checkpointing, which runs the blocks one by one, keeps the prompts."""
 
     method = "vpt"
+    tensors = ("prompt",)
 
     def __init__(
         self,
@@ -70,7 +72,7 @@ class PromptedBlock(ElasticWrapper):
         dropout: float,
     ) -> None:
         super().__init__(base, block, length)
-        self.route, self.last, self.width, self.dropout = route, last, info.width, dropout
+        self.route, self.last, self.dropout = route, last, dropout
         bound = math.sqrt(6.0 / (info.in_chans * math.prod(info.patch_size) + info.width))
         empty = torch.empty(length, info.width, **tensor_kwargs(base))
         self.prompt = nn.Parameter(empty.uniform_(-bound, bound)) if length else None
@@ -94,7 +96,8 @@ class PromptedBlock(ElasticWrapper):
         return torch.cat([x[:, :n], x[:, n + leaving :]], dim=1) if self.last and leaving else x
 
     def _prompt(self, batch: int) -> torch.Tensor:
-        return F.dropout(self.prompt[: self.size].expand(batch, -1, -1), self.dropout, self.training)
+        prompt = self.prompt_tensor("prompt")[: self.size]
+        return F.dropout(prompt.expand(batch, -1, -1), self.dropout, self.training)
 
     def __getattr__(self, name: str):
         """The block's own parts (``attn``, ``mlp``, ``norm1``, ...) stay reachable through the wrapper."""
@@ -102,15 +105,6 @@ class PromptedBlock(ElasticWrapper):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("base"), name)
-
-    def own_parameters(self) -> list[nn.Parameter]:
-        return [] if self.prompt is None else [self.prompt]
-
-    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
-        return [(p, (slice(0, self.size),)) for p in self.own_parameters()]
-
-    def count(self) -> int:
-        return self.size * self.width
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={'deep' if self.route.deep else 'shallow'}"
