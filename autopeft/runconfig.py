@@ -35,7 +35,12 @@ class BackboneConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one training run needs; YAML keys equal these field names."""
+    """Everything one training run needs; YAML keys equal these field names.
+
+    ``init``: a saved adapter folder to start from (``autopeft prune`` writes one): its weights, head
+    included, and its prompts' segment masks; its methods must equal ``methods``. A field added after run
+    keys existed, so it is left out of ``to_dict`` (config.yaml and the run key) while unset.
+    """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(name="digits"))
@@ -44,12 +49,16 @@ class RunConfig:
     final: bool = False
     test: bool = True
     seed: int = 0
+    init: str | None = None
 
     def __post_init__(self) -> None:
         self.methods = _parse_methods(self.methods)  # every option spelled out, as saved and reported
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.init is None:
+            del data["init"]
+        return data
 
 
 SECTIONS = {"backbone": BackboneConfig, "data": DataConfig, "train": TrainConfig}
@@ -73,7 +82,7 @@ def _parse(data: Any) -> RunConfig:
     values: dict[str, Any] = {key: parse_options(cls, data[key], key) for key, cls in SECTIONS.items() if key in data}
     if "methods" in data:
         values["methods"] = data["methods"]
-    for key, tp in (("final", bool), ("test", bool), ("seed", int)):
+    for key, tp in (("final", bool), ("test", bool), ("seed", int), ("init", str | None)):
         if key in data:
             values[key] = check_type(data[key], tp, key)
     return RunConfig(**values)

@@ -15,7 +15,7 @@ import timm
 import torch
 
 import autopeft
-from autopeft.api import apply, count_trainable, save_adapter
+from autopeft.api import WEIGHTS_FILE, apply, count_trainable, load_adapter, save_adapter
 from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone
 from autopeft.data import TaskData, load_task
 from autopeft.data.transforms import input_config
@@ -52,7 +52,8 @@ class RunInterrupted(AutopeftError):
 
 
 def build_model(config: RunConfig, with_methods: bool = True) -> tuple[torch.nn.Module, TaskData, Normalization]:
-    """Backbone with a head for the task (methods applied); the task; the backbone's normalisation.
+    """Backbone with a head for the task (methods applied, then ``config.init``'s adapter loaded when
+    set); the task; the backbone's normalisation.
 
     Seeded first, so a randomly initialised backbone (``pretrained: false``) is rebuilt identically
     by ``export`` and by a resumed run.
@@ -64,6 +65,8 @@ def build_model(config: RunConfig, with_methods: bool = True) -> tuple[torch.nn.
     model.reset_classifier(task.num_classes)
     if with_methods:
         apply(model, config.methods)
+        if config.init is not None:
+            load_adapter(model, config.init)
     return model, task, Normalization(mean, std)
 
 
@@ -366,11 +369,9 @@ def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
     input normalisation, so plain timm can load them."""
     from safetensors.torch import save_file
 
-    from autopeft.api import load_adapter
     from autopeft.api import merge as merge_methods
 
-    if not (run_dir / RESULT).is_file() or not (run_dir / "adapter.safetensors").is_file():
-        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULT} and adapter.safetensors)")
+    check_finished(run_dir)
     if merge and (out.suffix not in MERGED_SUFFIXES or out.is_dir()):
         raise ConfigError(
             f"export --merge --out {out}: allowed: a file path ending in {', '.join(MERGED_SUFFIXES)} "
@@ -398,6 +399,12 @@ def export_run(run_dir: Path, out: Path, merge: bool) -> Path:
     else:
         write_atomic(out, lambda tmp: torch.save({"state_dict": tensors, **meta}, tmp))
     return out
+
+
+def check_finished(run_dir: Path) -> None:
+    """One line unless ``run_dir`` holds a finished training run (its result and its adapter)."""
+    if not (run_dir / RESULT).is_file() or not (run_dir / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"{run_dir}: not a finished run (needs {RESULT} and {WEIGHTS_FILE})")
 
 
 def timm_metadata(backbone: BackboneConfig, model: torch.nn.Module, norm: Normalization) -> dict[str, Any]:
