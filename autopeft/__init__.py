@@ -22,6 +22,7 @@ _LAZY = {
     "save_adapter": "autopeft.api",
     "set_sizes": "autopeft.api",
     "create_backbone": "autopeft.backbones",
+    "prune": "autopeft.pruning",
     "METHODS": "autopeft.methods",
 }
 

@@ -177,6 +177,19 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {export_run(Path(args.run_dir), Path(args.out), args.merge)}")
 
 
+def _prune(args: argparse.Namespace) -> None:
+    """E2VPT pruning of a finished run's prompts into a new run directory that rewinds (retrains) them."""
+    from autopeft.pruning import prune_run
+
+    out = Path(args.out)
+    result = prune_run(Path(args.run_dir), out, args.fraction, args.level, args.segments)
+    print(
+        f"{out}: {result.level} pruning of {result.fraction:g}: trainable {result.params_before:,} -> "
+        f"{result.params_after:,}\n{out}: pruned/, prune.json, config.yaml (rewind: autopeft train "
+        f"{out / 'config.yaml'} --out {out})"
+    )
+
+
 def _report(args: argparse.Namespace) -> None:
     """Leaderboard tables, plots and one self-contained HTML page over finished run directories."""
     from autopeft.report import write_report
@@ -258,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")
     export.add_argument("--merge", action="store_true", help="fold LoRA/SSF into the backbone (plain timm weights)")
     export.set_defaults(run=_export)
+    prune = commands.add_parser("prune", help="E2VPT: prune a finished run's vpt/kv_prompt prompts to rewind them")
+    prune.add_argument("run_dir", help="a finished autopeft train run directory with vpt or kv_prompt")
+    prune.add_argument("--fraction", type=float, required=True, help="share of each layer's tokens/segments to remove")
+    prune.add_argument(
+        "--level",
+        choices=("token", "segment", "both"),
+        default="token",
+        help="token: drop whole prompt tokens; segment: zero parts of tokens; both: tokens, then segments",
+    )
+    prune.add_argument("--segments", type=int, default=8, help="equal parts each token is cut into (E2VPT: 8)")
+    prune.add_argument("--out", required=True, help="new run directory: pruned adapter and the rewinding config")
+    prune.set_defaults(run=_prune)
     report = commands.add_parser("report", help="leaderboard tables, plots and HTML over run directories")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding a result.json")
     report.add_argument("--out", required=True, help="folder for leaderboard.{md,csv,tex,html} and the plots")
