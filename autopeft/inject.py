@@ -20,6 +20,9 @@ BLOCK_SITES: dict[str, tuple[str, ...]] = {
     "fc1": ("mlp", "fc1"),
     "fc2": ("mlp", "fc2"),
 }
+# Sites some families split into several Linears: EVA's unfused attention (``q_proj``, ``k_proj``, ``v_proj``
+# in place of ``qkv``) and SwiGLU MLPs with separate gate and value layers (``fc1_g``, ``fc1_x`` in place of ``fc1``).
+SPLIT_SITES: dict[str, tuple[str, ...]] = {"qkv": ("q_proj", "k_proj", "v_proj"), "fc1": ("fc1_g", "fc1_x")}
 
 
 def unwrapped(module: nn.Module) -> nn.Module:
@@ -31,15 +34,57 @@ def unwrapped(module: nn.Module) -> nn.Module:
 
 def locate(block: nn.Module, site: str, method: str, index: int) -> tuple[nn.Module, str]:
     """Return ``(parent, attribute)`` of ``site`` in ``block``, looking through wrappers."""
+    found = locate_all(block, site, method, index)
+    if len(found) != 1:
+        raise BackboneError(
+            f"{method}: site '{site}' in block {index} is split into {', '.join(attr for _, attr in found)}"
+        )
+    return found[0]
+
+
+def locate_all(block: nn.Module, site: str, method: str, index: int) -> list[tuple[nn.Module, str]]:
+    """``(parent, attribute)`` of every module that makes up ``site`` in ``block``: the one module, or the
+    parts of a split site (``SPLIT_SITES``) when the block has them instead, looking through wrappers."""
     *path, attr = BLOCK_SITES[site]
     parent = block
     for step in path:
         parent = unwrapped(getattr(parent, step))
-    if not isinstance(getattr(parent, attr, None), nn.Module):
-        raise BackboneError(
-            f"{method}: site '{site}' not found in block {index} ({type(parent).__name__} has no '{attr}')"
-        )
-    return parent, attr
+    if isinstance(getattr(parent, attr, None), nn.Module):
+        return [(parent, attr)]
+    split = SPLIT_SITES.get(site, ())
+    if split and all(isinstance(getattr(parent, part, None), nn.Module) for part in split):
+        return [(parent, part) for part in split]
+    raise BackboneError(f"{method}: site '{site}' not found in block {index} ({type(parent).__name__} has no '{attr}')")
+
+
+def reads_qkv_weight(attn: nn.Module) -> bool:
+    """Whether ``attn`` computes q, k and v as ``F.linear(x, self.qkv.weight, cat(q_bias, k_bias, v_bias))``:
+    EVA's and BEiT's attention with separate q / v biases do, a read of the weight that bypasses any module
+    wrapping ``qkv`` (timm's ``qkv_bias_separate`` path calls the module, then adds the biases)."""
+    return (
+        isinstance(getattr(attn, "qkv", None), nn.Module)
+        and getattr(attn, "q_bias", None) is not None
+        and not getattr(attn, "qkv_bias_separate", True)
+    )
+
+
+def call_qkv_module(attn: nn.Module) -> None:
+    """Make an attention that reads ``qkv.weight`` directly call its ``qkv`` module instead whenever that is
+    needed: a forward pre-hook (once per attention) sets timm's own ``qkv_bias_separate`` flag before each call,
+    True while a wrapper on ``qkv`` asks for the call (``calls_qkv``: SSF switched on there) or the Linear has a
+    bias of its own (merged SSF), else False: timm's direct read, bit for bit the plain model."""
+    if _route_qkv not in attn._forward_pre_hooks.values():
+        attn.register_forward_pre_hook(_route_qkv)
+
+
+def _route_qkv(attn: nn.Module, args: Any) -> None:
+    module, called = attn.qkv, False
+    while True:
+        called = called or bool(getattr(module, "calls_qkv", False))
+        if not isinstance(getattr(module, "base", None), nn.Module):
+            break
+        module = module.base
+    attn.qkv_bias_separate = called or getattr(module, "bias", None) is not None
 
 
 def wrap(parent: nn.Module, attr: str, wrapper: Callable[..., nn.Module], *args: Any) -> nn.Module:

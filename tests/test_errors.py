@@ -76,7 +76,8 @@ def test_baselines_work_on_any_timm_model():
 
 
 def test_target_the_backbone_lacks():
-    model = tiny_vit(mlp_layer=timm.layers.SwiGLU)
+    model = tiny_vit(mlp_layer=timm.layers.SwiGLU)  # its fc1 is split: fc1_g and fc1_x (LoRA adapts both)
+    del model.blocks[0].mlp.fc1_x  # with one part gone, block 0 has neither form of fc1
     with pytest.raises(BackboneError, match=r"lora: site 'fc1' not found in block 0 \(SwiGLU has no 'fc1'\)"):
         autopeft.apply(model, {"lora": {"targets": ["fc1"]}})
 

@@ -93,6 +93,16 @@ class LoRALinear(ElasticWrapper):
                 up[lo:hi, i * r : (i + 1) * r] = self.lora_B[part][:, :r]
         return down, up if scale == 1.0 else up * scale
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight a direct read sees: EVA's and BEiT's attention call ``F.linear(x, qkv.weight, bias)``
+        instead of the module, so the update reaches them here. ``base.weight`` itself at size 0 or while
+        merged (bit for bit the plain layer); else ``base.weight`` plus the update of the active rank, the value
+        :meth:`merge` folds in. The module's own forward (low-rank path, dropout) does not use it."""
+        if self.size == 0 or self.merged:
+            return self.base.weight
+        return self.base.weight + self.delta_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.size == 0 or self.merged:
@@ -162,12 +172,39 @@ def attach(model: nn.Module, opts: LoRAOptions, info: BackboneInfo) -> None:
         if ranks[index] == 0:
             continue
         for site, group in sites:
-            parent, attr = inject.locate(block, site, "lora", index)
-            linear = getattr(parent, attr)
-            if not isinstance(linear, nn.Linear):
-                raise ConfigError(f"lora: target '{site}' in block {index} is {type(linear).__name__}, not a Linear")
-            parts = _parts(group, linear.out_features) if site == "qkv" else {site: (0, linear.out_features)}
-            inject.wrap(parent, attr, LoRALinear, parts, index, ranks[index], opts.alpha, opts.dropout)
+            for parent, attr, parts in _targets(block, site, group, index, opts):
+                inject.wrap(parent, attr, LoRALinear, parts, index, ranks[index], opts.alpha, opts.dropout)
+
+
+def _targets(
+    block: nn.Module, site: str, group: list[str], index: int, opts: LoRAOptions
+) -> list[tuple[nn.Module, str, dict[str, tuple[int, int]]]]:
+    """``(parent, attribute, parts)`` of each Linear that ``site`` adapts in ``block``: the fused ``qkv``
+    with the row slices of ``group``; EVA's separate ``q_proj`` / ``k_proj`` / ``v_proj`` one per part; a
+    SwiGLU's ``fc1_g`` and ``fc1_x`` both for ``fc1``; else the site's one Linear."""
+    found = inject.locate_all(block, site, "lora", index)
+    for parent, attr in found:
+        linear = getattr(parent, attr)
+        if not isinstance(linear, nn.Linear):
+            raise ConfigError(f"lora: target '{site}' in block {index} is {type(linear).__name__}, not a Linear")
+    if site != "qkv":
+        return [(parent, attr, {site: (0, getattr(parent, attr).out_features)}) for parent, attr in found]
+    if len(found) > 1:  # separate q, k and v projections
+        if group == ["qkv"]:
+            raise ConfigError(
+                f"lora.targets: 'qkv' (fused) in block {index}: {type(found[0][0]).__name__} has separate "
+                f"q_proj, k_proj and v_proj; allowed: some of q, k, v (one update per projection)"
+            )
+        by_part = dict(zip(QKV_PARTS, found, strict=True))
+        return [(*by_part[part], {part: (0, getattr(*by_part[part]).out_features)}) for part in group]
+    parent, attr = found[0]
+    if opts.dropout > 0 and inject.reads_qkv_weight(parent):
+        raise ConfigError(
+            f"lora.dropout: got {opts.dropout} with targets {group}; {type(parent).__name__} in block {index} "
+            f"reads qkv.weight directly (F.linear with its own q/v biases), where no dropout can reach LoRA's "
+            f"input; allowed there: dropout 0, or targets proj, fc1, fc2 only"
+        )
+    return [(parent, attr, _parts(group, getattr(parent, attr).out_features))]
 
 
 SPEC = register(

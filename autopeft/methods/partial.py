@@ -15,8 +15,11 @@ class NoOptions:
     """These methods take no options."""
 
 
+BIAS_NAMES = ("bias", "q_bias", "v_bias")  # EVA's and BEiT's attention keep q / v biases apart from qkv (k has none)
+
+
 def _biases(model: nn.Module) -> list[nn.Parameter]:
-    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in BIAS_NAMES]
 
 
 def _layer_norms(model: nn.Module) -> list[nn.Parameter]:

@@ -81,6 +81,25 @@ class ScaleShift(ElasticWrapper):
         return base
 
 
+class QKVScaleShift(ScaleShift):
+    """SSF after the fused qkv projection of an attention that reads ``qkv.weight`` directly (EVA, BEiT:
+    ``F.linear(x, qkv.weight, cat(q_bias, k_bias, v_bias))``, which bypasses this module). While on, the
+    attention takes timm's own ``qkv_bias_separate`` path (``inject.call_qkv_module``): it calls this module,
+    then adds its q / v biases, so the scale and shift act on the projection before those biases. While off,
+    timm's direct read runs unchanged and sees :attr:`weight`, the wrapped module's (with LoRA's update).
+    Merging scales the weight and gives the Linear the shift as its bias; the attention keeps calling it."""
+
+    @property
+    def calls_qkv(self) -> bool:
+        return self.size > 0
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self.size:
+            raise RuntimeError("ssf: qkv with SSF on has no single weight; the attention calls the module instead")
+        return self.base.weight
+
+
 def output_width(module: nn.Module, site: str) -> int:
     """Channels a site's module puts out (a packed SwiGLU fc1 puts out twice the MLP width)."""
     base = inject.unwrapped(module)
@@ -116,9 +135,15 @@ def attach(model: nn.Module, opts: SSFOptions, info: BackboneInfo) -> None:
         if not enabled[index]:
             continue
         for site in BLOCK_SITES:
-            if site in opts.sites:
-                parent, attr = inject.locate(block, site, "ssf", index)
-                inject.wrap(parent, attr, ScaleShift, output_width(getattr(parent, attr), site), index)
+            if site not in opts.sites:
+                continue
+            for parent, attr in inject.locate_all(block, site, "ssf", index):  # split sites: each part
+                width = output_width(getattr(parent, attr), site)
+                if site == "qkv" and inject.reads_qkv_weight(parent):
+                    inject.wrap(parent, attr, QKVScaleShift, width, index)
+                    inject.call_qkv_module(parent)
+                else:
+                    inject.wrap(parent, attr, ScaleShift, width, index)
     if not any(enabled):
         return
     if "patch_embed" in opts.sites:
