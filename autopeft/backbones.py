@@ -11,11 +11,13 @@ from typing import Any
 
 import timm
 import torch
+from timm.models.beit import Beit
+from timm.models.eva import Eva, EvaAttention
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
-from autopeft.errors import BackboneError
+from autopeft.errors import BackboneError, ConfigError
 from autopeft.inject import stage_blocks, unwrapped
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".npz")
@@ -51,15 +53,25 @@ DEMO_BACKBONES: dict[str, dict[str, Any]] = {
 
 
 # Block layouts methods are exact on: pre-norm ``Block`` and post-norm ``ResPostBlock`` (adapters refused
-# there) in ViTs, their relative-position versions, and Swin's ``SwinTransformerBlock``; the parallel layouts
-# have no single attn / mlp per block.
-BLOCK_KINDS = ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock", "SwinTransformerBlock")
-POST_NORM = ("ResPostBlock", "ResPostRelPosBlock")  # x + norm(sublayer(x)): no place for an adapter
+# there) in ViTs, their relative-position versions, Swin's ``SwinTransformerBlock``, EVA's ``EvaBlock`` and
+# ``EvaBlockPostNorm`` (BEiT's block is also named ``Block``); the parallel layouts have no single attn / mlp per block.
+BLOCK_KINDS = (
+    "Block",
+    "ResPostBlock",
+    "RelPosBlock",
+    "ResPostRelPosBlock",
+    "SwinTransformerBlock",
+    "EvaBlock",
+    "EvaBlockPostNorm",
+)
+POST_NORM = ("ResPostBlock", "ResPostRelPosBlock", "EvaBlockPostNorm")  # x + norm(sublayer(x)): no place for an adapter
 PARALLEL = {
     "ParallelThingsBlock": "several attention and MLP branches side by side",
     "ParallelScalingBlock": "attention and MLP fused into one parallel projection",
 }
-FAMILIES = (VisionTransformer, VisionTransformerRelPos, SwinTransformer)
+FAMILIES = (VisionTransformer, VisionTransformerRelPos, SwinTransformer, Eva, Beit)
+# Methods that add tokens to the sequence (VPT) or to the keys and values (key-value prompts).
+TOKEN_METHODS = ("vpt", "kv_prompt")
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,8 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
     """Describe ``model``; raise a clear error if it is not a supported timm transformer."""
     if not isinstance(model, FAMILIES):
         raise BackboneError(
-            f"{method}: needs a timm VisionTransformer (vit_*, deit_*, vit_relpos_*) or SwinTransformer (swin_*) "
-            f"with token blocks; got {type(model).__name__}"
+            f"{method}: needs a timm VisionTransformer (vit_*, deit_*, vit_relpos_*), SwinTransformer (swin_*), "
+            f"Eva (eva_*, eva02_*) or Beit (beit*) with token blocks; got {type(model).__name__}"
         )
     stages, blocks = stage_blocks(model)
     block = unwrapped(blocks[0])
@@ -98,6 +110,11 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
             f"allowed: timm blocks {', '.join(BLOCK_KINDS)}"
         )
     attn = unwrapped(block.attn)
+    if isinstance(model, Eva) and not isinstance(attn, EvaAttention):
+        raise BackboneError(
+            f"{method}: Eva blocks with {type(attn).__name__} (rope attention with its own qkv layout, e.g. "
+            f"vit_pe_*) are not supported; allowed: Eva models with EvaAttention (eva_*, eva02_*)"
+        )
     return BackboneInfo(
         width=model.embed_dim,
         depth=len(blocks),
@@ -107,6 +124,28 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
         num_prefix_tokens=getattr(model, "num_prefix_tokens", 0),
         patch_size=tuple(model.patch_embed.patch_size),
         in_chans=model.patch_embed.proj.in_channels,
+    )
+
+
+def refuse_token_methods(model: torch.nn.Module, methods: list[str], name: str) -> None:
+    """ConfigError in one line when ``methods`` add prompt tokens to EVA / BEiT, whose position information is
+    indexed by patch-grid position inside their own attention (rope, relative position bias)."""
+    token = [m for m in methods if m in TOKEN_METHODS]
+    if not token or not isinstance(model, (Eva, Beit)):
+        return
+    attn = unwrapped(stage_blocks(model)[1][0].attn)
+    if getattr(model, "rope", None) is not None:
+        why = "applies rotary position embeddings (rope) to the tokens after the prefix tokens by patch-grid position"
+    elif (
+        getattr(model, "rel_pos_bias", None) is not None
+        or getattr(attn, "relative_position_bias_table", None) is not None
+    ):
+        why = "indexes its relative position bias by patch-grid position (a table over the class token and the patches)"
+    else:
+        why = f"runs its own attention ({type(attn).__name__}), which takes no extra tokens"
+    raise ConfigError(
+        f"{token[0]}: {name} ({type(model).__name__}) {why}, so prompt tokens do not fit; "
+        f"allowed on this backbone: lora, adapter, ssf and the baselines"
     )
 
 

@@ -110,7 +110,8 @@ def test_parallel_blocks_are_refused_on_one_line(name, kind):
     message = str(err.value)
     assert message.startswith(f"backbone '{name}': blocks of kind {kind} (") and "\n" not in message
     assert message.endswith(
-        "not supported; allowed: timm blocks Block, ResPostBlock, RelPosBlock, ResPostRelPosBlock, SwinTransformerBlock"
+        "not supported; allowed: timm blocks Block, ResPostBlock, RelPosBlock, ResPostRelPosBlock, "
+        "SwinTransformerBlock, EvaBlock, EvaBlockPostNorm"
     )
 
 
