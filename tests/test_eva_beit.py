@@ -255,3 +255,14 @@ def test_lora_options_a_direct_read_or_separate_projections_cannot_take_are_refu
         "lora.targets: 'qkv' (fused) in block 0: EvaAttention has separate q_proj, k_proj and v_proj; "
         "allowed: some of q, k, v (one update per projection)"
     )
+
+
+def test_adapters_are_refused_on_eva_post_norm_blocks():
+    torch.manual_seed(0)
+    model = autopeft.create_backbone("eva02_enormous_patch14_clip_224", 5, **TINY)  # EvaBlockPostNorm
+    with pytest.raises(ConfigError) as err:
+        autopeft.apply(model, {"adapter": {"dim": 2}})
+    assert str(err.value) == (
+        "adapter: block 0 is post-norm (EvaBlockPostNorm: x + norm(sublayer(x))), where an adapter would have to "
+        "move the norm in front of its sub-layer; allowed on this backbone: lora, ssf and the baselines"
+    )
