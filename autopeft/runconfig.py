@@ -38,8 +38,7 @@ class RunConfig:
     """Everything one training run needs; YAML keys equal these field names.
 
     ``init``: a saved adapter folder to start from (``autopeft prune`` writes one): its weights, head
-    included, and its prompts' segment masks; its methods must equal ``methods``. A field added after run
-    keys existed, so it is left out of ``to_dict`` (config.yaml and the run key) while unset.
+    included, and its prompts' segment masks; its methods must equal ``methods``.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -55,10 +54,7 @@ class RunConfig:
         self.methods = _parse_methods(self.methods)  # every option spelled out, as saved and reported
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.init is None:
-            del data["init"]
-        return data
+        return asdict(self)
 
 
 SECTIONS = {"backbone": BackboneConfig, "data": DataConfig, "train": TrainConfig}

@@ -21,9 +21,9 @@ from autopeft.errors import ConfigError
 from autopeft.runconfig import BackboneConfig, RunConfig
 
 NOT_IN_KEY = {"train": ("device",)}  # run-config fields that never change a run's numbers
-# Fields added after keys were first made: they enter the key only away from these defaults, so every
-# run cached before a field existed keeps its key (and stays reusable).
-LATER_FIELDS = {"train": {"amp": "auto"}}
+# Fields added after keys were first made (dotted paths): they enter the key only away from these
+# defaults, so every run cached before a field existed keeps its key (and stays reusable).
+LATER_FIELDS = {"train.amp": "auto", "init": None}
 
 
 def weights_id(backbone: BackboneConfig) -> str:
@@ -37,6 +37,15 @@ def weights_id(backbone: BackboneConfig) -> str:
     if backbone.name in DEMO_BACKBONES:
         return "sha256:" + DEMO_BACKBONES[backbone.name]["sha256"]
     return f"timm hub: {backbone.name}"
+
+
+def folder_id(folder: Path) -> str:
+    """A sha256 over the names and contents of the files in ``folder`` (a saved adapter)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.name}:{_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}".encode())
+    return "sha256:" + digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
@@ -53,8 +62,13 @@ def key_fields(config: RunConfig) -> dict[str, Any]:
     fields = config.to_dict()
     for section, names in NOT_IN_KEY.items():
         fields[section] = {k: v for k, v in fields[section].items() if k not in names}
-    for section, defaults in LATER_FIELDS.items():
-        fields[section] = {k: v for k, v in fields[section].items() if defaults.get(k, object()) != v}
+    for path, default in LATER_FIELDS.items():
+        *sections, name = path.split(".")
+        holder = functools.reduce(dict.__getitem__, sections, fields)
+        if holder[name] == default:
+            del holder[name]
+    if config.init is not None:  # a start from saved weights: the key follows their content, not their path
+        fields["init"] = folder_id(Path(config.init))
     task = BUILTIN_TASKS.get(config.data.name or "")
     if task is not None and task.version > 1:  # keys made before generators had versions stay valid
         fields["data_version"] = task.version

@@ -37,3 +37,13 @@ def test_device_stays_out_of_the_key():
 def test_a_later_field_enters_the_key_only_away_from_its_default():
     assert config_key(config(amp="auto")) == config_key(config())
     assert config_key(config(amp="bf16")) != config_key(config())
+
+
+def test_a_start_from_saved_weights_keys_on_their_content_not_their_path(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter.safetensors").write_bytes(b"same weights")
+    a, b = (dataclasses.replace(config(), init=str(tmp_path / name)) for name in ("a", "b"))
+    assert config_key(a) == config_key(b) != config_key(config())
+    (tmp_path / "b" / "adapter.safetensors").write_bytes(b"other weights")
+    assert config_key(dataclasses.replace(b)) != config_key(a)
