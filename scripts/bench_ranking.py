@@ -470,6 +470,7 @@ def render(bench: dict[str, Any], workers: int, minutes: float) -> str:
             points = ", ".join(f"ep {e}: {t['a']:+.2f} / {t['b']:+.2f}" for e, t in v["tau_along_epochs"].items())
             lines.append(f"- {name}: {points}")
         lines.append("")
+    lines += targets(bench) + changes(bench)
     lines += [
         f"Regenerate: `{COMMAND} --workers {workers}` ({platform.machine()}, torch {torch.__version__}, "
         f"1 thread per job, {minutes:.0f} min for what was not cached). Every panel row (subnet, params, "
@@ -477,6 +478,75 @@ def render(bench: dict[str, Any], workers: int, minutes: float) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# Each variant against the one before it: what the change bought.
+CHANGES = [
+    ("uniform", "wave 1 default", "training to the cost cap at the task's lr (instead of 6 epochs at 2e-3)"),
+    ("budget, unmasked", "uniform", "sampling only subnets inside the budget"),
+    ("budget", "budget, unmasked", "masked AdamW (inactive slices do not move)"),
+    ("sandwich", "budget", "the sandwich step (largest + smallest + 2 random per step, same cost cap)"),
+    ("sandwich + distill", "sandwich", "in-place distillation from the largest"),
+]
+
+
+def targets(bench: dict[str, Any]) -> list[str]:
+    """The issue's targets for the kept variant and scoring, each with its figure and whether it is met."""
+    chosen, scoring = f"{bench['chosen']} seed0", bench["scoring"]
+    lines = ["## Targets (kept variant and scoring)", "", "| task | target | figure | met |", "|---|---|---|---|"]
+    for task, per_task in bench["tasks"].items():
+        a, b = per_task["panels"]["a"], per_task["panels"]["b"]
+        fa, fb = a["figures"][chosen], b["figures"][chosen]
+        tau_b, ceil_b = fb[scoring]["tau"], b["seed_ceiling"].value
+        tau_a, ceil_a = fa[scoring]["tau"], a["seed_ceiling"].value
+        count_a = fa["parameter count"]["tau"].value
+        loss = [statistics.mean(r["val_loss"] for r in row["standalone"]) for row in b["rows"]]
+        lora = next(i for i, row in enumerate(b["rows"]) if row["largest_lora"])
+        pick = loss[fb[scoring]["pick"]]
+        cost = per_task["variants"][chosen]["cost_x_final_run"]
+        rows = [
+            (
+                "(b) tau >= 0.7 x ceiling",
+                f"{tau_b.value:+.2f} vs 0.7 x {ceil_b:+.2f} = {0.7 * ceil_b:+.2f}",
+                tau_b.value >= 0.7 * ceil_b,
+            ),
+            ("(b) interval excludes 0", show(tau_b), tau_b.low is not None and tau_b.low > 0),
+            ("(b) top pick no worse than largest LoRA", f"val loss {pick:.3f} vs {loss[lora]:.3f}", pick <= loss[lora]),
+            (
+                "(a) tau >= 0.9 x ceiling",
+                f"{tau_a.value:+.2f} vs 0.9 x {ceil_a:+.2f} = {0.9 * ceil_a:+.2f}",
+                tau_a.value >= 0.9 * ceil_a,
+            ),
+            ("(a) tau above parameter count", f"{tau_a.value:+.2f} vs {count_a:+.2f}", tau_a.value > count_a),
+            ("cost <= 3x one final run", f"{cost:.2f}x", cost <= COST_CAP + 1e-9),
+        ]
+        lines += [f"| {task} | {t} | {fig} | {'yes' if ok else '**no**'} |" for t, fig, ok in rows]
+    return [*lines, ""]
+
+
+def changes(bench: dict[str, Any]) -> list[str]:
+    """Tau of inherited val loss on panels (a) and (b), each variant against the one it changes."""
+    lines = [
+        "## What each change bought",
+        "",
+        "Change in Kendall tau of inherited val loss (supernet seed 0), per task as (a) / (b):",
+        "",
+        "| change | " + " | ".join(bench["tasks"]) + " |",
+        "|---|" + "---|" * len(bench["tasks"]),
+    ]
+    for after, before, what in CHANGES:
+        cells = []
+        for per_task in bench["tasks"].values():
+            deltas = []
+            for panel in ("a", "b"):
+                figs = per_task["panels"][panel]["figures"]
+                deltas.append(
+                    figs[f"{after} seed0"]["inherited val loss"]["tau"].value
+                    - figs[f"{before} seed0"]["inherited val loss"]["tau"].value
+                )
+            cells.append(f"{deltas[0]:+.2f} / {deltas[1]:+.2f}")
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _describe(v: Variant) -> str:
