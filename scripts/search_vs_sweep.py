@@ -54,7 +54,7 @@ SIZES: dict[str, list[dict[str, Any]]] = {  # 3 sizes (SSF: placements) per meth
 }
 REFERENCE_LRS = {"linear": None, "full": (1e-4, 3e-4, 1e-3)}  # None: the ground's grid; full FT needs smaller lrs
 LARGEST_LORA = {"lora": {"rank": 8, "targets": ["q", "v"]}}
-PIPELINE_TOP_K = 3  # supernet finalists, each trained with every lr of the grid
+PIPELINE_TOP_K = 2  # supernet finalists, each trained with every lr of the grid (3 would pass C_sweep / 3)
 
 
 def backbone() -> BackboneConfig:
@@ -308,7 +308,9 @@ def header() -> list[str]:
         "C_sweep = the compute of all these runs.",
         f"- autopeft's supernet pipeline (`search --engine supernet`): the demo space (per block: LoRA 0/2/4/8, "
         "adapter 0/4/8/16, VPT 0/2/5, KV prompts 0/2/5, SSF off/on), supernet with the library defaults, "
-        f"evolution on inherited val loss, the top {PIPELINE_TOP_K} trained standalone at every lr of the grid; "
+        "evolution scored by the library default (search.scoring: refit, a linear head fitted per candidate on its "
+        f"train features, ranked by val loss; results/ranking.md), the top {PIPELINE_TOP_K} trained standalone at "
+        "every lr of the grid; "
         "target compute <= C_sweep / 3.",
         "- Optuna TPE and random sampling inside the budget over the same space with lr in "
         f"[{min(ground.lr_grid):g}, {max(ground.lr_grid):g}] (log), standalone trials at the full schedule, as many "
