@@ -57,7 +57,9 @@ from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_spac
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
 ENGINES = ("evolution", *SAMPLERS)
-SCORED_BY = "val loss and accuracy (%) with inherited supernet weights (search.scoring), ranked by loss"
+SCORED_BY = (
+    "val loss and accuracy (%) on the supernet's features (search.scoring: refit or inherited head), ranked by loss"
+)
 
 
 @dataclass
@@ -65,12 +67,14 @@ class SupernetStage:
     """Supernet training (``autopeft.search.supernet_stage``): which subnets each step runs
     (``sampling``, inside ``search.budget``), in-place distillation, masked optimizer steps, and its
     length: with ``cost`` set, as many epochs as keep its training images (every pass of every subnet)
-    within ``cost`` x one final run (``retrain.train`` on train+val), overriding ``train.epochs``."""
+    within ``cost`` x one final run (``retrain.train`` on train+val), at the final run's learning rate,
+    overriding ``train.epochs`` and ``train.lr``. The defaults are the variant and length that ranked
+    subnets best near the budget cap in scripts/bench_ranking.py (results/ranking.md)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=2e-3, warmup_epochs=1))
     sampling: Sampling = "sandwich"
     random_subnets: int = 2  # sandwich: random in-budget subnets per step, beside the largest and smallest
-    distill: bool = True  # sandwich: subnets after the largest learn its predictions
+    distill: bool = False  # sandwich: subnets after the largest learn its predictions (ranked worse there)
     masked: bool = True  # slices no subnet of a step used stay where they are (MaskedAdamW)
     cost: float | None = 3.0
 
@@ -85,11 +89,12 @@ class SupernetStage:
         return 2 + self.random_subnets if self.sampling == "sandwich" else 1
 
     def schedule(self, final: TrainConfig, train_images: int, final_images: int) -> TrainConfig:
-        """``train``, its epochs set by ``cost`` when given (warm-up: a tenth of them, at least one)."""
+        """``train``, with ``cost`` given: its epochs set by the cost (warm-up: a tenth of them, at least one)
+        and the final run's learning rate."""
         if self.cost is None:
             return self.train
         epochs = max(1, int(self.cost * final.epochs * final_images // (self.passes() * train_images)))
-        return replace(self.train, epochs=epochs, warmup_epochs=min(max(1, epochs // 10), epochs - 1))
+        return replace(self.train, epochs=epochs, lr=final.lr, warmup_epochs=min(max(1, epochs // 10), epochs - 1))
 
 
 @dataclass
@@ -109,7 +114,7 @@ class SearchStage:
     seed: int = 0  # the engine's random state (evolution or Optuna sampler)
     # how a candidate is scored on val: the supernet's weights and shared head (inherited), or its features
     # with a linear head fitted afresh on train (refit: one more forward pass over train per candidate)
-    scoring: Literal["inherited", "refit"] = "inherited"
+    scoring: Literal["inherited", "refit"] = "refit"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
