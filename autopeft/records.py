@@ -168,6 +168,7 @@ class SearchRecord(Record):
     seed: int | None = None
     epochs: int | None = None
     candidates: int | None = None
+    scoring: str | None = None  # supernet searches: how candidates were scored on val (search.scoring)
     retrained: int | None = None
     best_trial: int | None = None
     trials_completed: int | None = None
@@ -240,6 +241,7 @@ class PipelineRecord(Record):
     epochs: int | None = None
     select_epochs: int | None = None
     candidates: int | None = None
+    scoring: str = "inherited"  # how candidates were scored on val (search.scoring); older records: inherited
     retrained: int | None = None
     val_acc: float | None = None
     test_acc: float | None = None

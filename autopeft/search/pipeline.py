@@ -365,6 +365,7 @@ def _pipeline(
         epochs=config.retrain.train.epochs,
         select_epochs=config.retrain.select_train().epochs,
         candidates=len(chosen.candidates),
+        scoring=config.search.scoring,
         retrained=len(chosen.top),
         table=table,
         val_acc=searched.val_acc,
@@ -397,6 +398,7 @@ def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: 
         seed=config.seed,
         epochs=train.epochs,
         candidates=len(chosen.candidates),
+        scoring=config.search.scoring,
         retrained=len(chosen.top),
         search_cost_s=chosen.cost,
         wall_time_s=round(time.perf_counter() - start, 2),
@@ -479,6 +481,9 @@ def _final_row(
     return FinalRow.of_runs(name, val_run.methods, val_run.trainable_params, val_run.val_acc, runs)
 
 
+SCORINGS = {"inherited": "with the supernet's shared head", "refit": "with a linear head refit per candidate"}
+
+
 def render_table(record: PipelineRecord) -> str:
     """The comparison table: the searched subnet vs each baseline (params, val, test mean +- std),
     with what each stage processed."""
@@ -504,9 +509,10 @@ def render_table(record: PipelineRecord) -> str:
     lines += [
         "",
         f"Searched subnet: {describe_methods(record.methods)}.",
-        f"{record.candidates} candidates scored by val loss with inherited supernet weights; the top "
-        f"{record.retrained} trained standalone and chosen on val. (How well inherited val loss ranks subnets "
-        "like standalone training is measured over random panels of subnets in autopeft's results/ranking.md.)",
+        f"{record.candidates} candidates scored by val loss on the supernet's features, "
+        f"{SCORINGS[record.scoring]}; the top {record.retrained} trained standalone and chosen on val. (How well "
+        "this ranks subnets like standalone training is measured over random panels of subnets in autopeft's "
+        "results/ranking.md.)",
         f"Search cost: supernet {cost['supernet']:.0f} s + search {cost['search']:.0f} s + top-{record.retrained} "
         f"selection runs {cost['retrain_top_k']:.0f} s = {ratio} one final training run of the searched subnet "
         f"({record.table[0].run_s or 0:.0f} s). Wall time {(record.wall_time_s or 0) / 60:.1f} min.",
