@@ -92,6 +92,7 @@ def test_search_engine_supernet_is_the_pipeline_stopped_at_its_val_winner(tmp_pa
         "pareto.csv",
         "result.json",
         "retrain",
+        "search_time.json",
         "supernet",
     ]
     standalone = results(out / "retrain")
@@ -128,6 +129,10 @@ def test_run_killed_mid_pipeline_resumes_to_the_same_result(tmp_path):
     first, second = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "killed"))
     assert untimed(first["table"]) == untimed(second["table"]) and first["methods"] == second["methods"]
     assert (tmp_path / "whole" / "candidates.csv").read_text() == (out / "candidates.csv").read_text()
+    # the search ran in the killed session: its time is kept, not replaced by the replay's near-zero
+    searched = json.loads((out / "search_time.json").read_text())["wall_s"]
+    assert second["compute"]["search"]["wall_s"] == round(searched, 2) > 0.3 * first["compute"]["search"]["wall_s"]
+    assert second["wall_time_s"] == round(sum(stage["wall_s"] for stage in second["compute"].values()), 2)
     again = cli("run", str(out / "config.yaml"), "--out", str(out), "--resume", "--set", "seed=1")
     assert again.returncode == 2 and f"--resume: seed differs from the run {out} was started with" in again.stderr
     assert json.loads((out / "result.json").read_text()) == second

@@ -6,7 +6,7 @@ deterministic engine with the scores already in ``candidates.csv``, the standalo
 their own run directories.
 
     out/
-      config.yaml  result.json  summary.md  candidates.csv  pareto.csv  best.yaml
+      config.yaml  result.json  summary.md  candidates.csv  pareto.csv  best.yaml  search_time.json
       supernet/        checkpoint.pt  metrics.jsonl
       retrain/<k>/     top-k candidates standalone on train, scored on val (no test)
       baselines/<m>/   each single method at its default size on train, scored on val (no test)
@@ -18,7 +18,9 @@ their own run directories.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +28,7 @@ from typing import Any, Literal
 from autopeft.config import parse_options
 from autopeft.data import DataConfig, TaskData
 from autopeft.errors import ConfigError, SearchFailed
-from autopeft.files import write_text
+from autopeft.files import write_json, write_text
 from autopeft.methods import REGISTRY, describe_methods
 from autopeft.progress import SilentProgress, StageProgress
 from autopeft.records import Compute, FinalRow, PipelineRecord, RunRecord, SearchRecord
@@ -57,6 +59,7 @@ from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_spac
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
 ENGINES = ("evolution", *SAMPLERS)
+SEARCH_TIME = "search_time.json"  # seconds the candidate search took, over every session
 SCORED_BY = (
     "val loss and accuracy (%) on the supernet's features (search.scoring: refit or inherited head), ranked by loss"
 )
@@ -220,7 +223,8 @@ def run_pipeline(
         with locked(out):
             claim_dir(out, resume, asdict(config), again)
             if choose_only:
-                return _search_result(config, built, _choose(config, built, out, resume, progress), out, start)
+                chosen = _choose(config, built, out, resume, progress)
+                return _search_result(config, built, chosen, out, start, resume)
             return _pipeline(config, built, out, resume, progress, start, note)
     except RunInterrupted as err:
         raise RunInterrupted(f"interrupted; finished stages are saved in {out}: continue with `{again}`") from err
@@ -302,12 +306,11 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     bar = progress.run("supernet")
     history, supernet_s = train_supernet(steps, task, norm, run, supernet_dir, stage.masked, resumed, bar)
     trained = replace(history_compute(history), wall_s=round(supernet_s, 2))
-    search_start = time.perf_counter()
     scorer = {"inherited": inherited_score, "refit": refit_score}[config.search.scoring]
     score = scorer(supernet, task, norm)
-    candidates = _search(replace(config.search, budget=built.budget), supernet, score, out, resume, progress)
+    candidates, search_s = _search(replace(config.search, budget=built.budget), supernet, score, out, resume, progress)
     per_candidate = len(task.split("val")) + (len(task.split("train")) if config.search.scoring == "refit" else 0)
-    searched = Compute(0, per_candidate * len(candidates), round(time.perf_counter() - search_start, 2))
+    searched = Compute(0, per_candidate * len(candidates), round(search_s, 2))
     top = ranked(candidates, "loss")[: config.retrain.top_k]
     lrs = config.retrain.lrs or [config.retrain.train.lr]
     progress.say(
@@ -327,6 +330,12 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     best = RunConfig(config.backbone, config.data, winner, final, final=True, seed=config.retrain.seeds[0])
     write_text(out / "best.yaml", dump_run_config(best))
     return _Chosen(candidates, top, standalone, pick, trained, searched, lr)
+
+
+def _wall_s(start: float, stages: Iterable[Compute], resumed: bool) -> float:
+    """The run's wall time: this session's, or for a resumed run the stages' own times summed over every
+    session (this session alone would leave out what earlier ones did)."""
+    return round(Compute.total(stages).wall_s if resumed else time.perf_counter() - start, 2)
 
 
 def _retrain_dir(number: int, lr: float, lrs: list[float]) -> str:
@@ -374,7 +383,7 @@ def _pipeline(
         budget=built.budget,
         search_cost_s=cost,
         search_cost_ratio=round(sum(cost.values()) / searched.run_s, 2) if searched.run_s else None,
-        wall_time_s=round(time.perf_counter() - start, 2),
+        wall_time_s=_wall_s(start, compute.values(), resume),
         compute=compute,
         provenance=provenance(run, task, norm, test_read=True),
     )
@@ -383,7 +392,9 @@ def _pipeline(
     return record
 
 
-def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: Path, start: float) -> SearchRecord:
+def _search_result(
+    config: PipelineConfig, built: _Built, chosen: _Chosen, out: Path, start: float, resume: bool
+) -> SearchRecord:
     """result.json of a supernet search stopped at its winner: the winner's standalone val run, no test."""
     row, train = chosen.row, replace(config.retrain.select_train(), lr=chosen.lr)
     record = SearchRecord(
@@ -401,7 +412,7 @@ def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: 
         scoring=config.search.scoring,
         retrained=len(chosen.top),
         search_cost_s=chosen.cost,
-        wall_time_s=round(time.perf_counter() - start, 2),
+        wall_time_s=_wall_s(start, chosen.compute.values(), resume),
         status=row.status,
         compute=Compute.total(chosen.compute.values()),
         provenance=provenance(built.run, built.task, built.norm, test_read=False),
@@ -410,9 +421,14 @@ def _search_result(config: PipelineConfig, built: _Built, chosen: _Chosen, out: 
     return record
 
 
-def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bool, progress) -> list[Candidate]:
-    """Score candidates; on resume the engine replays with the scores already in candidates.csv."""
+def _search(
+    stage: SearchStage, supernet: Supernet, score, out: Path, resume: bool, progress
+) -> tuple[list[Candidate], float]:
+    """Score candidates, and the seconds scoring them took over every session; on resume the engine replays
+    with the scores already in candidates.csv (and the seconds spent on them in search_time.json)."""
     known = read_candidates(out / "candidates.csv") if resume and (out / "candidates.csv").is_file() else {}
+    before = json.loads((out / SEARCH_TIME).read_text())["wall_s"] if known and (out / SEARCH_TIME).is_file() else 0.0
+    start = time.perf_counter()
     found: list[Candidate] = []
 
     def cached(subnet: SubnetConfig) -> tuple[float, float]:
@@ -421,9 +437,10 @@ def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bo
     def record(candidate: Candidate) -> None:
         found.append(candidate)
         write_candidates(out / "candidates.csv", found, SCORED_BY, "loss")
+        write_json(out / SEARCH_TIME, {"wall_s": before + time.perf_counter() - start})
 
     progress.say(
-        f"search: {stage.engine} on val with inherited weights" + (f", budget {stage.budget:,}" if stage.budget else "")
+        f"search: {stage.engine} on val, {stage.scoring} head" + (f", budget {stage.budget:,}" if stage.budget else "")
     )
     if stage.engine == "evolution":
         candidates = evolve(supernet, cached, stage.evolution, stage.budget, record, stage.seed)
@@ -435,7 +452,9 @@ def _search(stage: SearchStage, supernet: Supernet, score, out: Path, resume: bo
         raise ConfigError("search: no candidate fits the space and budget")
     write_candidates(out / "candidates.csv", candidates, SCORED_BY, "loss")
     write_candidates(out / "pareto.csv", candidate_front(candidates, "loss"), SCORED_BY, "loss")
-    return candidates
+    seconds = before + time.perf_counter() - start
+    write_json(out / SEARCH_TIME, {"wall_s": seconds})
+    return candidates, seconds
 
 
 def _train(
