@@ -27,7 +27,7 @@ import torch
 
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.ground import load_ground
-from autopeft.records import Compute, RunRecord
+from autopeft.records import Compute, RunRecord, SearchRecord
 from autopeft.runconfig import BackboneConfig, RunConfig, read_yaml
 from autopeft.runs import cached_run
 from autopeft.search.candidates import standalone_order
@@ -75,6 +75,17 @@ def standalone_job(job: tuple[str, dict, float, bool, int, Path]) -> RunRecord:
     return cached_run(run_config(task, methods, lr, final, seed), cache)
 
 
+def choice(record: SearchRecord) -> dict[str, Any]:
+    """What a searched strategy chose, and what choosing cost."""
+    return {
+        "methods": record.methods,
+        "lr": record.train["lr"],
+        "val_acc": record.val_acc,
+        "compute": asdict(record.compute),
+        "params": record.trainable_params,
+    }
+
+
 def pipeline_job(job: tuple[str, int, Path]) -> dict[str, Any]:
     """autopeft's supernet pipeline stopped at its winner (every finalist at every lr of the grid)."""
     task, seed, root = job
@@ -101,13 +112,7 @@ def pipeline_job(job: tuple[str, int, Path]) -> dict[str, Any]:
     )
     out = root / task / f"supernet_seed{seed}"
     record = run_pipeline(config, out, resume=(out / "config.yaml").is_file(), choose_only=True)
-    return {
-        "methods": record.methods,
-        "lr": record.train["lr"],
-        "val_acc": record.val_acc,
-        "compute": asdict(record.compute),
-        "params": record.trainable_params,
-    }
+    return choice(record)
 
 
 def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
@@ -135,13 +140,7 @@ def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
     out = root / task / f"{sampler}_seed{seed}"
     resume = (out / "study.db").is_file()
     record = run_sweep("optuna", config, out, Where(), resume, None)
-    return {
-        "methods": record.methods,
-        "lr": record.train["lr"],
-        "val_acc": record.val_acc,
-        "compute": asdict(record.compute),
-        "params": record.trainable_params,
-    }
+    return choice(record)
 
 
 # The comparison ---------------------------------------------------------------------------------------------------
