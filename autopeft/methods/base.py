@@ -63,6 +63,10 @@ class ElasticWrapper(Elastic, nn.Module):
     @size.setter
     def size(self, value: int) -> None:
         self._size = check_size(self.method, value, self.max_size, self.block)
+        self.resized()
+
+    def resized(self) -> None:
+        """Called after ``size`` changes: a wrapper whose size other modules read keeps them in step."""
 
     def block_sizes(self) -> dict[int, int]:
         return {} if self.block is None else {self.block: self.size}

@@ -15,7 +15,7 @@ from autopeft import inject
 from autopeft.backbones import BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import MethodSpec, check_size, register, tensor_kwargs
+from autopeft.methods.base import MethodSpec, register, tensor_kwargs
 from autopeft.methods.prompts import PromptWrapper
 
 
@@ -77,13 +77,7 @@ class PromptedBlock(PromptWrapper):
         empty = torch.empty(length, info.width, **tensor_kwargs(base))
         self.prompt = nn.Parameter(empty.uniform_(-bound, bound)) if length else None
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @size.setter
-    def size(self, value: int) -> None:
-        self._size = check_size(self.method, value, self.max_size, self.block)
+    def resized(self) -> None:
         self.route.lengths[self.block] = self._size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
