@@ -131,7 +131,13 @@ def wait_for_sigint_handler(pid: int) -> None:
 
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
     command = [sys.executable, "-m", "autopeft.cli", "train", str(write_config(tmp_path)), "--out", str(tmp_path / "r")]
-    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal, even when the
+    )  # test itself runs in the background, where SIGINT is ignored and the child would inherit that
     wait_for_sigint_handler(process.pid)
     time.sleep(0.3)  # the command line is up, torch and timm are still loading
     process.send_signal(signal.SIGINT)
