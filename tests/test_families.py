@@ -148,7 +148,9 @@ def test_swin_counts_follow_the_formulas_stage_by_stage():
     assert count({"lora": {"rank": 2}}) == sum(2 * 2 * (d + d) for d in STAGE_WIDTHS)  # q and v rows of qkv
     assert count({"adapter": {"dim": 3}}) == sum(2 * d * 3 + 3 + d for d in STAGE_WIDTHS)
     ssf_blocks = sum(2 * (d + 3 * d + d + d + 4 * d + d) for d in STAGE_WIDTHS)
-    assert count({"ssf": {}}) == ssf_blocks + 2 * 16 + 2 * 32  # + the patch embedding and the final norm
+    merging = 2 * (4 * 16 + 32)  # the second stage's patch merging: its norm (4 x 16) and reduction (32)
+    assert count({"ssf": {}}) == ssf_blocks + merging + 2 * 16 + 2 * 32  # + the patch embedding and the final norm
+    assert count({"ssf": {"enabled": [1, 1, 0, 1]}}) == ssf_blocks - 2 * 11 * 32 + 2 * 16 + 2 * 32  # stage 2 opens off
     assert count({"kv_prompt": {"length": 3}}) == sum(3 * d for d in STAGE_WIDTHS)
     per_block = autopeft.apply(swin(), {"lora": {"rank": [0, 2, 4, 0]}})
     assert autopeft.get_sizes(per_block, "lora") == [0, 2, 4, 0]

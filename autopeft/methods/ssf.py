@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
 from autopeft import inject
@@ -14,9 +15,10 @@ from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
 
-Site = Literal["patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "norm"]
+Site = Literal["patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "merging", "norm"]
 BLOCK_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
-ALL_SITES = ("patch_embed", *BLOCK_SITES, "norm")
+MERGING_PARTS = ("norm", "reduction")  # a Swin patch merging: LayerNorm(4c), then Linear(4c, 2c)
+ALL_SITES = ("patch_embed", *BLOCK_SITES, "merging", "norm")
 
 
 @dataclass
@@ -128,6 +130,18 @@ def _final_norm_site(model: nn.Module) -> tuple[nn.Module, str]:
     raise ConfigError("ssf: site 'norm' needs a final LayerNorm (norm or fc_norm); this backbone has none")
 
 
+def _attach_merging(model: nn.Module, enabled: list[int]) -> None:
+    """After the norm and the reduction of each patch merging that opens a stage (Swin), on with the stage's
+    first block; backbones without patch merging have nothing here."""
+    first = 0
+    for stage in getattr(model, "layers", ()):
+        merging = getattr(stage, "downsample", None)
+        if isinstance(merging, PatchMerging) and enabled[first]:
+            for attr in MERGING_PARTS:
+                inject.wrap(merging, attr, ScaleShift, output_width(getattr(merging, attr), "merging"), first)
+        first += len(getattr(stage, "blocks", ()))
+
+
 def attach(model: nn.Module, opts: SSFOptions, info: BackboneInfo) -> None:
     flags = [int(f) for f in opts.enabled] if isinstance(opts.enabled, list) else int(opts.enabled)
     enabled = per_block(flags, info.depth, "ssf.enabled", maximum=1)
@@ -144,6 +158,8 @@ def attach(model: nn.Module, opts: SSFOptions, info: BackboneInfo) -> None:
                     inject.call_qkv_module(parent)
                 else:
                     inject.wrap(parent, attr, ScaleShift, width, index)
+    if "merging" in opts.sites:
+        _attach_merging(model, enabled)
     if not any(enabled):
         return
     if "patch_embed" in opts.sites:
