@@ -70,8 +70,9 @@ PARALLEL = {
     "ParallelScalingBlock": "attention and MLP fused into one parallel projection",
 }
 FAMILIES = (VisionTransformer, VisionTransformerRelPos, SwinTransformer, Eva, Beit)
-# Methods that add tokens to the sequence (VPT) or to the keys and values (key-value prompts).
-TOKEN_METHODS = ("vpt", "kv_prompt")
+# Methods that add tokens to the sequence (VPT). Key-value prompts join only the keys and values inside the
+# attention, where their wrappers leave them out of rope and the relative position bias: EVA / BEiT take them.
+TOKEN_METHODS = ("vpt",)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def refuse_token_methods(model: torch.nn.Module, methods: list[str], name: str) 
         why = f"runs its own attention ({type(attn).__name__}), which takes no extra tokens"
     raise ConfigError(
         f"{token[0]}: {name} ({type(model).__name__}) {why}, so prompt tokens do not fit; "
-        f"allowed on this backbone: lora, adapter, ssf and the baselines"
+        f"allowed on this backbone: lora, adapter, ssf, kv_prompt and the baselines"
     )
 
 

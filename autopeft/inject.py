@@ -77,6 +77,13 @@ def call_qkv_module(attn: nn.Module) -> None:
         attn.register_forward_pre_hook(_route_qkv)
 
 
+def route_qkv(attn: nn.Module) -> None:
+    """Set ``attn``'s ``qkv_bias_separate`` flag now as ``call_qkv_module``'s hook would before a call, for code
+    that computes q, k and v in place of ``attn``'s own forward (key-value prompts); nothing without the hook."""
+    if _route_qkv in attn._forward_pre_hooks.values():
+        _route_qkv(attn, ())
+
+
 def _route_qkv(attn: nn.Module, args: Any) -> None:
     module, called = attn.qkv, False
     while True:

@@ -21,7 +21,7 @@ FAMILIES = {
 METHODS = {"lora": {"rank": 2}, "ssf": {}, "vpt": {"length": 2}, "kv_prompt": {"length": 2}}
 
 
-RELPOS_METHODS = {"lora": {"rank": 2}, "ssf": {}, "adapter": {"dim": 2}}  # token methods: see below
+RELPOS_METHODS = {"lora": {"rank": 2}, "ssf": {}, "adapter": {"dim": 2}, "kv_prompt": {"length": 2}}  # VPT: see below
 
 
 def methods_of(name: str) -> dict:
@@ -219,7 +219,6 @@ def test_swin_key_value_prompts_get_no_bias_and_every_shifted_window_query_sees_
     ("methods", "message"),
     [
         ({"vpt": {}}, "vpt: VisionTransformerRelPos sizes its relative position bias to the patch grid"),
-        ({"kv_prompt": {}}, "kv_prompt: block 0 attention is RelPosAttention; allowed: timm's Attention (ViT)"),
     ],
 )
 def test_token_methods_are_refused_on_relative_position_vits_with_one_line(methods, message):

@@ -103,7 +103,7 @@ def attach(model: nn.Module, opts: AdapterOptions, info: BackboneInfo) -> None:
             continue
         kind = type(inject.unwrapped(block)).__name__
         if kind in POST_NORM:
-            prompts = ", vpt, kv_prompt" if isinstance(model, VisionTransformer) else ""  # relpos, EVA: refused
+            prompts = ", vpt, kv_prompt" if isinstance(model, VisionTransformer) else ", kv_prompt"  # no VPT on EVA
             raise ConfigError(
                 f"adapter: block {index} is post-norm ({kind}: x + norm(sublayer(x))), where an adapter would "
                 f"have to move the norm in front of its sub-layer; allowed on this backbone: lora, ssf{prompts} "
