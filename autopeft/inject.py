@@ -32,6 +32,13 @@ def unwrapped(module: nn.Module) -> nn.Module:
     return module
 
 
+def innermost(parent: nn.Module, attr: str) -> tuple[nn.Module, str]:
+    """``(parent, attribute)`` of the timm module at ``parent.attr``, inside any wrappers around it."""
+    while isinstance(getattr(getattr(parent, attr), "base", None), nn.Module):
+        parent, attr = getattr(parent, attr), "base"
+    return parent, attr
+
+
 def locate(block: nn.Module, site: str, method: str, index: int) -> tuple[nn.Module, str]:
     """Return ``(parent, attribute)`` of ``site`` in ``block``, looking through wrappers."""
     found = locate_all(block, site, method, index)
@@ -126,13 +133,22 @@ def blocks_of(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
 
 def stage_blocks(model: nn.Module) -> tuple[list[int], list[nn.Module]]:
     """The stage of every block and the blocks themselves, in forward order."""
+    stages = _stage_containers(model)
+    return [i for i, stage in enumerate(stages) for _ in stage], [block for stage in stages for block in stage]
+
+
+def block_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(container, attribute)`` of every block, numbered as ``blocks_of``: where a wrapper of a whole block goes."""
+    return [(stage, name) for stage in _stage_containers(model) for name, _ in stage.named_children()]
+
+
+def _stage_containers(model: nn.Module) -> list[nn.Module]:
+    """The module holding each stage's blocks: a ViT's ``blocks`` (one stage), Swin's ``layers[i].blocks``."""
     if isinstance(getattr(model, "blocks", None), nn.Module):
-        blocks = list(model.blocks)
-        return [0] * len(blocks), blocks
-    stages = [
+        return [model.blocks]
+    return [
         stage.blocks for stage in getattr(model, "layers", ()) if isinstance(getattr(stage, "blocks", None), nn.Module)
     ]
-    return [i for i, stage in enumerate(stages) for _ in stage], [block for stage in stages for block in stage]
 
 
 def block_count(model: nn.Module) -> int:
