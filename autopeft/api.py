@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import backbone_info, refuse_token_methods
+from autopeft.backbones import backbone_info
 from autopeft.config import parse_options, per_block
 from autopeft.errors import ConfigError
 from autopeft.files import write_atomic, write_json
@@ -41,7 +41,6 @@ def apply(model: nn.Module, methods: Mapping[str, Mapping[str, Any] | None]) -> 
     parsed = {name: parse_options(_spec(name).options, opts, name) for name, opts in methods.items()}
     vit_methods = [name for name in parsed if REGISTRY[name].needs_vit]
     info = backbone_info(model, vit_methods[0]) if vit_methods else None
-    refuse_token_methods(model, list(parsed), backbone_name(model))
     for name in sorted(parsed, key=lambda n: REGISTRY[n].order):
         REGISTRY[name].attach(model, parsed[name], info)
     _set_trainable(model, parsed)

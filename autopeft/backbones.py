@@ -17,8 +17,8 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
-from autopeft.errors import BackboneError, ConfigError
-from autopeft.inject import stage_blocks, unwrapped
+from autopeft.errors import BackboneError
+from autopeft.inject import all_blocks, unwrapped
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".npz")
 ASSETS = Path(__file__).parent / "assets"
@@ -70,29 +70,20 @@ PARALLEL = {
     "ParallelScalingBlock": "attention and MLP fused into one parallel projection",
 }
 FAMILIES = (VisionTransformer, VisionTransformerRelPos, SwinTransformer, Eva, Beit)
-# Methods that add tokens to the sequence (VPT). Key-value prompts join only the keys and values inside the
-# attention, where their wrappers leave them out of rope and the relative position bias: EVA / BEiT take them.
-TOKEN_METHODS = ("vpt",)
 
 
 @dataclass(frozen=True)
 class BackboneInfo:
     """The shape facts of a backbone that methods and parameter counts need. Blocks are numbered over all
-    stages (``autopeft.inject.blocks_of``); ``stages`` gives each block's stage (a plain ViT has one)."""
+    stages (``autopeft.inject.blocks_of``)."""
 
     width: int  # the token width entering the first block
     depth: int
-    stages: tuple[int, ...]
     num_heads: int
     head_dim: int
     num_prefix_tokens: int
     patch_size: tuple[int, int]
     in_chans: int
-
-    @property
-    def hierarchical(self) -> bool:
-        """Stages of different widths (Swin): token methods built for one sequence of tokens do not fit."""
-        return max(self.stages) > 0
 
 
 def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneInfo:
@@ -102,7 +93,7 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
             f"{method}: needs a timm VisionTransformer (vit_*, deit_*, vit_relpos_*), SwinTransformer (swin_*), "
             f"Eva (eva_*, eva02_*) or Beit (beit*) with token blocks; got {type(model).__name__}"
         )
-    stages, blocks = stage_blocks(model)
+    blocks = all_blocks(model)
     block = unwrapped(blocks[0])
     kind = type(block).__name__
     if kind not in BLOCK_KINDS:
@@ -119,34 +110,11 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
     return BackboneInfo(
         width=model.embed_dim,
         depth=len(blocks),
-        stages=tuple(stages),
         num_heads=attn.num_heads,
         head_dim=getattr(attn, "head_dim", model.embed_dim // attn.num_heads),
         num_prefix_tokens=getattr(model, "num_prefix_tokens", 0),
         patch_size=tuple(model.patch_embed.patch_size),
         in_chans=model.patch_embed.proj.in_channels,
-    )
-
-
-def refuse_token_methods(model: torch.nn.Module, methods: list[str], name: str) -> None:
-    """ConfigError in one line when ``methods`` add prompt tokens to EVA / BEiT, whose position information is
-    indexed by patch-grid position inside their own attention (rope, relative position bias)."""
-    token = [m for m in methods if m in TOKEN_METHODS]
-    if not token or not isinstance(model, (Eva, Beit)):
-        return
-    attn = unwrapped(stage_blocks(model)[1][0].attn)
-    if getattr(model, "rope", None) is not None:
-        why = "applies rotary position embeddings (rope) to the tokens after the prefix tokens by patch-grid position"
-    elif (
-        getattr(model, "rel_pos_bias", None) is not None
-        or getattr(attn, "relative_position_bias_table", None) is not None
-    ):
-        why = "indexes its relative position bias by patch-grid position (a table over the class token and the patches)"
-    else:
-        why = f"runs its own attention ({type(attn).__name__}), which takes no extra tokens"
-    raise ConfigError(
-        f"{token[0]}: {name} ({type(model).__name__}) {why}, so prompt tokens do not fit; "
-        f"allowed on this backbone: lora, adapter, ssf, kv_prompt and the baselines"
     )
 
 

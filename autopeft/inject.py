@@ -128,13 +128,12 @@ def replace_modules(root: nn.Module, select: Callable[[nn.Module], nn.Module | N
 def blocks_of(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
     """The transformer blocks, numbered over all stages: a ViT's ``blocks``, or the blocks of each stage
     of a hierarchical model (Swin's ``layers``) in order. Per-block size lists index this numbering."""
-    yield from enumerate(stage_blocks(model)[1])
+    yield from enumerate(all_blocks(model))
 
 
-def stage_blocks(model: nn.Module) -> tuple[list[int], list[nn.Module]]:
-    """The stage of every block and the blocks themselves, in forward order."""
-    stages = _stage_containers(model)
-    return [i for i, stage in enumerate(stages) for _ in stage], [block for stage in stages for block in stage]
+def all_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of every stage, in forward order."""
+    return [block for stage in _stage_containers(model) for block in stage]
 
 
 def block_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -152,4 +151,4 @@ def _stage_containers(model: nn.Module) -> list[nn.Module]:
 
 
 def block_count(model: nn.Module) -> int:
-    return len(stage_blocks(model)[1])
+    return len(all_blocks(model))

@@ -241,7 +241,6 @@ def expected_info(prefix_tokens: int) -> BackboneInfo:
     return BackboneInfo(
         width=WIDTH,
         depth=DEPTH,
-        stages=(0,) * DEPTH,
         num_heads=HEADS,
         head_dim=WIDTH // HEADS,
         num_prefix_tokens=prefix_tokens,

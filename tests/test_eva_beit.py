@@ -225,30 +225,6 @@ def test_every_subnet_equals_the_standalone_model_with_inherited_weights(name):
     assert torch.equal(out(net.model), out(plain))
 
 
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [
-        (
-            "eva02_tiny_patch14_224",
-            "vpt: eva02_tiny_patch14_224 (Eva) applies rotary position embeddings (rope) to the tokens after the "
-            "prefix tokens by patch-grid position, so prompt tokens do not fit; allowed on this backbone: lora, "
-            "adapter, ssf, kv_prompt and the baselines",
-        ),
-        ("eva02_base_patch14_224", "vpt: eva02_base_patch14_224 (Eva) applies rotary position embeddings (rope)"),
-        (
-            "beit_base_patch16_224",
-            "vpt: beit_base_patch16_224 (Beit) indexes its relative position bias by patch-grid position (a table "
-            "over the class token and the patches), so prompt tokens do not fit; allowed on this backbone: lora, "
-            "adapter, ssf, kv_prompt and the baselines",
-        ),
-    ],
-)
-def test_prompt_methods_are_refused_with_one_line(name, message):
-    with pytest.raises(ConfigError) as err:
-        autopeft.apply(build(name), {"lora": {}, "kv_prompt": {}, "vpt": {}})
-    assert str(err.value).startswith(message) and "\n" not in str(err.value)
-
-
 def test_lora_options_a_direct_read_or_separate_projections_cannot_take_are_refused():
     with pytest.raises(ConfigError) as err:
         autopeft.apply(build("beit_base_patch16_224"), {"lora": {"dropout": 0.1}})
@@ -272,7 +248,8 @@ def test_adapters_are_refused_on_eva_post_norm_blocks():
         autopeft.apply(model, {"adapter": {"dim": 2}})
     assert str(err.value) == (
         "adapter: block 0 is post-norm (EvaBlockPostNorm: x + norm(sublayer(x))), where an adapter would have to "
-        "move the norm in front of its sub-layer; allowed on this backbone: lora, ssf, kv_prompt and the baselines"
+        "move the norm in front of its sub-layer; allowed on this backbone: lora, ssf, vpt, kv_prompt and the "
+        "baselines"
     )
 
 

@@ -8,7 +8,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from autopeft import inject
@@ -103,11 +102,10 @@ def attach(model: nn.Module, opts: AdapterOptions, info: BackboneInfo) -> None:
             continue
         kind = type(inject.unwrapped(block)).__name__
         if kind in POST_NORM:
-            prompts = ", vpt, kv_prompt" if isinstance(model, VisionTransformer) else ", kv_prompt"  # no VPT on EVA
             raise ConfigError(
                 f"adapter: block {index} is post-norm ({kind}: x + norm(sublayer(x))), where an adapter would "
-                f"have to move the norm in front of its sub-layer; allowed on this backbone: lora, ssf{prompts} "
-                f"and the baselines"
+                f"have to move the norm in front of its sub-layer; allowed on this backbone: lora, ssf, vpt, "
+                f"kv_prompt and the baselines"
             )
         for site in opts.sites:
             norm_parent, norm_attr = inject.locate(block, NORM_OF_SITE[site], "adapter", index)
