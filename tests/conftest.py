@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import autopeft
+from autopeft.api import _head_parameters
 
 WIDTH, DEPTH, HEADS, HIDDEN = 32, 3, 2, 128
 VARIANTS = {
@@ -40,7 +41,7 @@ def images() -> torch.Tensor:
 def randomise_trainable(model: torch.nn.Module, seed: int = 2) -> None:
     """Give every trainable tensor but the head(s) random values (SSF scales stay near 1)."""
     generator = torch.Generator().manual_seed(seed)
-    heads = {id(p) for p in autopeft.api._head_parameters(model)}
+    heads = {id(p) for p in _head_parameters(model)}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.requires_grad and id(param) not in heads:
