@@ -13,12 +13,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import backbone_info
+from autopeft.backbones import TRANSFORMER, BackboneInfo, backbone_info
 from autopeft.config import parse_options, per_block
-from autopeft.errors import ConfigError
+from autopeft.errors import BackboneError, ConfigError
 from autopeft.files import write_atomic, write_json
 from autopeft.methods import REGISTRY, Elastic, ElasticWrapper, elastic_modules
-from autopeft.methods.base import check_size
+from autopeft.methods.base import check_size, with_family_defaults
 from autopeft.methods.prompts import SegmentMask, segment_masks, set_segment_masks
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -41,11 +41,25 @@ def apply(model: nn.Module, methods: Mapping[str, Mapping[str, Any] | None]) -> 
     parsed = {name: parse_options(_spec(name).options, opts, name) for name, opts in methods.items()}
     vit_methods = [name for name in parsed if REGISTRY[name].needs_vit]
     info = backbone_info(model, vit_methods[0]) if vit_methods else None
+    if info is not None:
+        _refuse_on_cnn(model, vit_methods, info)
+        parsed = {name: with_family_defaults(REGISTRY[name], opts, info.family) for name, opts in parsed.items()}
     for name in sorted(parsed, key=lambda n: REGISTRY[n].order):
         REGISTRY[name].attach(model, parsed[name], info)
     _set_trainable(model, parsed)
     model.autopeft_methods = {name: asdict(opts) for name, opts in parsed.items()}
     return model
+
+
+def _refuse_on_cnn(model: nn.Module, methods: list[str], info: BackboneInfo) -> None:
+    """One line for the first token method (VPT, key-value prompts) asked of a CNN."""
+    refused = [name for name in methods if not REGISTRY[name].cnn]
+    if info.family != TRANSFORMER and refused:
+        allowed = ", ".join(name for name, spec in REGISTRY.items() if spec.cnn or not spec.needs_vit)
+        raise BackboneError(
+            f"{refused[0]}: needs a transformer's token blocks; backbone '{backbone_name(model)}' is a CNN "
+            f"({info.family}); allowed on CNNs: {allowed}"
+        )
 
 
 def _spec(name: str):

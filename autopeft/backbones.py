@@ -13,7 +13,11 @@ from typing import Any
 import timm
 import torch
 from timm.models.beit import Beit
+from timm.models.convnext import ConvNeXt
+from timm.models.efficientnet import EfficientNet
 from timm.models.eva import Eva, EvaAttention
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.resnet import ResNet
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_relpos import VisionTransformerRelPos
@@ -88,28 +92,49 @@ PARALLEL = {
     "ParallelScalingBlock": "attention and MLP fused into one parallel projection",
 }
 FAMILIES = (VisionTransformer, VisionTransformerRelPos, SwinTransformer, Eva, Beit)
+TRANSFORMER = "transformer"  # the family name of every transformer in FAMILIES
+# CNN families by timm model class: ConvNeXt (model.stages[i].blocks), ResNet (layer1..layer4), EfficientNet and
+# MobileNetV3 (model.blocks[i][j]); their blocks are numbered over all stages as a Swin's are.
+CNN_FAMILIES: dict[type, str] = {ConvNeXt: "convnext", ResNet: "resnet", EfficientNet: "efficientnet"}
+CNN_FAMILIES[MobileNetV3] = "efficientnet"
+CNN_BLOCK_KINDS = (
+    "ConvNeXtBlock",
+    "BasicBlock",
+    "Bottleneck",
+    "DepthwiseSeparableConv",
+    "InvertedResidual",
+    "EdgeResidual",
+    "ConvBnAct",
+)
+SIDE_BRANCHES = ("downsample", "shortcut", "se")  # a CNN block's children off its main path
 
 
 @dataclass(frozen=True)
 class BackboneInfo:
     """The shape facts of a backbone that methods and parameter counts need. Blocks are numbered over all
-    stages (``autopeft.inject.blocks_of``)."""
+    stages (``autopeft.inject.blocks_of``). Heads, prefix tokens and patches are a transformer's (0 and 1 on CNNs)."""
 
-    width: int  # the token width entering the first block
+    width: int  # the token width (channels of a CNN) entering the first block
     depth: int
     num_heads: int
     head_dim: int
     num_prefix_tokens: int
     patch_size: tuple[int, int]
     in_chans: int
+    family: str = TRANSFORMER  # or a CNN family of CNN_FAMILIES
+    widths: tuple[int, ...] = ()  # CNNs: the channels each block puts out
 
 
 def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneInfo:
-    """Describe ``model``; raise a clear error if it is not a supported timm transformer."""
+    """Describe ``model``; raise a clear error if it is not a supported timm transformer or CNN."""
+    if isinstance(model, tuple(CNN_FAMILIES)):
+        return _cnn_info(model, method)
     if not isinstance(model, FAMILIES):
         raise BackboneError(
             f"{method}: needs a timm VisionTransformer (vit_*, deit_*, vit_relpos_*), SwinTransformer (swin_*), "
-            f"Eva (eva_*, eva02_*) or Beit (beit*) with token blocks; got {type(model).__name__}"
+            f"Eva (eva_*, eva02_*) or Beit (beit*) with token blocks, or a CNN: ConvNeXt (convnext_*), ResNet "
+            f"(resnet*), EfficientNet or MobileNetV3 (efficientnet_*, tf_efficientnet_lite*, mobilenetv3_*); "
+            f"got {type(model).__name__}"
         )
     blocks = all_blocks(model)
     block = unwrapped(blocks[0])
@@ -133,6 +158,66 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
         num_prefix_tokens=getattr(model, "num_prefix_tokens", 0),
         patch_size=tuple(model.patch_embed.patch_size),
         in_chans=model.patch_embed.proj.in_channels,
+    )
+
+
+def _cnn_info(model: torch.nn.Module, method: str) -> BackboneInfo:
+    blocks = [unwrapped(block) for block in all_blocks(model)]
+    for index, block in enumerate(blocks):
+        if type(block).__name__ not in CNN_BLOCK_KINDS:
+            raise BackboneError(
+                f"{method}: block {index} of {type(model).__name__} is a {type(block).__name__}, a layout methods "
+                f"are not built for; allowed: timm blocks {', '.join(CNN_BLOCK_KINDS)}"
+            )
+    geometry = [block_geometry(block) for block in blocks]
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return BackboneInfo(
+        width=geometry[0][0],
+        depth=len(blocks),
+        num_heads=0,
+        head_dim=0,
+        num_prefix_tokens=0,
+        patch_size=(1, 1),
+        in_chans=first_conv.in_channels,
+        family=family_of(model),
+        widths=tuple(out for _, out, _ in geometry),
+    )
+
+
+def family_of(model: torch.nn.Module) -> str:
+    """``transformer`` or the model's CNN family (``convnext``, ``resnet``, ``efficientnet``)."""
+    return next((name for cls, name in CNN_FAMILIES.items() if isinstance(model, cls)), TRANSFORMER)
+
+
+def family_of_name(name: str) -> str:
+    """The family of backbone ``name`` (a built-in or timm name) without building it: the timm module its
+    model function lives in; ``transformer`` for names timm does not know (creating them names the problem)."""
+    timm_name = DEMO_BACKBONES[name]["timm_name"] if name in DEMO_BACKBONES else name
+    if not timm.is_model(timm_name):
+        return TRANSFORMER
+    module = timm.models.model_entrypoint(timm_name).__module__
+    return next((family for cls, family in CNN_FAMILIES.items() if cls.__module__ == module), TRANSFORMER)
+
+
+def block_geometry(block: torch.nn.Module) -> tuple[int, int, int]:
+    """``(in_channels, out_channels, stride)`` of a CNN block's main path (its side branches ``SIDE_BRANCHES``
+    left out): the first weight layer's input, the last one's output, the product of every stride on the way."""
+    main = [
+        module
+        for name, module in block.named_modules()
+        if name.split(".", 1)[0] not in SIDE_BRANCHES and not isinstance(getattr(module, "base", None), torch.nn.Module)
+    ]
+    layers = [m for m in main if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    stride = 1
+    for module in main:
+        if not list(module.children()) and getattr(module, "stride", None) is not None:
+            step = module.stride
+            stride *= step[0] if isinstance(step, tuple) else step
+    first, last = layers[0], layers[-1]
+    return (
+        first.in_channels if isinstance(first, torch.nn.Conv2d) else first.in_features,
+        last.out_channels if isinstance(last, torch.nn.Conv2d) else last.out_features,
+        stride,
     )
 
 
@@ -230,7 +315,8 @@ def _package_file(name: str, package: dict[str, str]) -> Path:
 def _check_name(name: str) -> None:
     if timm.is_model(name):
         return
-    known = timm.list_models("vit_*") + timm.list_models("deit*")
+    patterns = ("vit_*", "deit*", "convnext_*", "resnet*", "efficientnet_*", "tf_efficientnet_lite*", "mobilenetv3_*")
+    known = [model for pattern in patterns for model in timm.list_models(pattern)]
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('vit_*')"
     raise BackboneError(f"unknown backbone '{name}'{hint}")

@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from autopeft.errors import AutopeftError, ConfigError
+from autopeft.errors import AutopeftError, BackboneError, ConfigError
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -21,6 +21,8 @@ def _methods(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     import autopeft
+    from autopeft.backbones import family_of
+    from autopeft.methods.base import with_family_defaults
 
     table = Table(title=f"methods on {args.backbone} ({args.num_classes} classes, head excluded)")
     for column in ("method", "default options", "trainable params"):
@@ -30,9 +32,10 @@ def _methods(args: argparse.Namespace) -> None:
         for name, spec in autopeft.METHODS.items():
             try:
                 count = f"{autopeft.count_trainable(autopeft.apply(copy.deepcopy(backbone), {name: {}})):,}"
-            except ConfigError as err:  # a method this block kind cannot host
+            except (ConfigError, BackboneError) as err:  # a method this block kind or family cannot host
                 count = f"not on this backbone ({err})"
-            table.add_row(name, str(asdict(spec.options())), count)
+            options = with_family_defaults(spec, spec.options(), family_of(backbone))
+            table.add_row(name, str(asdict(options)), count)
     Console().print(table)
 
 

@@ -126,8 +126,8 @@ def replace_modules(root: nn.Module, select: Callable[[nn.Module], nn.Module | N
 
 
 def blocks_of(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
-    """The transformer blocks, numbered over all stages: a ViT's ``blocks``, or the blocks of each stage
-    of a hierarchical model (Swin's ``layers``) in order. Per-block size lists index this numbering."""
+    """The blocks, numbered over all stages: a ViT's ``blocks``, or the blocks of each stage of a hierarchical
+    model (Swin's ``layers``, a CNN's stages) in order. Per-block size lists index this numbering."""
     yield from enumerate(all_blocks(model))
 
 
@@ -142,12 +142,18 @@ def block_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 def _stage_containers(model: nn.Module) -> list[nn.Module]:
-    """The module holding each stage's blocks: a ViT's ``blocks`` (one stage), Swin's ``layers[i].blocks``."""
-    if isinstance(getattr(model, "blocks", None), nn.Module):
-        return [model.blocks]
-    return [
-        stage.blocks for stage in getattr(model, "layers", ()) if isinstance(getattr(stage, "blocks", None), nn.Module)
-    ]
+    """The module holding each stage's blocks: a ViT's ``blocks`` (one stage), Swin's ``layers[i].blocks``,
+    ConvNeXt's ``stages[i].blocks``, ResNet's ``layer1`` .. ``layer4``, EfficientNet's and MobileNetV3's
+    ``blocks[i]`` (a ``blocks`` of ``Sequential`` stages)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Module):
+        stages = list(blocks.children())
+        return stages if stages and all(type(stage) is nn.Sequential for stage in stages) else [blocks]
+    layers = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if all(isinstance(layer, nn.Sequential) for layer in layers):
+        return layers
+    stages = getattr(model, "layers", None) or getattr(model, "stages", ())
+    return [stage.blocks for stage in stages if isinstance(getattr(stage, "blocks", None), nn.Module)]
 
 
 def block_count(model: nn.Module) -> int:

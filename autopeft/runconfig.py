@@ -10,10 +10,12 @@ from typing import Any
 
 import yaml
 
+from autopeft.backbones import family_of_name
 from autopeft.config import check_type, parse_options
 from autopeft.data import DataConfig
 from autopeft.errors import ConfigError
 from autopeft.methods import REGISTRY
+from autopeft.methods.base import with_family_defaults
 from autopeft.train import TrainConfig
 
 
@@ -51,7 +53,8 @@ class RunConfig:
     init: str | None = None
 
     def __post_init__(self) -> None:
-        self.methods = _parse_methods(self.methods)  # every option spelled out, as saved and reported
+        # every option spelled out, as saved and reported (the backbone family's defaults filled in)
+        self.methods = _parse_methods(self.methods, family_of_name(self.backbone.name))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,14 +87,15 @@ def _parse(data: Any) -> RunConfig:
     return RunConfig(**values)
 
 
-def _parse_methods(methods: Any) -> dict[str, dict[str, Any]]:
+def _parse_methods(methods: Any, family: str) -> dict[str, dict[str, Any]]:
     if not isinstance(methods, dict) or not methods:
         raise ConfigError(f"methods: expected a mapping of method -> options; allowed: {', '.join(REGISTRY)}")
     parsed = {}
     for name, options in methods.items():
         if name not in REGISTRY:
             raise ConfigError(f"methods: unknown method '{name}'; allowed: {', '.join(REGISTRY)}")
-        parsed[name] = asdict(parse_options(REGISTRY[name].options, options, f"methods.{name}"))
+        opts = parse_options(REGISTRY[name].options, options, f"methods.{name}")
+        parsed[name] = asdict(with_family_defaults(REGISTRY[name], opts, family))
     return parsed
 
 

@@ -231,10 +231,10 @@ def test_unknown_name_suggests_the_close_one():
     assert "unknown backbone 'vit_tiny_patch16_22'; did you mean vit_tiny_patch16_224" in message
 
 
-def test_non_vit_timm_model_is_rejected():
-    message = error_of("resnet18")
-    assert "backbone 'resnet18': needs a timm VisionTransformer" in message
-    assert "got ResNet" in message
+def test_unsupported_timm_model_is_rejected():
+    message = error_of("regnetx_002")  # a CNN family without method support (ResNets and ConvNeXts have it)
+    assert "backbone 'regnetx_002': needs a timm VisionTransformer" in message
+    assert "or a CNN: ConvNeXt (convnext_*), ResNet (resnet*)" in message and "got RegNet" in message
 
 
 def expected_info(prefix_tokens: int) -> BackboneInfo:

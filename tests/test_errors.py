@@ -64,10 +64,10 @@ def test_active_size_above_maximum():
 
 def test_token_method_on_backbone_without_tokens():
     cnn = timm.create_model("resnet10t", num_classes=3)
-    with pytest.raises(BackboneError, match=r"vpt: needs a timm VisionTransformer .* got ResNet"):
+    with pytest.raises(BackboneError, match=r"vpt: needs a transformer's token blocks; backbone 'resnet10t' is a CNN"):
         autopeft.apply(cnn, {"vpt": {}})
-    with pytest.raises(BackboneError, match=r"kv_prompt: needs a timm VisionTransformer"):
-        autopeft.apply(timm.create_model("resnet10t", num_classes=3), {"kv_prompt": {}})
+    with pytest.raises(BackboneError, match=r"kv_prompt: needs a timm VisionTransformer .* got RegNet"):
+        autopeft.apply(timm.create_model("regnetx_002", num_classes=3), {"kv_prompt": {}})
 
 
 def test_baselines_work_on_any_timm_model():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -101,11 +101,14 @@ def check_size(method: str, value: Any, maximum: int, block: int | None) -> int:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its options class and how it attaches to a ViT.
+    """A registered method: its options class and how it attaches to a backbone.
 
     ``attach(model, options, info)`` edits the model through ``autopeft.inject`` and returns
     nothing; trainability is set afterwards from ``Elastic.own_parameters`` and
     ``trainable`` (for methods that unfreeze backbone tensors instead of adding modules).
+    ``needs_vit``: attaching needs the backbone's ``BackboneInfo`` (every method that adds modules);
+    ``cnn``: the method attaches to CNN blocks too. ``family_defaults``: family -> the values of the
+    options whose default is None (``autopeft.backbones``: ``transformer`` or a CNN family).
     """
 
     name: str
@@ -117,6 +120,14 @@ class MethodSpec:
     mergeable: bool = False
     needs_vit: bool = True
     trainable: Callable[[nn.Module], list[nn.Parameter]] | None = None
+    cnn: bool = False
+    family_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def with_family_defaults(spec: MethodSpec, options: Any, family: str) -> Any:
+    """``options`` with each option left None set to ``family``'s default (the options themselves when none is)."""
+    fill = {key: value for key, value in spec.family_defaults.get(family, {}).items() if getattr(options, key) is None}
+    return replace(options, **fill) if fill else options
 
 
 REGISTRY: dict[str, MethodSpec] = {}

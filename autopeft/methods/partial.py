@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from autopeft.backbones import BackboneInfo
 from autopeft.methods.base import MethodSpec, register
@@ -22,8 +23,10 @@ def _biases(model: nn.Module) -> list[nn.Parameter]:
     return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in BIAS_NAMES]
 
 
-def _layer_norms(model: nn.Module) -> list[nn.Parameter]:
-    return [p for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)]
+def _norms(model: nn.Module) -> list[nn.Parameter]:
+    """The affine parameters of every LayerNorm (with timm's LayerNorm2d) and BatchNorm (with BatchNormAct2d)."""
+    norms = (nn.LayerNorm, _BatchNorm)
+    return [p for m in model.modules() if isinstance(m, norms) for p in m.parameters(recurse=False)]
 
 
 def _nothing(model: nn.Module) -> list[nn.Parameter]:
@@ -39,7 +42,7 @@ def _attach_nothing(model: nn.Module, opts: NoOptions, info: BackboneInfo | None
 
 
 for order, (name, select) in enumerate(
-    [("bitfit", _biases), ("ln_tune", _layer_norms), ("linear", _nothing), ("full", _everything)], start=10
+    [("bitfit", _biases), ("ln_tune", _norms), ("linear", _nothing), ("full", _everything)], start=10
 ):
     register(
         MethodSpec(

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from timm.layers import BatchNormAct2d, LayerNorm2d
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from autopeft import inject
-from autopeft.backbones import BackboneInfo
+from autopeft.backbones import CNN_FAMILIES, TRANSFORMER, BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
 
-Site = Literal["patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "merging", "norm"]
+Site = Literal[
+    "patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "merging", "norm",
+    "stem", "convs", "norms", "downsample", "head",
+]  # fmt: skip
 BLOCK_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
 MERGING_PARTS = ("norm", "reduction")  # a Swin patch merging: LayerNorm(4c), then Linear(4c, 2c)
-ALL_SITES = ("patch_embed", *BLOCK_SITES, "merging", "norm")
+ALL_SITES = ("patch_embed", *BLOCK_SITES, "merging", "norm")  # a transformer's
+CNN_SITES = ("stem", "convs", "norms", "downsample", "head")
+WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
+NORMS = (nn.LayerNorm, _BatchNorm)  # with timm's LayerNorm2d and BatchNormAct2d
+CNN_SITE_KINDS = {"convs": WEIGHT_LAYERS, "norms": NORMS}
 
 
 @dataclass
 class SSFOptions:
+    """``sites`` null: the family's (every transformer site, or every CNN site)."""
+
     enabled: bool | int | list[bool | int] = 1
-    sites: list[Site] = field(default_factory=lambda: list(ALL_SITES))
+    sites: list[Site] | None = None
 
     def __post_init__(self) -> None:
-        if not self.sites:
-            raise ConfigError(f"ssf.sites: empty list; allowed: some of {', '.join(ALL_SITES)}")
+        if self.sites is not None and not self.sites:
+            raise ConfigError(f"ssf.sites: empty list; allowed: some of {', '.join(ALL_SITES + CNN_SITES)}")
 
 
 class ScaleShift(ElasticWrapper):
@@ -49,8 +60,9 @@ class ScaleShift(ElasticWrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.size == 0:
-            return y
+        return self.scale_shift(y) if self.size else y
+
+    def scale_shift(self, y: torch.Tensor) -> torch.Tensor:
         if self.channel_dim == 1:
             return torch.addcmul(self.beta[:, None, None], y, self.gamma[:, None, None])
         return torch.addcmul(self.beta, y, self.gamma)
@@ -66,14 +78,14 @@ class ScaleShift(ElasticWrapper):
 
     @torch.no_grad()
     def merged_module(self) -> nn.Module:
-        """The wrapped Linear / LayerNorm / Conv2d with gamma and beta folded in."""
+        """The wrapped Linear / Conv2d / LayerNorm / BatchNorm with gamma and beta folded in (a norm's affine)."""
         base = self.base
         if self.size == 0:
             return base
-        if isinstance(base, nn.LayerNorm) and not base.elementwise_affine:
-            raise ConfigError("ssf: cannot merge into a LayerNorm without affine parameters")
-        if not isinstance(base, (nn.Linear, nn.LayerNorm, nn.Conv2d)):
+        if not isinstance(base, WEIGHT_LAYERS + NORMS):
             raise ConfigError(f"ssf: cannot merge into {type(base).__name__}")
+        if base.weight is None:
+            raise ConfigError(f"ssf: cannot merge into a {type(base).__name__} without affine parameters")
         shape = (-1,) + (1,) * (base.weight.dim() - 1)
         base.weight.mul_(self.gamma.view(shape))
         if base.bias is None:
@@ -81,6 +93,18 @@ class ScaleShift(ElasticWrapper):
         else:
             base.bias.mul_(self.gamma).add_(self.beta)
         return base
+
+
+class NormActScaleShift(ScaleShift):
+    """SSF inside timm's ``BatchNormAct2d`` (batch norm, dropout and activation in one module): the scale and
+    shift act on the normalised output before the dropout and the activation, where they fold into the batch
+    norm's affine. Size 0 calls the module itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.base
+        if self.size == 0:
+            return norm(x)
+        return norm.act(norm.drop(self.scale_shift(_BatchNorm.forward(norm, x))))
 
 
 class QKVScaleShift(ScaleShift):
@@ -111,7 +135,17 @@ def output_width(module: nn.Module, site: str) -> int:
         return base.normalized_shape[-1]
     if isinstance(base, nn.Conv2d):
         return base.out_channels
-    raise ConfigError(f"ssf: site '{site}' is {type(base).__name__}; allowed: a Linear, a LayerNorm or a Conv2d")
+    if isinstance(base, _BatchNorm):
+        return base.num_features
+    raise ConfigError(
+        f"ssf: site '{site}' is {type(base).__name__}; allowed: a Linear, a Conv2d, a LayerNorm or a BatchNorm"
+    )
+
+
+def channel_dim(module: nn.Module) -> int:
+    """The channel axis of a module's output: 1 for NCHW maps (convolutions, batch norms, ``LayerNorm2d``), else -1."""
+    base = inject.unwrapped(module)
+    return 1 if isinstance(base, nn.Conv2d | _BatchNorm | LayerNorm2d) else -1
 
 
 def _patch_embed_site(model: nn.Module) -> tuple[nn.Module, str, int]:
@@ -142,9 +176,76 @@ def _attach_merging(model: nn.Module, enabled: list[int]) -> None:
         first += len(getattr(stage, "blocks", ()))
 
 
+def _layers(parent: nn.Module, attr: str, kinds: tuple[type, ...], skip: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(parent, attribute)`` of every module of ``kinds`` at or below ``parent.attr`` (a wrapped one where its
+    outermost wrapper sits), looking inside other modules but not inside weight layers, norms and ``skip``."""
+    inner = inject.unwrapped(getattr(parent, attr))
+    if inner is skip:
+        return []
+    if isinstance(inner, kinds):
+        return [(parent, attr)]
+    if isinstance(inner, WEIGHT_LAYERS + NORMS):
+        return []
+    return [found for name, _ in inner.named_children() for found in _layers(inner, name, kinds, skip)]
+
+
+def _wrap_cnn(found: list[tuple[nn.Module, str]], block: int | None, site: str) -> None:
+    """SSF after each found layer: inside a norm+activation layer before its activation, else after it."""
+    for parent, attr in found:
+        module = getattr(parent, attr)
+        wrapper = NormActScaleShift if isinstance(inject.unwrapped(module), BatchNormAct2d) else ScaleShift
+        inject.wrap(parent, attr, wrapper, output_width(module, site), block, channel_dim(module))
+
+
+def _stem_and_head(model: nn.Module) -> tuple[list[str], list[str]]:
+    """The model's direct children before the first one that holds blocks (the stem) and after the last (the
+    head and the layers before it)."""
+    blocks = {id(block) for block in inject.all_blocks(model)}
+    children = list(model.named_children())
+    holding = [i for i, (_, child) in enumerate(children) if any(id(m) in blocks for m in child.modules())]
+    return [name for name, _ in children[: holding[0]]], [name for name, _ in children[holding[-1] + 1 :]]
+
+
+def _attach_cnn(model: nn.Module, sites: list[str], enabled: list[int]) -> None:
+    """After every convolution and Linear (``convs``) and every norm (``norms``) of each enabled block; after
+    those of the stem and of the layers before the classifier (``stem``, ``head``: EfficientNet's conv_head and
+    bn2, MobileNetV3's conv_head, ConvNeXt's head norm) while any block is on; after those of a stage's
+    downsampling (``downsample``: ConvNeXt's norm and strided conv) with the first block of the stage it opens."""
+    classifier = model.get_classifier()
+    kinds = tuple(kind for site in ("convs", "norms") if site in sites for kind in CNN_SITE_KINDS[site])
+    for index, (parent, attr) in enumerate(inject.block_slots(model)):
+        if enabled[index] and kinds:
+            block = inject.unwrapped(getattr(parent, attr))
+            found = [f for name, _ in block.named_children() for f in _layers(block, name, kinds, classifier)]
+            _wrap_cnn(found, index, "convs")
+    first = 0
+    for stage in getattr(model, "stages", ()):  # ConvNeXt: a stage opens with its downsampling
+        if "downsample" in sites and enabled[first]:
+            _wrap_cnn(_layers(stage, "downsample", WEIGHT_LAYERS + NORMS, classifier), first, "downsample")
+        first += len(stage.blocks)
+    if not any(enabled):
+        return
+    for site, names in zip(("stem", "head"), _stem_and_head(model), strict=True):
+        if site in sites:
+            found = [f for name in names for f in _layers(model, name, WEIGHT_LAYERS + NORMS, classifier)]
+            _wrap_cnn(found, None, site)
+
+
+def _check_sites(sites: list[str], family: str) -> None:
+    allowed = ALL_SITES if family == TRANSFORMER else CNN_SITES
+    wrong = [site for site in sites if site not in allowed]
+    if wrong:
+        kind = "a transformer" if family == TRANSFORMER else f"a CNN ({family})"
+        raise ConfigError(f"ssf.sites: '{wrong[0]}' is not a site of {kind}; allowed there: {', '.join(allowed)}")
+
+
 def attach(model: nn.Module, opts: SSFOptions, info: BackboneInfo) -> None:
     flags = [int(f) for f in opts.enabled] if isinstance(opts.enabled, list) else int(opts.enabled)
     enabled = per_block(flags, info.depth, "ssf.enabled", maximum=1)
+    _check_sites(opts.sites, info.family)
+    if info.family != TRANSFORMER:
+        _attach_cnn(model, opts.sites, enabled)
+        return
     for index, block in inject.blocks_of(model):
         if not enabled[index]:
             continue
@@ -178,5 +279,10 @@ SPEC = register(
         order=1,
         size_option="enabled",
         mergeable=True,
+        cnn=True,
+        family_defaults={
+            TRANSFORMER: {"sites": list(ALL_SITES)},
+            **{family: {"sites": list(CNN_SITES)} for family in CNN_FAMILIES.values()},
+        },
     )
 )

@@ -1,0 +1,161 @@
+"""CNN backbones: ConvNeXt, ResNet and EfficientNet / MobileNetV3 blocks numbered over their stages; SSF (BatchNorm
+folding included), LoRA on 1x1 convolutions and Linears, Conv-Adapters and the baselines, exact at size 0 and in
+their counts; token methods refused; the supernet; BatchNorm statistics frozen in PEFT training; the built-in
+EfficientNet-Lite0 with its ImageNet weights. Tiny random instances at 32 px."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import autopeft
+from autopeft.backbones import backbone_info, family_of_name
+from autopeft.errors import BackboneError, ConfigError
+from tests.conftest import randomise_trainable
+
+CONVNEXT_DIMS, CONVNEXT_DEPTHS = (8, 16, 24, 32), (1, 1, 2, 1)
+RESNET_CHANNELS = (8, 16, 24, 32)
+TINY = {
+    "convnext_atto": {"dims": CONVNEXT_DIMS, "depths": CONVNEXT_DEPTHS},  # 1x1-conv MLP (conv_mlp)
+    "convnext_femto": {"dims": CONVNEXT_DIMS, "depths": CONVNEXT_DEPTHS, "conv_mlp": False},  # Linear MLP
+    "resnet10t": {"channels": RESNET_CHANNELS, "stem_width": 8, "zero_init_last": False},  # BasicBlock
+    "resnet14t": {"channels": RESNET_CHANNELS, "stem_width": 8, "zero_init_last": False},  # Bottleneck
+    "mobilenetv3_small_050": {},  # BatchNormAct2d, squeeze-excite, a final ConvBnAct block
+    "tf_efficientnet_lite0": {},  # 'same' padding
+}
+LITE0_IN = 32  # the stem's channels: the first block's input
+
+
+def build(name: str) -> torch.nn.Module:
+    """A tiny random CNN in eval mode with random BatchNorm statistics and affine (so folding is tested)."""
+    torch.manual_seed(0)
+    model = autopeft.create_backbone(name, 5, **TINY[name]).eval()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def count(name: str, methods: dict) -> int:
+    return autopeft.count_trainable(autopeft.apply(build(name), methods))
+
+
+def test_blocks_are_numbered_over_every_stage_with_their_widths():
+    assert backbone_info(build("convnext_atto")).widths == (8, 16, 24, 24, 32)
+    assert backbone_info(build("resnet10t")).widths == RESNET_CHANNELS
+    assert backbone_info(build("resnet14t")).widths == tuple(4 * c for c in RESNET_CHANNELS)
+    info = backbone_info(build("tf_efficientnet_lite0"))
+    assert (info.family, info.depth, info.width) == ("efficientnet", 16, LITE0_IN)
+    assert info.widths == (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
+    names = ("convnext_atto", "resnet50", "mobilenetv3_large_100", "vit_base_patch16_224")
+    assert [family_of_name(n) for n in names] == ["convnext", "resnet", "efficientnet", "transformer"]
+    assert family_of_name("efficientnet_lite0_imagenet") == "efficientnet"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_ssf_at_size_zero_is_the_plain_model_bit_for_bit_and_merges_exactly(name):
+    expected = build(name)(images())
+    model = autopeft.apply(build(name), {"ssf": {}})
+    randomise_trainable(model)
+    reference = model(images())
+    autopeft.set_sizes(model, "ssf", 0)
+    assert torch.equal(model(images()), expected)
+    autopeft.set_sizes(model, "ssf", 1)
+    assert not torch.allclose(reference, expected)
+    torch.testing.assert_close(autopeft.merge(model)(images()), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_ssf_sits_between_a_fused_batch_norm_and_its_activation_and_folds_into_the_norm():
+    model = autopeft.apply(build("mobilenetv3_small_050"), {"ssf": {"sites": ["norms"]}})
+    randomise_trainable(model)
+    wrapper = model.blocks[1][0].bn1  # BatchNormAct2d with ReLU: a scale after the activation would not fold
+    norm = wrapper.base
+    x = torch.randn(2, norm.num_features, 4, 4)
+    normed = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, eps=norm.eps)
+    shifted = normed * wrapper.gamma[:, None, None] + wrapper.beta[:, None, None]
+    torch.testing.assert_close(wrapper(x), norm.act(shifted))
+    reference = model(images())
+    merged = autopeft.merge(model)
+    assert type(merged.blocks[1][0].bn1).__name__ == "BatchNormAct2d"
+    torch.testing.assert_close(merged(images()), reference, rtol=1e-4, atol=1e-4)
+
+
+def convnext_ssf() -> int:
+    """After conv_dw, norm, fc1 (4d) and fc2 of each block, the stem's conv and norm, each stage's downsampling
+    norm and conv, and the head's norm: 2w per site of width w."""
+    blocks = sum(2 * (d + d + 4 * d + d) for d, n in zip(CONVNEXT_DIMS, CONVNEXT_DEPTHS, strict=True) for _ in range(n))
+    downsample = sum(2 * (a + b) for a, b in itertools.pairwise(CONVNEXT_DIMS))
+    return blocks + 2 * 2 * 8 + downsample + 2 * 32
+
+
+def resnet10t_ssf() -> int:
+    """BasicBlocks: conv1, bn1, conv2, bn2 and the shortcut's conv and bn, all c wide; the deep tiered stem:
+    conv 6, bn 6, conv 8, bn 8, conv 16, then bn1 16."""
+    return sum(2 * 6 * c for c in RESNET_CHANNELS) + 2 * (6 + 6 + 8 + 8 + 16 + 16)
+
+
+def lite0_ssf() -> int:
+    """Depthwise-separable block: conv_dw, bn1 (c_in), conv_pw, bn2 (c_out); inverted residuals: conv_pw, bn1,
+    conv_dw, bn2 (6 c_in), conv_pwl, bn3 (c_out); the stem's conv and bn (32); conv_head and bn2 (1280)."""
+    widths = backbone_info(build("tf_efficientnet_lite0")).widths
+    ins = (LITE0_IN, *widths[:-1])
+    inverted = sum(2 * (4 * 6 * i + 2 * o) for i, o in zip(ins[1:], widths[1:], strict=True))
+    blocks = 2 * (2 * LITE0_IN + 2 * widths[0]) + inverted
+    return blocks + 2 * 2 * 32 + 2 * 2 * 1280
+
+
+def test_ssf_and_baseline_counts_follow_the_formulas():
+    assert count("convnext_atto", {"ssf": {}}) == convnext_ssf()
+    assert count("resnet10t", {"ssf": {}}) == resnet10t_ssf()
+    assert count("tf_efficientnet_lite0", {"ssf": {}}) == lite0_ssf()
+    assert count("resnet10t", {"ssf": {"sites": ["convs"], "enabled": [0, 1, 1, 0]}}) == 2 * 3 * (16 + 24)
+    assert count("convnext_atto", {"ssf": {"enabled": [1, 0, 0, 0, 0]}}) == 2 * 7 * 8 + 2 * 2 * 8 + 2 * 32
+    # bitfit: ConvNeXt's convolutions, Linears and norms all carry biases; ResNet's only its batch norms
+    assert count("convnext_atto", {"bitfit": {}}) == convnext_ssf() // 2
+    assert count("resnet10t", {"bitfit": {}}) == resnet10t_ssf() // 4
+    # ln_tune: weight and bias of every norm (LayerNorm2d, BatchNorm2d, BatchNormAct2d)
+    assert count("resnet10t", {"ln_tune": {}}) == resnet10t_ssf() // 2
+    lite0 = build("tf_efficientnet_lite0")
+    norms = sum(m.weight.numel() + m.bias.numel() for m in lite0.modules() if isinstance(m, _BatchNorm))
+    assert count("tf_efficientnet_lite0", {"ln_tune": {}}) == norms == lite0_ssf() // 2
+    assert count("resnet10t", {"linear": {}}) == 0
+    model = build("resnet10t")
+    assert count("resnet10t", {"full": {}}) == sum(p.numel() for p in model.parameters()) - 32 * 5 - 5
+
+
+def test_the_classifier_stays_trainable_and_out_of_the_counts():
+    for name, head in (("convnext_atto", "head.fc"), ("resnet10t", "fc"), ("mobilenetv3_small_050", "classifier")):
+        model = autopeft.apply(build(name), {"ssf": {}})
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert {f"{head}.weight", f"{head}.bias"} <= trainable
+        assert not any(n.startswith(f"{head}.") and n.endswith(("gamma", "beta")) for n in trainable)
+
+
+@pytest.mark.parametrize("method", ["vpt", "kv_prompt"])
+def test_token_methods_are_refused_on_cnns_with_one_line(method):
+    with pytest.raises(BackboneError) as err:
+        autopeft.apply(build("resnet10t"), {method: {}})
+    message = str(err.value)
+    assert message.startswith(f"{method}: needs a transformer's token blocks; backbone 'resnet10t' is a CNN (resnet)")
+    assert message.endswith("allowed on CNNs: ssf, bitfit, ln_tune, linear, full")
+    assert "\n" not in message
+
+
+def test_transformer_sites_on_a_cnn_are_refused_with_one_line():
+    expected = r"^ssf.sites: 'qkv' is not a site of a CNN \(convnext\); allowed there: stem, convs, norms"
+    with pytest.raises(ConfigError, match=expected):
+        autopeft.apply(build("convnext_atto"), {"ssf": {"sites": ["qkv"]}})
