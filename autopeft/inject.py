@@ -19,6 +19,12 @@ BLOCK_SITES: dict[str, tuple[str, ...]] = {
     "mlp": ("mlp",),
     "fc1": ("mlp", "fc1"),
     "fc2": ("mlp", "fc2"),
+    # CNN blocks: ResNet's convolutions, EfficientNet's and MobileNetV3's pointwise ones (ConvNeXt: mlp.fc1, mlp.fc2)
+    "conv1": ("conv1",),
+    "conv2": ("conv2",),
+    "conv3": ("conv3",),
+    "conv_pw": ("conv_pw",),
+    "conv_pwl": ("conv_pwl",),
 }
 # Sites some families split into several Linears: EVA's unfused attention (``q_proj``, ``k_proj``, ``v_proj``
 # in place of ``qkv``) and SwiGLU MLPs with separate gate and value layers (``fc1_g``, ``fc1_x`` in place of ``fc1``).

@@ -66,16 +66,25 @@ def test_blocks_are_numbered_over_every_stage_with_their_widths():
     assert family_of_name("efficientnet_lite0_imagenet") == "efficientnet"
 
 
+ELASTIC = {"lora": {"rank": 2}, "ssf": {}}
+
+
 @pytest.mark.parametrize("name", TINY)
-def test_ssf_at_size_zero_is_the_plain_model_bit_for_bit_and_merges_exactly(name):
+def test_every_method_at_size_zero_is_the_plain_model_bit_for_bit(name):
     expected = build(name)(images())
-    model = autopeft.apply(build(name), {"ssf": {}})
+    model = autopeft.apply(build(name), ELASTIC)
+    randomise_trainable(model)
+    assert not torch.allclose(model(images()), expected)
+    for method in ELASTIC:
+        autopeft.set_sizes(model, method, 0)
+    assert torch.equal(model(images()), expected)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_lora_and_ssf_merge_exactly(name):
+    model = autopeft.apply(build(name), {"lora": {"rank": 2}, "ssf": {}})
     randomise_trainable(model)
     reference = model(images())
-    autopeft.set_sizes(model, "ssf", 0)
-    assert torch.equal(model(images()), expected)
-    autopeft.set_sizes(model, "ssf", 1)
-    assert not torch.allclose(reference, expected)
     torch.testing.assert_close(autopeft.merge(model)(images()), reference, rtol=1e-4, atol=1e-4)
 
 
@@ -137,6 +146,53 @@ def test_ssf_and_baseline_counts_follow_the_formulas():
     assert count("resnet10t", {"full": {}}) == sum(p.numel() for p in model.parameters()) - 32 * 5 - 5
 
 
+def test_lora_counts_follow_the_formulas():
+    r = 2
+    # ConvNeXt: fc1 (d -> 4d) and fc2 (4d -> d), Linears or 1x1 convolutions: r * 10d per block
+    convnext = sum(r * 10 * d for d, n in zip(CONVNEXT_DIMS, CONVNEXT_DEPTHS, strict=True) for _ in range(n))
+    assert count("convnext_atto", {"lora": {"rank": r}}) == count("convnext_femto", {"lora": {"rank": r}}) == convnext
+    # ResNet BasicBlock: conv1 (3x3, in -> c) and conv2 (3x3, c -> c): r * (9 in + c) + r * (9c + c)
+    ins = (16, *RESNET_CHANNELS[:-1])
+    basic = sum(r * (9 * i + c) + r * 10 * c for i, c in zip(ins, RESNET_CHANNELS, strict=True))
+    assert count("resnet10t", {"lora": {"rank": r}}) == basic
+    # ResNet Bottleneck: conv1 (1x1, in -> c) and conv3 (1x1, c -> 4c): r * (in + c) + r * 5c
+    ins = (16, *(4 * c for c in RESNET_CHANNELS[:-1]))
+    bottleneck = sum(r * (i + c) + r * 5 * c for i, c in zip(ins, RESNET_CHANNELS, strict=True))
+    assert count("resnet14t", {"lora": {"rank": r, "targets": ["conv1", "conv3"]}}) == bottleneck
+    # EfficientNet-Lite0: the depthwise-separable block's conv_pw (c_in -> c_out), then each inverted residual's
+    # conv_pw (c_in -> 6 c_in) and conv_pwl (6 c_in -> c_out)
+    widths = backbone_info(build("tf_efficientnet_lite0")).widths
+    ins = (LITE0_IN, *widths[:-1])
+    lite0 = r * (LITE0_IN + widths[0]) + sum(
+        r * 7 * i + r * (6 * i + o) for i, o in zip(ins[1:], widths[1:], strict=True)
+    )
+    assert count("tf_efficientnet_lite0", {"lora": {"rank": r}}) == lite0
+    per_block = autopeft.apply(build("resnet10t"), {"lora": {"rank": [0, 2, 4, 0]}})
+    assert autopeft.get_sizes(per_block, "lora") == [0, 2, 4, 0]
+
+
+def test_lora_on_a_1x1_convolution_is_lora_on_the_linear_over_channels():
+    conv, linear = (autopeft.apply(build(name), {"lora": {"rank": 3}}) for name in ("convnext_atto", "convnext_femto"))
+    for model in (conv, linear):
+        randomise_trainable(model)
+    assert conv.stages[0].blocks[0].mlp.fc1.base.kernel_size == (1, 1)
+    assert isinstance(linear.stages[0].blocks[0].mlp.fc1.base, torch.nn.Linear)
+    torch.testing.assert_close(conv(images()), linear(images()), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_on_cnns_refuses_with_one_line():
+    cases = [
+        ("convnext_atto", {"targets": ["q"]}, "lora.targets: 'q' is not a target of a CNN (convnext); allowed there"),
+        ("resnet10t", {"targets": ["conv3"]}, "lora.targets: no block of this resnet backbone has 'conv3'; allowed"),
+        ("resnext", {"targets": ["conv2"]}, "lora: target 'conv2' in block 0 is a Conv2d with 2 groups; allowed"),
+    ]
+    for name, options, message in cases:
+        model = autopeft.create_backbone("resnet14t", 5, cardinality=2) if name == "resnext" else build(name)
+        with pytest.raises(ConfigError) as err:
+            autopeft.apply(model, {"lora": options})
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
 def test_the_classifier_stays_trainable_and_out_of_the_counts():
     for name, head in (("convnext_atto", "head.fc"), ("resnet10t", "fc"), ("mobilenetv3_small_050", "classifier")):
         model = autopeft.apply(build(name), {"ssf": {}})
@@ -151,7 +207,7 @@ def test_token_methods_are_refused_on_cnns_with_one_line(method):
         autopeft.apply(build("resnet10t"), {method: {}})
     message = str(err.value)
     assert message.startswith(f"{method}: needs a transformer's token blocks; backbone 'resnet10t' is a CNN (resnet)")
-    assert message.endswith("allowed on CNNs: ssf, bitfit, ln_tune, linear, full")
+    assert message.endswith("allowed on CNNs: lora, ssf, bitfit, ln_tune, linear, full")
     assert "\n" not in message
 
 

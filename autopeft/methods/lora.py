@@ -1,38 +1,52 @@
-"""LoRA: W' = W + (alpha / r) B A on chosen Linears, with q/k/v slices of timm's fused qkv."""
+"""LoRA: W' = W + (alpha / r) B A on chosen Linears (q/k/v slices of timm's fused qkv) and CNN convolutions."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from timm.layers.padding import pad_same
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import BackboneInfo
+from autopeft.backbones import TRANSFORMER, BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
 
-Target = Literal["q", "k", "v", "qkv", "proj", "fc1", "fc2"]
+Target = Literal["q", "k", "v", "qkv", "proj", "fc1", "fc2", "conv1", "conv2", "conv3", "conv_pw", "conv_pwl"]
 QKV_PARTS = ("q", "k", "v")
+TRANSFORMER_TARGETS = (*QKV_PARTS, "qkv", "proj", "fc1", "fc2")
+# Per CNN family: the layers a target names (ConvNeXt's MLP Linears or 1x1 convolutions, ResNet's convolutions,
+# EfficientNet's and MobileNetV3's pointwise convolutions) and the default targets.
+CNN_TARGETS = {
+    "convnext": ("fc1", "fc2"),
+    "resnet": ("conv1", "conv2", "conv3"),
+    "efficientnet": ("conv_pw", "conv_pwl"),
+}
+CNN_DEFAULTS = {"convnext": ["fc1", "fc2"], "resnet": ["conv1", "conv2"], "efficientnet": ["conv_pw", "conv_pwl"]}
 
 
 @dataclass
 class LoRAOptions:
+    """``targets`` null: the family's (q, v on transformers; ``CNN_DEFAULTS``)."""
+
     rank: int | list[int] = 8
     alpha: float | None = None
-    targets: list[Target] = field(default_factory=lambda: ["q", "v"])
+    targets: list[Target] | None = None
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.targets:
+        targets = self.targets if self.targets is not None else []
+        if self.targets is not None and not targets:
             raise ConfigError("lora.targets: empty list; allowed: some of q, k, v, qkv, proj, fc1, fc2")
-        if len(set(self.targets)) != len(self.targets):
+        if len(set(targets)) != len(targets):
             raise ConfigError(f"lora.targets: {self.targets} repeats a target")
-        if "qkv" in self.targets and set(QKV_PARTS) & set(self.targets):
+        if "qkv" in targets and set(QKV_PARTS) & set(targets):
             raise ConfigError("lora.targets: 'qkv' (fused) cannot be combined with 'q', 'k' or 'v'")
         if self.alpha is not None and self.alpha <= 0:
             raise ConfigError(f"lora.alpha: got {self.alpha}; allowed: a positive number or null (= rank)")
@@ -64,7 +78,8 @@ class LoRALinear(ElasticWrapper):
         self.alpha = alpha
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         kw = tensor_kwargs(base)
-        self.lora_A = nn.ParameterDict({p: nn.Parameter(torch.empty(rank, base.in_features, **kw)) for p in parts})
+        self.fan_in = base.weight[0].numel()  # a Linear's input width; a convolution's in_channels x kernel area
+        self.lora_A = nn.ParameterDict({p: nn.Parameter(torch.empty(rank, self.fan_in, **kw)) for p in parts})
         self.lora_B = nn.ParameterDict(
             {p: nn.Parameter(torch.zeros(hi - lo, rank, **kw)) for p, (lo, hi) in parts.items()}
         )
@@ -83,12 +98,12 @@ class LoRALinear(ElasticWrapper):
         ``down`` is ``(parts * r, in)``; ``up`` is ``(out, parts * r)``, block-structured so
         each part writes only its own output rows, and carries the ``alpha / r`` scale.
         """
-        r, scale = self.size, self.scale()
+        r, scale, out_features = self.size, self.scale(), self.base.weight.shape[0]
         down = torch.cat([a[:r] for a in self.lora_A.values()])
-        if len(self.parts) == 1 and next(iter(self.parts.values())) == (0, self.base.out_features):
+        if len(self.parts) == 1 and next(iter(self.parts.values())) == (0, out_features):
             up = next(iter(self.lora_B.values()))[:, :r]
         else:
-            up = down.new_zeros(self.base.out_features, down.shape[0])
+            up = down.new_zeros(out_features, down.shape[0])
             for i, (part, (lo, hi)) in enumerate(self.parts.items()):
                 up[lo:hi, i * r : (i + 1) * r] = self.lora_B[part][:, :r]
         return down, up if scale == 1.0 else up * scale
@@ -107,15 +122,18 @@ class LoRALinear(ElasticWrapper):
         out = self.base(x)
         if self.size == 0 or self.merged:
             return out
-        down, up = self.factors()
-        return out + F.linear(F.linear(self.dropout(x), down), up)
+        return out + self.low_rank(self.dropout(x), *self.factors())
+
+    def low_rank(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The update's output for input ``x``: ``up @ down`` applied as the wrapped layer applies its weight."""
+        return F.linear(F.linear(x, down), up)
 
     def delta_weight(self) -> torch.Tensor:
-        """The full ``(out, in)`` weight update of the active rank."""
+        """The full weight update of the active rank, shaped as the wrapped layer's weight."""
         if self.size == 0:
             return torch.zeros_like(self.base.weight)
         down, up = self.factors()
-        return up @ down
+        return (up @ down).view_as(self.base.weight)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -150,11 +168,25 @@ class LoRALinear(ElasticWrapper):
         return [(a, rows) for a in self.lora_A.values()] + [(b, cols) for b in self.lora_B.values()]
 
     def count(self) -> int:
-        in_features = self.base.in_features
-        return self.size * sum(in_features + hi - lo for lo, hi in self.parts.values())
+        return self.size * sum(self.fan_in + hi - lo for lo, hi in self.parts.values())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, parts={list(self.parts)}, alpha={self.alpha}"
+
+
+class LoRAConv(LoRALinear):
+    """LoRA on a Conv2d with one group: ``A`` is a convolution to ``r`` channels with the layer's kernel, stride,
+    padding and dilation (TensorFlow 'same' padding included), ``B`` a 1x1 convolution, so ``W + (alpha/r) B A``
+    (``A`` reshaped to the kernel) merges exactly. On a 1x1 convolution, a Linear over channels, this is LoRA on
+    that Linear: ``r * (in + out)`` parameters; ``r * (in * k * k + out)`` for a k x k kernel."""
+
+    def low_rank(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        conv = self.base
+        padding = conv.padding
+        if isinstance(conv, Conv2dSame):
+            x, padding = pad_same(x, conv.kernel_size, conv.stride, conv.dilation), 0
+        z = F.conv2d(x, down.view(-1, *conv.weight.shape[1:]), None, conv.stride, padding, conv.dilation)
+        return F.conv2d(z, up[:, :, None, None])
 
 
 def _parts(target_group: list[str], out_features: int) -> dict[str, tuple[int, int]]:
@@ -164,8 +196,62 @@ def _parts(target_group: list[str], out_features: int) -> dict[str, tuple[int, i
     return {p: (i * third, (i + 1) * third) for i, p in enumerate(QKV_PARTS) if p in target_group}
 
 
+def _check_targets(targets: list[str], family: str) -> None:
+    allowed = TRANSFORMER_TARGETS if family == TRANSFORMER else CNN_TARGETS[family]
+    wrong = [target for target in targets if target not in allowed]
+    if wrong:
+        kind = "a transformer" if family == TRANSFORMER else f"a CNN ({family})"
+        raise ConfigError(f"lora.targets: '{wrong[0]}' is not a target of {kind}; allowed there: {', '.join(allowed)}")
+
+
+def _cnn_layer(block: nn.Module, target: str) -> tuple[nn.Module, str] | None:
+    """``(parent, attribute)`` of ``target`` in a CNN block, None when this kind of block has none."""
+    *path, attr = inject.BLOCK_SITES[target]
+    parent = block
+    for step in path:
+        parent = inject.unwrapped(getattr(parent, step))
+    return (parent, attr) if isinstance(getattr(parent, attr, None), nn.Module) else None
+
+
+def _lora_wrapper(layer: nn.Module, target: str, index: int) -> type[LoRALinear]:
+    """LoRALinear for a Linear, LoRAConv for a convolution with one group (zero padding); else one line."""
+    if isinstance(layer, nn.Linear):
+        return LoRALinear
+    if isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros":
+        return LoRAConv
+    groups = f" with {layer.groups} groups" if isinstance(layer, nn.Conv2d) else ""
+    raise ConfigError(
+        f"lora: target '{target}' in block {index} is a {type(layer).__name__}{groups}; allowed: a Linear or a "
+        f"convolution with one group and zero padding"
+    )
+
+
+def _attach_cnn(model: nn.Module, opts: LoRAOptions, ranks: list[int], family: str) -> None:
+    """LoRA on each target layer of every block with a rank; a target a block kind lacks is skipped there
+    (EfficientNet's depthwise-separable block has no conv_pwl, ResNet's BasicBlock no conv3), one that no block
+    of the backbone has is refused."""
+    found = {index: {t: _cnn_layer(block, t) for t in CNN_TARGETS[family]} for index, block in inject.blocks_of(model)}
+    present = [t for t in CNN_TARGETS[family] if any(layers[t] for layers in found.values())]
+    absent = [t for t in opts.targets if t not in present]
+    if absent:
+        raise ConfigError(
+            f"lora.targets: no block of this {family} backbone has '{absent[0]}'; allowed here: {', '.join(present)}"
+        )
+    for index, layers in found.items():
+        for target in opts.targets:
+            place = layers[target]
+            if ranks[index] and place is not None:
+                wrapper = _lora_wrapper(getattr(*place), target, index)
+                parts = {target: (0, getattr(*place).weight.shape[0])}
+                inject.wrap(*place, wrapper, parts, index, ranks[index], opts.alpha, opts.dropout)
+
+
 def attach(model: nn.Module, opts: LoRAOptions, info: BackboneInfo) -> None:
     ranks = per_block(opts.rank, info.depth, "lora.rank")
+    _check_targets(opts.targets, info.family)
+    if info.family != TRANSFORMER:
+        _attach_cnn(model, opts, ranks, info.family)
+        return
     qkv_group = [t for t in opts.targets if t in (*QKV_PARTS, "qkv")]
     sites = ([("qkv", qkv_group)] if qkv_group else []) + [(t, [t]) for t in opts.targets if t not in qkv_group]
     for index, block in inject.blocks_of(model):
@@ -216,5 +302,10 @@ SPEC = register(
         size_option="rank",
         identity_at_init=True,
         mergeable=True,
+        cnn=True,
+        family_defaults={
+            TRANSFORMER: {"targets": ["q", "v"]},
+            **{family: {"targets": targets} for family, targets in CNN_DEFAULTS.items()},
+        },
     )
 )
