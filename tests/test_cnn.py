@@ -66,7 +66,7 @@ def test_blocks_are_numbered_over_every_stage_with_their_widths():
     assert family_of_name("efficientnet_lite0_imagenet") == "efficientnet"
 
 
-ELASTIC = {"lora": {"rank": 2}, "ssf": {}}
+ELASTIC = {"lora": {"rank": 2}, "ssf": {}, "adapter": {"dim": 3, "scale": "learnable"}}
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -193,6 +193,49 @@ def test_lora_on_cnns_refuses_with_one_line():
         assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+def conv_adapter(block: torch.nn.Module, adapter: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An independent Conv-Adapter: the block, plus s * up(relu(down(x))) with explicit 1x1 convolutions."""
+    k, stride = adapter.size, adapter.stride
+    down = torch.nn.Conv2d(adapter.down.in_features, k, 1, stride=stride)
+    up = torch.nn.Conv2d(k, adapter.up.out_features, 1)
+    with torch.no_grad():
+        down.weight.copy_(adapter.down.weight[:k, :, None, None])
+        down.bias.copy_(adapter.down.bias[:k])
+        up.weight.copy_(adapter.up.weight[:, :k, None, None])
+        up.bias.copy_(adapter.up.bias)
+    return block(x) + up(F.relu(down(x))) * adapter.learned_scale[:, None, None]
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "tf_efficientnet_lite0"])
+def test_a_conv_adapter_runs_beside_its_block_also_where_the_block_downsamples(name):
+    model = autopeft.apply(build(name), {"adapter": {"dim": 4, "scale": "learnable"}})
+    randomise_trainable(model)
+    autopeft.set_sizes(model, "adapter", 3)
+    slots = autopeft.inject.block_slots(model)
+    strided = [getattr(*slot) for slot in slots if getattr(*slot).stride == 2]
+    assert strided, "a block that halves the resolution"
+    x = torch.randn(2, strided[0].down.in_features, 9, 9)  # odd: TF 'same' padding and 1x1 stride 2 both give 5
+    with torch.no_grad():
+        torch.testing.assert_close(strided[0](x), conv_adapter(strided[0].base, strided[0], x))
+
+
+def test_adapter_counts_follow_the_formulas():
+    k = 3
+    # parallel: k * (c_in + c_out) + k + c_out per block (c_in = c_out on ConvNeXt)
+    convnext = sum(k * 2 * d + k + d for d, n in zip(CONVNEXT_DIMS, CONVNEXT_DEPTHS, strict=True) for _ in range(n))
+    assert count("convnext_atto", {"adapter": {"dim": k}}) == convnext
+    ins = (16, *RESNET_CHANNELS[:-1])
+    resnet = sum(k * (i + c) + k + c for i, c in zip(ins, RESNET_CHANNELS, strict=True))
+    assert count("resnet10t", {"adapter": {"dim": k}}) == resnet
+    assert count("resnet10t", {"adapter": {"dim": k, "scale": "learnable"}}) == resnet + sum(RESNET_CHANNELS)
+    # sequential: fed the block's output, c_in = c_out
+    sequential = sum(k * 2 * c + k + c for c in RESNET_CHANNELS)
+    assert count("resnet10t", {"adapter": {"dim": k, "position": "sequential"}}) == sequential
+    assert count("resnet10t", {"adapter": {"dim": [0, k, 0, 0]}}) == k * (8 + 16) + k + 16
+    with pytest.raises(ConfigError, match=r"^adapter.sites: 'mlp' is not a site of a CNN \(resnet\): adapters sit"):
+        autopeft.apply(build("resnet10t"), {"adapter": {"sites": ["mlp"]}})
+
+
 def test_the_classifier_stays_trainable_and_out_of_the_counts():
     for name, head in (("convnext_atto", "head.fc"), ("resnet10t", "fc"), ("mobilenetv3_small_050", "classifier")):
         model = autopeft.apply(build(name), {"ssf": {}})
@@ -207,7 +250,7 @@ def test_token_methods_are_refused_on_cnns_with_one_line(method):
         autopeft.apply(build("resnet10t"), {method: {}})
     message = str(err.value)
     assert message.startswith(f"{method}: needs a transformer's token blocks; backbone 'resnet10t' is a CNN (resnet)")
-    assert message.endswith("allowed on CNNs: lora, ssf, bitfit, ln_tune, linear, full")
+    assert message.endswith("allowed on CNNs: lora, ssf, adapter, bitfit, ln_tune, linear, full")
     assert "\n" not in message
 
 

@@ -1,9 +1,9 @@
-"""Bottleneck adapters, sequential (Houlsby/Pfeiffer) or parallel (AdaptFormer)."""
+"""Bottleneck adapters, sequential (Houlsby/Pfeiffer) or parallel (AdaptFormer); Conv-Adapters beside CNN blocks."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import POST_NORM, BackboneInfo
+from autopeft.backbones import CNN_FAMILIES, POST_NORM, TRANSFORMER, BackboneInfo, block_geometry
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
@@ -19,57 +19,47 @@ from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, Me
 Position = Literal["sequential", "parallel"]
 Scale = float | Literal["learnable", "learnable_scalar"]
 NORM_OF_SITE = {"mlp": "norm2", "attn": "norm1"}
+TRANSFORMER_SITES, CNN_SITES = ("mlp", "attn"), ("block",)
 
 
 @dataclass
 class AdapterOptions:
+    """``sites`` null: the family's (``mlp`` on transformers, ``block`` on CNNs)."""
+
     dim: int | list[int] = 8
     position: Position = "parallel"
-    sites: list[Literal["mlp", "attn"]] = field(default_factory=lambda: ["mlp"])
+    sites: list[Literal["mlp", "attn", "block"]] | None = None
     scale: Scale = 0.1
 
     def __post_init__(self) -> None:
-        if not self.sites or len(set(self.sites)) != len(self.sites):
+        if self.sites is not None and (not self.sites or len(set(self.sites)) != len(self.sites)):
             raise ConfigError(f"adapter.sites: got {self.sites}; allowed: a non-empty subset of mlp, attn")
 
 
-class Adapter(ElasticWrapper):
-    """``h = base(norm(x))``; returns ``h + s * up(relu(down(src)))``.
-
-    ``src`` is ``h`` (sequential: on the sub-layer output, before the residual add) or
-    ``x`` (parallel: fed the residual stream). The block's own norm moves in here so the
-    residual stream is visible; the block keeps an Identity in its place.
-    """
+class BottleneckAdapter(ElasticWrapper):
+    """What both adapters share: ``down`` (in -> k), ReLU, ``up`` (k -> out) at the active width ``k`` of the
+    allocated ``dim``; ``down`` kaiming-uniform, ``up`` and both biases zero (an exact identity at init), the
+    output times a fixed scale or a learned one (per channel or a scalar)."""
 
     method = "adapter"
 
-    def __init__(
-        self, base: nn.Module, norm: nn.Module, width: int, block: int, dim: int, position: Position, scale: Scale
-    ) -> None:
-        super().__init__(base, block, dim)
-        self.norm = norm
-        self.position = position
-        kw = tensor_kwargs(base)
-        self.down = nn.Linear(width, dim, **kw)
-        self.up = nn.Linear(dim, width, **kw)
+    def add_bottleneck(self, in_width: int, out_width: int, dim: int, scale: Scale) -> None:
+        kw = tensor_kwargs(self.base)
+        self.down = nn.Linear(in_width, dim, **kw)
+        self.up = nn.Linear(dim, out_width, **kw)
         nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self.fixed_scale = scale if isinstance(scale, float) else None
-        shape = {"learnable": (width,), "learnable_scalar": (1,)}.get(scale, ())
+        shape = {"learnable": (out_width,), "learnable_scalar": (1,)}.get(scale, ())
         self.learned_scale = nn.Parameter(torch.ones(shape, **kw)) if shape else None
 
-    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        h = self.base(self.norm(x), **kwargs)
-        k = self.size
-        if k == 0:
-            return h
-        src = h if self.position == "sequential" else x
-        z = F.relu(F.linear(src, self.down.weight[:k], self.down.bias[:k]))
-        z = F.linear(z, self.up.weight[:, :k], self.up.bias)
-        scale = self.learned_scale if self.learned_scale is not None else self.fixed_scale
-        return h + z * scale
+    def scale(self, channel_dim: int = -1) -> torch.Tensor | float:
+        """The output scale, per channel along ``channel_dim`` when learned per channel."""
+        if self.learned_scale is None:
+            return self.fixed_scale
+        return self.learned_scale.view(-1, 1, 1) if channel_dim == 1 else self.learned_scale
 
     def own_parameters(self) -> list[nn.Parameter]:
         own = [*self.down.parameters(), *self.up.parameters()]
@@ -88,15 +78,83 @@ class Adapter(ElasticWrapper):
             return 0
         width = self.up.out_features
         extra = self.learned_scale.numel() if self.learned_scale is not None else 0
-        return 2 * width * self.size + self.size + width + extra
+        return (self.down.in_features + width) * self.size + self.size + width + extra
 
     def extra_repr(self) -> str:
         scale = "learned" if self.learned_scale is not None else self.fixed_scale
         return f"{super().extra_repr()}, position={self.position}, scale={scale}"
 
 
+class Adapter(BottleneckAdapter):
+    """``h = base(norm(x))``; returns ``h + s * up(relu(down(src)))``.
+
+    ``src`` is ``h`` (sequential: on the sub-layer output, before the residual add) or
+    ``x`` (parallel: fed the residual stream). The block's own norm moves in here so the
+    residual stream is visible; the block keeps an Identity in its place.
+    """
+
+    def __init__(
+        self, base: nn.Module, norm: nn.Module, width: int, block: int, dim: int, position: Position, scale: Scale
+    ) -> None:
+        super().__init__(base, block, dim)
+        self.norm = norm
+        self.position = position
+        self.add_bottleneck(width, width, dim, scale)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        h = self.base(self.norm(x), **kwargs)
+        k = self.size
+        if k == 0:
+            return h
+        src = h if self.position == "sequential" else x
+        z = F.relu(F.linear(src, self.down.weight[:k], self.down.bias[:k]))
+        z = F.linear(z, self.up.weight[:, :k], self.up.bias)
+        return h + z * self.scale()
+
+
+class ConvAdapter(BottleneckAdapter):
+    """A Conv-Adapter (Chen et al., 2022) beside a whole CNN block: ``block(x) + s * up(relu(down(src)))`` with
+    ``down`` and ``up`` 1x1 convolutions (a bottleneck of ``k`` channels). Parallel: ``src`` is the block's input
+    and ``down`` takes the block's stride, so its map aligns with the block's output (also where the block changes
+    width or resolution); sequential: ``src`` is the block's output."""
+
+    def __init__(
+        self, base: nn.Module, block: int, dim: int, geometry: tuple[int, int, int], position: Position, scale: Scale
+    ) -> None:
+        super().__init__(base, block, dim)
+        in_width, out_width, stride = geometry
+        self.position = position
+        self.stride = stride if position == "parallel" else 1
+        self.add_bottleneck(in_width if position == "parallel" else out_width, out_width, dim, scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base(x)
+        k = self.size
+        if k == 0:
+            return h
+        src = x if self.position == "parallel" else h
+        z = F.relu(F.conv2d(src, self.down.weight[:k, :, None, None], self.down.bias[:k], self.stride))
+        z = F.conv2d(z, self.up.weight[:, :k, None, None], self.up.bias)
+        return h + z * self.scale(channel_dim=1)
+
+
+def _check_sites(sites: list[str], family: str) -> None:
+    allowed = TRANSFORMER_SITES if family == TRANSFORMER else CNN_SITES
+    wrong = [site for site in sites if site not in allowed]
+    if wrong:
+        kind = "a transformer" if family == TRANSFORMER else f"a CNN ({family}): adapters sit beside whole blocks"
+        raise ConfigError(f"adapter.sites: '{wrong[0]}' is not a site of {kind}; allowed there: {', '.join(allowed)}")
+
+
 def attach(model: nn.Module, opts: AdapterOptions, info: BackboneInfo) -> None:
     dims = per_block(opts.dim, info.depth, "adapter.dim")
+    _check_sites(opts.sites, info.family)
+    if info.family != TRANSFORMER:
+        for index, (parent, attr) in enumerate(inject.block_slots(model)):
+            if dims[index]:
+                geometry = block_geometry(inject.unwrapped(getattr(parent, attr)))
+                inject.wrap(parent, attr, ConvAdapter, index, dims[index], geometry, opts.position, opts.scale)
+        return
     for index, block in inject.blocks_of(model):
         if dims[index] == 0:
             continue
@@ -123,5 +181,10 @@ SPEC = register(
         order=3,
         size_option="dim",
         identity_at_init=True,
+        cnn=True,
+        family_defaults={
+            TRANSFORMER: {"sites": list(TRANSFORMER_SITES[:1])},
+            **{family: {"sites": list(CNN_SITES)} for family in CNN_FAMILIES.values()},
+        },
     )
 )
