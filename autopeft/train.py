@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from autopeft.data import Split
 from autopeft.data.transforms import augment, normalize
@@ -38,6 +39,9 @@ class TrainConfig:
     compile: bool = False
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     device: str = "auto"  # "auto" = cuda when available, else cpu; or cpu, cuda, cuda:N, mps
+    # BatchNorm running statistics while training: frozen (layers in eval mode) or update; auto: update
+    # only in full fine-tuning (method full), frozen with a frozen backbone
+    bn: Literal["auto", "frozen", "update"] = "auto"
 
     def __post_init__(self) -> None:
         """Range checks (types are checked by ``parse_options``); each error names its ``train.`` key."""
@@ -100,6 +104,17 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, message: str, history: list[dict] | None = None) -> None:
         super().__init__(message)
         self.history = history or []
+
+
+def train_mode(model: nn.Module, bn: str) -> None:
+    """``model.train()``, every BatchNorm kept in eval mode (normalising with, and not updating, its running
+    statistics) unless ``bn`` is ``update``, or ``auto`` and the model is fully fine-tuned (method ``full``)."""
+    model.train()
+    if bn == "update" or (bn == "auto" and "full" in getattr(model, "autopeft_methods", {})):
+        return
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.eval()
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -234,7 +249,7 @@ def train_epoch(
     ``step_loss`` runs each batch's forward and backward (default: ``cross_entropy_step``; a
     supernet activates its sampled subnets there), given the global step count.
     """
-    model.train()
+    train_mode(model, config.bn)
     device = device_of(model)
     precision = precision or Precision(device, config.amp)
     step_loss = step_loss or cross_entropy_step(config.label_smoothing)

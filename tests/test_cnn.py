@@ -6,6 +6,8 @@ EfficientNet-Lite0 with its ImageNet weights. Tiny random instances at 32 px."""
 from __future__ import annotations
 
 import itertools
+import random
+import re
 
 import pytest
 import torch
@@ -14,7 +16,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import autopeft
 from autopeft.backbones import backbone_info, family_of_name
+from autopeft.data import Split
 from autopeft.errors import BackboneError, ConfigError
+from autopeft.supernet import Supernet, load_space, method_config, parse_space
+from autopeft.train import Normalization, TrainConfig, make_optimizer, make_scheduler, train_epoch
 from tests.conftest import randomise_trainable
 
 CONVNEXT_DIMS, CONVNEXT_DEPTHS = (8, 16, 24, 32), (1, 1, 2, 1)
@@ -258,3 +263,63 @@ def test_transformer_sites_on_a_cnn_are_refused_with_one_line():
     expected = r"^ssf.sites: 'qkv' is not a site of a CNN \(convnext\); allowed there: stem, convs, norms"
     with pytest.raises(ConfigError, match=expected):
         autopeft.apply(build("convnext_atto"), {"ssf": {"sites": ["qkv"]}})
+
+
+SPACE = {"methods": {"lora": {"sizes": [0, 1, 2]}, "adapter": {"sizes": [0, 2, 4]}, "ssf": {"sizes": [0, 1]}}}
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "mobilenetv3_small_050"])
+def test_every_subnet_equals_the_standalone_model_with_inherited_weights(name):
+    net = Supernet(build(name), parse_space(SPACE, "space"))
+    randomise_trainable(net.model)
+    shared = {_unwrapped(key): tensor for key, tensor in net.model.state_dict().items()}
+    rng = random.Random(0)
+    for subnet in [net.largest(), net.smallest(), *(net.sample(rng) for _ in range(3))]:
+        net.set_subnet(subnet)
+        model = autopeft.apply(build(name), method_config(net.space, subnet))
+        with torch.no_grad():
+            for key, tensor in model.state_dict().items():
+                tensor.copy_(shared[_unwrapped(key)][tuple(slice(0, n) for n in tensor.shape)])
+        torch.testing.assert_close(net.model(images()), model(images()), rtol=0, atol=1e-5)
+        assert net.count(subnet) == autopeft.count_trainable(model)
+
+
+def _unwrapped(key: str) -> str:
+    return re.sub(r"(\.base)+\.", ".", key)
+
+
+def test_the_named_cnn_space_runs_as_a_supernet():
+    net = Supernet(build("convnext_atto"), load_space("cnn"))
+    assert sorted(net.space.methods) == ["adapter", "lora", "ssf"]
+    assert net.count(net.largest()) == count("convnext_atto", method_config(net.space, net.largest()))
+
+
+def one_step(model: torch.nn.Module, bn: str = "auto") -> None:
+    """One training epoch of one batch of 4 random images through ``train_epoch``."""
+    pool = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    split = Split(pool, torch.arange(4), torch.tensor([0, 1, 2, 3]))
+    config = TrainConfig(epochs=1, batch_size=4, warmup_epochs=0, bn=bn)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, 1)
+    norm = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    train_epoch(model, split, optimizer, scheduler, config, norm, torch.Generator().manual_seed(0))
+
+
+def running_stats(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))]
+
+
+@pytest.mark.parametrize(("methods", "bn", "updated"), [
+    ({"lora": {}, "ssf": {}, "adapter": {}}, "auto", False),
+    ({"bitfit": {}}, "auto", False),
+    ({"full": {}}, "auto", True),
+    ({"lora": {}}, "update", True),
+    ({"full": {}}, "frozen", False),
+])  # fmt: skip
+def test_batch_norm_statistics_stay_frozen_in_peft_training_and_update_in_full_fine_tuning(methods, bn, updated):
+    model = autopeft.apply(build("mobilenetv3_small_050"), methods)
+    before = running_stats(model)
+    one_step(model, bn)
+    after = running_stats(model)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) == updated
+    assert model.training and all(m.training != (not updated) for m in model.modules() if isinstance(m, _BatchNorm))

@@ -20,7 +20,7 @@ def test_a_wheel_install_finds_the_demo_backbone_and_every_named_space(tmp_path)
     spaces = {f"autopeft/search_spaces/{p.relative_to(SPACES).as_posix()}" for p in SPACES.rglob("*.yaml")}
     assets = {f"autopeft/assets/vit_demo_fmnist.{suffix}" for suffix in ("safetensors", "md")}
     assets.add("autopeft/ground.yaml")  # the evaluation ground: schedules, budget, learning-rate grid
-    assert len(spaces) == 21 and spaces | assets <= set(zipfile.ZipFile(wheel).namelist())
+    assert len(spaces) == 22 and spaces | assets <= set(zipfile.ZipFile(wheel).namelist())
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     code = (
