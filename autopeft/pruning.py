@@ -17,7 +17,9 @@ each tensor's segments have their own masks.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,11 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft.api import count_trainable, get_sizes, load_adapter, save_adapter
+from autopeft.config import parse_options
 from autopeft.data import Split, TaskData
 from autopeft.data.transforms import input_config, normalize
 from autopeft.errors import ConfigError
 from autopeft.files import write_json, write_text
 from autopeft.methods.prompts import PromptWrapper, mask_rows, prompt_wrappers
+from autopeft.records import Compute
 from autopeft.runconfig import dump_run_config, load_run_config
 from autopeft.rundir import LOCK, locked
 from autopeft.runs import build_model, check_finished
@@ -67,7 +71,9 @@ class LayerPruning:
 @dataclass
 class PruneResult:
     """One pruning: its settings (``segments`` per token matters to the segment and both levels), the
-    trainable parameters before and after (head excluded, as ``count_trainable``), and what each layer kept."""
+    trainable parameters before and after (head excluded, as ``count_trainable``), what each layer kept, and
+    what scoring took (``compute``: every image of a scoring pass over the split is a forward+backward pass;
+    one pass per level, two for ``both``)."""
 
     level: Level
     fraction: float
@@ -76,6 +82,7 @@ class PruneResult:
     params_before: int
     params_after: int
     layers: list[LayerPruning]
+    compute: Compute = field(default_factory=Compute)
 
 
 def prune(
@@ -96,6 +103,7 @@ def prune(
     scores and prunes the segments of the kept ones. Tokens past a layer's active size are dropped first.
     ``model.autopeft_methods`` records the kept token counts as the prompts' lengths.
     """
+    start = time.perf_counter()
     _check_settings(fraction, level)
     modules = [m for m in prompt_wrappers(model) if m.method in PRUNABLE]
     if not any(m.size for m in modules):
@@ -105,7 +113,7 @@ def prune(
             f"kv_prompt applied at a length above 0"
         )
     if level != "token":
-        _check_segments(modules, segments)
+        check_segments(modules, segments)
     samples = data.split(split)
     before = count_trainable(model)
     for module in modules:
@@ -129,29 +137,37 @@ def prune(
         kept = {name: module.segment_keep(name) for name in module.present()}
         layer.segments = {name: mask_rows(keep) for name, keep in kept.items() if keep is not None}
     _record_lengths(model)
-    return PruneResult(level, fraction, segments, split, before, count_trainable(model), layers)
+    passes = 2 if level == "both" else 1
+    compute = Compute(passes * len(samples), 0, round(time.perf_counter() - start, 2))
+    return PruneResult(level, fraction, segments, split, before, count_trainable(model), layers, compute)
 
 
 def _check_settings(fraction: float, level: str) -> None:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(f"prune fraction: got {fraction!r}; allowed: a number with 0 < fraction < 1")
+    check_fraction(fraction)
     if level not in LEVELS:
         raise ConfigError(f"prune level: got {level!r}; allowed: {', '.join(LEVELS)}")
 
 
-def _check_segments(modules: list[PromptWrapper], segments: int) -> None:
-    """``segments`` divides the width of every prompt tensor, and equals the count of earlier segment masks."""
+def check_fraction(fraction: float, option: str = "prune fraction") -> None:
+    """One line naming ``option`` unless ``fraction`` is a number with 0 < fraction < 1."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"{option}: got {fraction!r}; allowed: a number with 0 < fraction < 1")
+
+
+def check_segments(modules: list[PromptWrapper], segments: int, option: str = "prune segments") -> None:
+    """One line naming ``option`` unless ``segments`` divides the width of every prompt tensor of ``modules``
+    and equals the count of earlier segment masks."""
     for module in modules:
         for name in module.present():
             width, keep = module.token_rows(name).shape[1], module.segment_keep(name)
             if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1 or width % segments:
                 raise ConfigError(
-                    f"prune segments: got {segments!r}; allowed: a positive integer dividing the prompt width "
+                    f"{option}: got {segments!r}; allowed: a positive integer dividing the prompt width "
                     f"{width} ({module.method} block {module.block})"
                 )
             if keep is not None and keep.shape[1] != segments:
                 raise ConfigError(
-                    f"prune segments: got {segments}, but {module.method} block {module.block} is already cut "
+                    f"{option}: got {segments}, but {module.method} block {module.block} is already cut "
                     f"into {keep.shape[1]} segments; allowed: {keep.shape[1]}"
                 )
 
@@ -266,3 +282,9 @@ def prune_run(run_dir: Path, out: Path, fraction: float, level: Level = "token",
         rewind = replace(config, methods=model.autopeft_methods, init=str((out / PRUNED).resolve()))
         write_text(out / "config.yaml", dump_run_config(rewind))
     return result
+
+
+def read_prune_run(out: Path) -> PruneResult:
+    """What ``prune_run`` kept in ``out`` (its ``prune.json``)."""
+    data = json.loads((out / RECORD).read_text())
+    return parse_options(PruneResult, {k: v for k, v in data.items() if k != "run"}, str(out / RECORD))
