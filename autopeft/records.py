@@ -4,7 +4,7 @@ One dataclass per command (``train`` run, ``search``, ``run`` pipeline, ``retrai
 each with ``to_json`` / ``from_json`` and a schema version. Files written before the schema existed
 (schema 1: no ``schema`` key) are read through ``migrate``. Shared parts: ``Compute`` (images
 processed and wall time), ``Provenance`` (versions, weights, device, threads) and ``SeedStats``
-(mean +- std over seeds, the one rule for it).
+(mean +- std over seeds, the one rule for it), and ``Pruning`` (a row's prompts pruned before its final runs).
 """
 
 from __future__ import annotations
@@ -188,10 +188,26 @@ class SearchRecord(Record):
     provenance: Provenance = field(default_factory=Provenance)
 
 
+@dataclass(frozen=True)
+class Pruning:
+    """E2VPT pruning of a row's prompts before its final runs (``autopeft.search.prune_stage``): the level,
+    the fraction chosen on val (None: no fraction passed the rule, the prompts stay whole), trainable
+    parameters before and after (head excluded), what choosing it processed (pruning passes, rewinding runs)
+    and the ``prune.json`` that holds every candidate and the rule."""
+
+    level: str
+    fraction: float | None
+    params_before: int
+    params_after: int
+    record: str
+    compute: Compute = field(default_factory=Compute)
+
+
 @dataclass
 class FinalRow:
     """One configuration's final runs on train+val (test read once per run): the test accuracy of
-    each seed's run (None: failed), and their mean and std (``SeedStats``)."""
+    each seed's run (None: failed), and their mean and std (``SeedStats``). ``params`` are the final runs'
+    (after pruning, when ``pruning`` says the prompts were pruned)."""
 
     name: str
     methods: dict[str, dict[str, Any]]
@@ -205,9 +221,18 @@ class FinalRow:
     row_key: str | None = None
     run_s: float | None = None
     compute: Compute = field(default_factory=Compute)
+    pruning: Pruning | None = None
 
     @classmethod
-    def of_runs(cls, name: str, methods, params: int, val_acc: float | None, runs: Sequence[RunRecord]) -> FinalRow:
+    def of_runs(
+        cls,
+        name: str,
+        methods,
+        params: int,
+        val_acc: float | None,
+        runs: Sequence[RunRecord],
+        pruning: Pruning | None = None,
+    ) -> FinalRow:
         tests = [r.test_acc if r.status == "completed" else None for r in runs]
         stats = SeedStats.of(tests)
         return cls(
@@ -223,6 +248,7 @@ class FinalRow:
             runs[0].row_key if runs else None,
             round(statistics.mean(r.wall_time_s or 0.0 for r in runs), 2) if runs else None,
             Compute.total(r.compute for r in runs),
+            pruning,
         )
 
 
@@ -292,7 +318,8 @@ class DatasetChoice:
     test_acc_std: float | None
     seeds: list[int]
     row_key: str | None = None
-    compute: dict[str, Compute] = field(default_factory=dict)  # per strategy, and "final"
+    compute: dict[str, Compute] = field(default_factory=dict)  # per strategy, "prune" when it ran, and "final"
+    pruning: Pruning | None = None
 
 
 @dataclass

@@ -104,6 +104,7 @@ def _sections(board: Leaderboard, loaded: Loaded, images: dict[str, bytes]) -> l
             ["Size per block and method (0 = off; ssf: 1 = on)."],
             images=[(n, n) for n in images if n.startswith("subnet_")],
         ),
+        _pruned(board),
         _costs(loaded),
     ]
     if vtab:
@@ -122,6 +123,31 @@ def _pareto(board: Leaderboard, images: dict[str, bytes]) -> Section:
         "the Pareto front (more accuracy, fewer parameters) in red. Also pareto.svg."
     )
     return Section("Accuracy vs parameters", [note], images=[("pareto.png", "Pareto plot")])
+
+
+def _pruned(board: Leaderboard) -> Section:
+    """The entries whose prompts were pruned before their final runs: level, fraction, params before and after."""
+    rows = [
+        [
+            row.name,
+            e.dataset,
+            e.pruning.level,
+            "none (not pruned)" if e.pruning.fraction is None else f"{e.pruning.fraction:g}",
+            f"{e.pruning.params_before:,}",
+            f"{e.pruning.params_after:,}",
+            e.pruning.record,
+        ]
+        for row in board.rows
+        for e in row.entries
+        if e.pruning is not None
+    ]
+    note = (
+        "E2VPT pruning of the prompts before the final runs: the fraction chosen on val by the rule in the "
+        "record (test never read), trainable parameters (head excluded) before and after; the leaderboard's "
+        "params are after."
+    )
+    header_ = ["row", "dataset", "level", "fraction", "params before", "params after", "record"]
+    return Section("Pruned prompts", [note], header_, rows)
 
 
 def _costs(loaded: Loaded) -> Section:

@@ -12,6 +12,7 @@ from autopeft.records import (
     Compute,
     PipelineRecord,
     Provenance,
+    Pruning,
     RetrainRecord,
     RunRecord,
     SearchRecord,
@@ -30,7 +31,8 @@ class Entry:
     """One measured row of one run directory: test accuracy mean and std over ``seeds`` (None = missing).
 
     ``key`` identifies the configuration (backbone and weights, data and split, methods with options,
-    schedule; not the seed): only entries of one key pool into mean +- std. ``schedule`` describes it."""
+    schedule; not the seed): only entries of one key pool into mean +- std. ``schedule`` describes it.
+    ``pruning``: its prompts were pruned before the final runs (``params`` is then after pruning)."""
 
     name: str
     dataset: str
@@ -46,6 +48,7 @@ class Entry:
     provenance: Provenance = field(default_factory=Provenance)
     chosen: str | None = None
     reason: str | None = None
+    pruning: Pruning | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ def _selected(choice, record: SelectionRecord, source: Path) -> Entry:
         provenance=record.provenance,
         chosen=choice.chosen,
         reason=_failure(record) or (None if choice.test_acc is not None else "no test accuracy"),
+        pruning=choice.pruning,
     )
 
 
@@ -200,6 +204,7 @@ def _pipeline_row(row, base: dict[str, Any], failed: str | None) -> Entry:
         seeds=seeds,
         key=row.row_key,
         reason=reason,
+        pruning=row.pruning,
         **base,
     )
 
