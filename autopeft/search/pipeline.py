@@ -9,8 +9,11 @@ their own run directories.
       config.yaml  result.json  summary.md  candidates.csv  pareto.csv  best.yaml  search_time.json
       supernet/        checkpoint.pt  metrics.jsonl
       retrain/<k>/     top-k candidates standalone on train, scored on val (no test)
+      prune.json  prune/<fraction>/   with prune.enabled: the winner's prompts pruned, rewound on train,
+                       scored on val (no test); the fraction chosen (``autopeft.search.prune_stage``)
       baselines/<m>/   each single method at its default size on train, scored on val (no test)
-      final/<row>/seed<s>/   the winner and each baseline on train+val, test read once
+      final/<row>/seed<s>/   the winner (from its pruned adapter when pruned) and each baseline on
+                       train+val, test read once
 
 `autopeft search --engine supernet` stops after retrain/ with best.yaml and a search result.json
 (the winner's val score, no test); `autopeft retrain` then trains best.yaml per seed.
@@ -31,7 +34,7 @@ from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import REGISTRY, describe_methods
 from autopeft.progress import SilentProgress, StageProgress
-from autopeft.records import Compute, FinalRow, PipelineRecord, RunRecord, SearchRecord
+from autopeft.records import Compute, FinalRow, PipelineRecord, Pruning, RunRecord, SearchRecord
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
 from autopeft.rundir import claim_dir, locked
 from autopeft.runs import (
@@ -54,6 +57,7 @@ from autopeft.search.candidates import (
 )
 from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
+from autopeft.search.prune_stage import CHOICE, PruneChoice, PruneStage, check_stage, choose_pruning, claimed, prunes
 from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, refit_score, train_supernet
 from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
@@ -166,6 +170,7 @@ class PipelineConfig:
     retrain: RetrainStage = field(default_factory=RetrainStage)
     baselines: list[str] = field(default_factory=lambda: ["linear", "lora", "adapter", "vpt", "ssf", "kv_prompt"])
     seed: int = 0
+    prune: PruneStage = field(default_factory=PruneStage)  # E2VPT pruning of the winner's prompts before its final runs
 
     def __post_init__(self) -> None:
         for name in self.baselines:
@@ -215,13 +220,18 @@ def run_pipeline(
     ``best.yaml`` and a search result.json written (no baselines, no final runs, test never read).
     """
     start = time.perf_counter()
-    built = _build(config)  # a bad space, backbone or budget fails before anything is written
+    if choose_only and config.prune.enabled:
+        raise ConfigError(
+            "prune.enabled: got true; allowed: false here (pruning is a step of autopeft run before its final runs; "
+            "autopeft search --engine supernet stops at the val winner)"
+        )
+    built = _build(config)  # a bad space, backbone, budget or prune section fails before anything is written
     command = f"search {out / 'config.yaml'} --engine supernet" if choose_only else f"run {out / 'config.yaml'}"
     again = f"autopeft {command} --out {out} --resume"
     progress = progress or SilentProgress()
     try:
         with locked(out):
-            claim_dir(out, resume, asdict(config), again)
+            claim_dir(out, resume, claimed(config), again)
             if choose_only:
                 chosen = _choose(config, built, out, resume, progress)
                 return _search_result(config, built, chosen, out, start, resume)
@@ -258,13 +268,14 @@ def _build(config: PipelineConfig) -> _Built:
         budget = max(counts) if counts and max(counts) > 0 else None
     if budget is not None:
         supernet.check_budget(budget, "search.budget")
+    check_stage(config.prune, config.backbone, {m: spec.options for m, spec in space.methods.items()})
     return _Built(run, supernet, task, norm, budget)
 
 
 @dataclass
 class _Chosen:
     """The search and selection stages' outcome: every candidate, the top-k, their standalone val
-    runs, the winner's index in ``top``, and what the supernet and the candidate search cost."""
+    runs, the winner's index in ``top`` and run directory, and what the supernet and the candidate search cost."""
 
     candidates: list[Candidate]
     top: list[Candidate]
@@ -273,6 +284,7 @@ class _Chosen:
     supernet: Compute
     search: Compute
     lr: float  # the winner's learning rate
+    winner_dir: Path  # the winner's standalone run on train
 
     @property
     def row(self) -> RunRecord:
@@ -329,7 +341,8 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     final = replace(config.retrain.train, lr=lr)
     best = RunConfig(config.backbone, config.data, winner, final, final=True, seed=config.retrain.seeds[0])
     write_text(out / "best.yaml", dump_run_config(best))
-    return _Chosen(candidates, top, standalone, pick, trained, searched, lr)
+    winner_dir = out / "retrain" / _retrain_dir(tried[pick][0], lr, lrs)
+    return _Chosen(candidates, top, standalone, pick, trained, searched, lr, winner_dir)
 
 
 def _wall_s(start: float, stages: Iterable[Compute], resumed: bool) -> float:
@@ -348,19 +361,24 @@ def _pipeline(
 ) -> PipelineRecord:
     run, task, norm = built.run, built.task, built.norm
     chosen = _choose(config, built, out, resume, progress)
+    pruned = _prune(config, chosen, out, progress)
     rows = {"searched": chosen.row}
     for name in config.baselines:
         progress.say(f"baseline: {name} at its default size on train, scored on val")
         rows[name] = _train(config, {name: {}}, out / "baselines" / name, progress)
     finalists = _finalists(rows, config.retrain.final_baselines)
     progress.say(f"final: {', '.join(finalists)} on train+val, seeds {config.retrain.seeds}, test read once each")
-    lrs = {"searched": chosen.lr}  # baselines keep the schedule's lr
+    lrs, prunings = {"searched": chosen.lr}, {"searched": pruned}  # baselines keep the schedule's lr, unpruned
     table = [
-        _final_row(config, name, run, out, progress, name in finalists, lrs.get(name)) for name, run in rows.items()
+        _final_row(config, name, run, out, progress, name in finalists, lrs.get(name), prunings.get(name))
+        for name, run in rows.items()
     ]
-    searched, cost = table[0], chosen.cost
+    searched = table[0]
+    spent = {} if pruned is None else {"prune": pruned.compute}
+    cost = {**chosen.cost, **{stage: c.wall_s for stage, c in spent.items()}}
     compute = {
         **chosen.compute,
+        **spent,
         "baselines": _total([r for name, r in rows.items() if name != "searched"]),
         "final": Compute.total(row.compute for row in table),
     }
@@ -390,6 +408,13 @@ def _pipeline(
     write_text(out / "summary.md", render_table(record) + (f"\n{note}\n" if note else ""))
     record.write(out / RESULT)
     return record
+
+
+def _prune(config: PipelineConfig, chosen: _Chosen, out: Path, progress: StageProgress) -> PruneChoice | None:
+    """With ``prune.enabled`` and a winner with prompts: its fraction chosen on val (``prune.json``), else None."""
+    if not prunes(config.prune, chosen.row.methods, "the searched subnet", progress):
+        return None
+    return choose_pruning(chosen.winner_dir, config.prune, out, progress)
 
 
 def _search_result(
@@ -464,14 +489,16 @@ def _train(
     progress: StageProgress,
     seed: int | None = None,
     lr: float | None = None,
+    init: str | None = None,
 ) -> RunRecord:
     """A standalone run: on train scored on val (no test) when ``seed`` is None, else on train+val
-    with that seed and the test split read once at the end; ``lr`` replaces the schedule's."""
+    with that seed and the test split read once at the end; ``lr`` replaces the schedule's; ``init``: the
+    adapter it starts from (a pruned one)."""
     final = seed is not None
     seed = config.seed if seed is None else seed
     train = config.retrain.train if final else config.retrain.select_train()
     train = train if lr is None else replace(train, lr=lr)
-    run = RunConfig(config.backbone, config.data, methods, train, final=final, test=final, seed=seed)
+    run = RunConfig(config.backbone, config.data, methods, train, final=final, test=final, seed=seed, init=init)
     return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
 
 
@@ -492,12 +519,27 @@ def _final_row(
     progress: StageProgress,
     final: bool,
     lr: float | None = None,
+    pruned: PruneChoice | None = None,
 ) -> FinalRow:
     """``val_run``'s methods retrained on train+val once per seed (when ``final``), test read once
-    per run; mean and std over seeds."""
+    per run; mean and std over seeds. ``pruned``: they start from the pruned adapter chosen on val."""
+    if pruned is None:
+        methods, params, init, pruning = val_run.methods, val_run.trainable_params, None, None
+    else:
+        methods, params, init = pruned.methods, pruned.params_after, pruned.init
+        pruning = pruned.summary(out / CHOICE)
     seeds = config.retrain.seeds if final else []
-    runs = [_train(config, val_run.methods, out / "final" / name / f"seed{s}", progress, s, lr) for s in seeds]
-    return FinalRow.of_runs(name, val_run.methods, val_run.trainable_params, val_run.val_acc, runs)
+    runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s, lr, init) for s in seeds]
+    return FinalRow.of_runs(name, methods, params, val_run.val_acc, runs, pruning)
+
+
+def pruning_line(pruning: Pruning) -> str:
+    """What pruning did to a row: the fraction chosen on val and the trainable parameters before and after."""
+    chosen = "no fraction passed the rule: not pruned" if pruning.fraction is None else f"fraction {pruning.fraction:g}"
+    return (
+        f"E2VPT pruning ({pruning.level} level), chosen on val by the rule in {pruning.record}: {chosen}; trainable "
+        f"{pruning.params_before:,} -> {pruning.params_after:,}; the final runs start from the pruned adapter."
+    )
 
 
 SCORINGS = {"inherited": "with the supernet's shared head", "refit": "with a linear head refit per candidate"}
@@ -525,6 +567,7 @@ def render_table(record: PipelineRecord) -> str:
         lines.append(f"| {row.name} | {row.params:,} | {val} | {test} |")
     cost, compute = record.search_cost_s, record.compute
     ratio = "n/a" if record.search_cost_ratio is None else f"{record.search_cost_ratio:.1f}x"
+    pruning = "" if "prune" not in cost else f" + prune {cost['prune']:.0f} s"
     lines += [
         "",
         f"Searched subnet: {describe_methods(record.methods)}.",
@@ -532,9 +575,10 @@ def render_table(record: PipelineRecord) -> str:
         f"{SCORINGS[record.scoring]}; the top {record.retrained} trained standalone and chosen on val. (How well "
         "this ranks subnets like standalone training is measured over random panels of subnets in autopeft's "
         "results/ranking.md.)",
+        *([pruning_line(record.table[0].pruning)] if record.table[0].pruning else []),
         f"Search cost: supernet {cost['supernet']:.0f} s + search {cost['search']:.0f} s + top-{record.retrained} "
-        f"selection runs {cost['retrain_top_k']:.0f} s = {ratio} one final training run of the searched subnet "
-        f"({record.table[0].run_s or 0:.0f} s). Wall time {(record.wall_time_s or 0) / 60:.1f} min.",
+        f"selection runs {cost['retrain_top_k']:.0f} s{pruning} = {ratio} one final training run of the searched "
+        f"subnet ({record.table[0].run_s or 0:.0f} s). Wall time {(record.wall_time_s or 0) / 60:.1f} min.",
         "Images processed (training passes + forward-only evaluation): "
         + ", ".join(f"{stage} {c.train_images:,} + {c.eval_images:,}" for stage, c in compute.items())
         + ".",

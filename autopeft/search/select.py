@@ -12,6 +12,8 @@ and the finalist best on val is the dataset's choice. Test accuracy never takes 
       <dataset>/
         <strategy>/              the strategy's sweep or pipeline run directory (val only)
         strategies.json          each finished strategy's val outcome (what a resume reuses)
+        prune.json  prune/       with prune.enabled: the chosen strategy's prompts pruned on train, the
+                                 fraction chosen on val (``autopeft.search.prune_stage``)
         final/<strategy>/seed<s>/   `autopeft train` run directories on train+val, test read once
         selection.json           the dataset's record, written last: a finished dataset is never redone
 """
@@ -40,9 +42,20 @@ from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.rundir import claim_dir, locked
 from autopeft.runs import RESULT, RunInterrupted, machine_provenance, train_or_reuse
 from autopeft.search.candidates import standalone_order
-from autopeft.search.pipeline import PipelineConfig, parse_pipeline, run_pipeline
+from autopeft.search.pipeline import PipelineConfig, parse_pipeline, pruning_line, run_pipeline
+from autopeft.search.prune_stage import (
+    CHOICE,
+    FOLDER,
+    UNPRUNED,
+    PruneChoice,
+    PruneStage,
+    check_stage,
+    choose_pruning,
+    claimed,
+    prunes,
+)
 from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep, run_sweep
-from autopeft.supernet import FloatRange, parse_space, suggest
+from autopeft.supernet import FloatRange, load_space, parse_space, suggest
 from autopeft.train import TrainConfig
 
 # Each single method's size list for its sweep (no 0: the strategy is really that method).
@@ -57,7 +70,7 @@ SUPERNET = "supernet"
 STRATEGIES = (*METHOD_SIZES, SUPERNET)
 SET_BY_SELECT = {
     "sweep": ("backbone", "data", "space", "budget"),
-    "supernet": ("backbone", "data", "baselines"),
+    "supernet": ("backbone", "data", "baselines", "prune"),
 }
 MIN_SEEDS = 3
 
@@ -88,6 +101,7 @@ class SuiteConfig:
     supernet: dict[str, Any] = field(default_factory=dict)
     finalists: int = 2
     final: FinalStage = field(default_factory=FinalStage)
+    prune: PruneStage = field(default_factory=PruneStage)  # E2VPT pruning of the chosen strategy's prompts
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -129,6 +143,10 @@ def parse_suite(data: Any, where: str, base: Path | None = None) -> SuiteConfig:
             sweep_config(suite, data_config, "lora")
             if SUPERNET in suite.strategies:
                 supernet_config(suite, data_config, i)
+        check_stage(suite.prune, suite.backbone, {name: {} for name in suite.strategies if name != SUPERNET})
+        if SUPERNET in suite.strategies:
+            space = load_space(supernet_config(suite, data_configs(suite)[0]).space)
+            check_stage(suite.prune, suite.backbone, {m: spec.options for m, spec in space.methods.items()})
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
     return suite
@@ -219,7 +237,7 @@ def run_select(
     datasets = data_configs(config)
     again = again or f"autopeft select {out / 'config.yaml'} --out {out} --resume"
     with locked(out):
-        claim_dir(out, resume, asdict(config), again)
+        claim_dir(out, resume, claimed(config), again)
         try:
             selections = [_selection(config, data, i, out, progress) for i, data in enumerate(datasets)]
         except RunInterrupted as err:
@@ -290,9 +308,11 @@ class DatasetSelection:
         return next(f for f in self.finalists if f.row.name == self.chosen)
 
     def compute(self) -> dict[str, Compute]:
-        """What each strategy's selection processed, and every final run together."""
+        """What each strategy's selection processed, the pruning of the chosen one, and every final run together."""
+        pruning = self.choice.row.pruning
         return {
             **{o.name: o.compute for o in self.strategies},
+            **({} if pruning is None else {"prune": pruning.compute}),
             "final": Compute.total(f.row.compute for f in self.finalists),
         }
 
@@ -323,12 +343,16 @@ def select_dataset(
         raise ConfigError(f"{folder.name}: no strategy finished ({'; '.join(_why(o) for o in outcomes)})")
     order = standalone_order([(o.val_acc, o.val_loss) for o in scored])[::-1]  # best first
     finalists = [scored[i] for i in order[: config.finalists]]
+    pruned = _prune(config, data, finalists[0], folder, progress)  # the first finalist is the choice
     seeds = config.final.seeds
     progress.say(
         f"{folder.name}: finalists {', '.join(f.name for f in finalists)} on train+val, seeds {seeds}, "
         "test read once each"
     )
-    rows = [_final(config, data, f, folder / "final" / f.name, progress) for f in finalists]
+    rows = [
+        _final(config, data, f, folder / "final" / f.name, progress, pruned if i == 0 else None)
+        for i, f in enumerate(finalists)
+    ]
     selection = DatasetSelection(
         dataset=folder.name,
         data=data,
@@ -435,17 +459,52 @@ def _clear_unresumable(out: Path, resume: bool) -> None:
         shutil.rmtree(out)
 
 
+def _prune(
+    config: SuiteConfig, data: DataConfig, outcome: StrategyOutcome, folder: Path, progress: StageProgress
+) -> PruneChoice | None:
+    """With ``prune.enabled`` and a chosen strategy with prompts: its methods trained once more on train as
+    the strategy was scored on val (``_selection_run``; the sweeps' trial directories are engine-specific), the
+    unpruned reference, then the fraction chosen on val (``<dataset>/prune.json``); else None."""
+    if not prunes(config.prune, outcome.methods, f"{folder.name}: the chosen strategy {outcome.name}", progress):
+        return None
+    source = folder / FOLDER / UNPRUNED
+    unpruned = train_or_reuse(_selection_run(config, data, outcome), source, progress.run(f"{FOLDER}/{UNPRUNED}"))
+    return choose_pruning(source, config.prune, folder, progress, unpruned.compute)
+
+
+def _selection_run(config: SuiteConfig, data: DataConfig, outcome: StrategyOutcome) -> RunConfig:
+    """The strategy's methods on train, scored on val: its selection schedule and seed (the sweep's, or the
+    supernet pipeline's selection runs') with the lr and weight decay its final runs get."""
+    if outcome.name == SUPERNET:
+        pipeline = supernet_config(config, data)
+        train, seed = pipeline.retrain.select_train(), pipeline.seed
+    else:
+        sweep = sweep_config(config, data, outcome.name)
+        train, seed = sweep.train, sweep.seed
+    return RunConfig(config.backbone, data, outcome.methods, replace(train, **outcome.train), test=False, seed=seed)
+
+
 def _final(
-    config: SuiteConfig, data: DataConfig, outcome: StrategyOutcome, out: Path, progress: StageProgress
+    config: SuiteConfig,
+    data: DataConfig,
+    outcome: StrategyOutcome,
+    out: Path,
+    progress: StageProgress,
+    pruned: PruneChoice | None = None,
 ) -> Finalist:
     """The strategy's methods on train+val once per seed (``final.train`` with the strategy's lr and
-    weight decay), test read once per run; mean +- std over the seeds."""
+    weight decay), test read once per run; mean +- std over the seeds. ``pruned``: they start from the pruned
+    adapter chosen on val (its prune.json is in the dataset folder, ``out``'s grandparent)."""
+    methods, params, init, pruning = outcome.methods, outcome.trainable_params, None, None
+    if pruned is not None:
+        methods, params, init = pruned.methods, pruned.params_after, pruned.init
+        pruning = pruned.summary(out.parent.parent / CHOICE)
     train = replace(config.final.train, **outcome.train)
     runs = []
     for seed in config.final.seeds:
-        run = RunConfig(config.backbone, data, outcome.methods, train, final=True, test=True, seed=seed)
+        run = RunConfig(config.backbone, data, methods, train, final=True, test=True, seed=seed, init=init)
         runs.append(train_or_reuse(run, out / f"seed{seed}", progress.run(f"{out.name}/seed{seed}")))
-    row = FinalRow.of_runs(outcome.name, outcome.methods, outcome.trainable_params, outcome.val_acc, runs)
+    row = FinalRow.of_runs(outcome.name, methods, params, outcome.val_acc, runs, pruning)
     return Finalist(row, outcome.train, config.final.seeds, [str(out / f"seed{s}") for s in config.final.seeds])
 
 
@@ -465,9 +524,11 @@ def _suite_record(config: SuiteConfig, selections: list[DatasetSelection], start
                 seeds=s.choice.seeds,
                 row_key=chosen.row_key,
                 compute=s.compute(),
+                pruning=chosen.pruning,
             )
         )
     wall = sum(o.wall_time_s for s in selections for o in s.strategies)
+    wall += sum(s.compute().get("prune", Compute()).wall_s for s in selections)
     wall += sum(f.row.run_s * len(f.seeds) for s in selections for f in s.finalists if f.row.run_s)
     return SelectionRecord(
         backbone=config.backbone.name,
@@ -503,10 +564,12 @@ def render_summary(record: SelectionRecord, selections: list[DatasetSelection]) 
         )
     for s in selections:
         finals = {f.row.name: f.row for f in s.finalists}
+        pruning = s.choice.row.pruning
         lines += [
             "",
             f"## {s.dataset}",
             "",
+            *([f"{s.chosen}: {pruning_line(pruning)}", ""] if pruning else []),
             "| strategy | params | val % | test % | compute (images) | wall s |",
             "|---|---:|---:|---:|---:|---:|",
         ]
