@@ -95,8 +95,12 @@ FAMILIES = (VisionTransformer, VisionTransformerRelPos, SwinTransformer, Eva, Be
 TRANSFORMER = "transformer"  # the family name of every transformer in FAMILIES
 # CNN families by timm model class: ConvNeXt (model.stages[i].blocks), ResNet (layer1..layer4), EfficientNet and
 # MobileNetV3 (model.blocks[i][j]); their blocks are numbered over all stages as a Swin's are.
-CNN_FAMILIES: dict[type, str] = {ConvNeXt: "convnext", ResNet: "resnet", EfficientNet: "efficientnet"}
-CNN_FAMILIES[MobileNetV3] = "efficientnet"
+CNN_FAMILIES: dict[type, str] = {
+    ConvNeXt: "convnext",
+    ResNet: "resnet",
+    EfficientNet: "efficientnet",
+    MobileNetV3: "efficientnet",
+}
 CNN_BLOCK_KINDS = (
     "ConvNeXtBlock",
     "BasicBlock",

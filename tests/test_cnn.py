@@ -240,7 +240,8 @@ def test_adapter_counts_follow_the_formulas():
     sequential = sum(k * 2 * c + k + c for c in RESNET_CHANNELS)
     assert count("resnet10t", {"adapter": {"dim": k, "position": "sequential"}}) == sequential
     assert count("resnet10t", {"adapter": {"dim": [0, k, 0, 0]}}) == k * (8 + 16) + k + 16
-    with pytest.raises(ConfigError, match=r"^adapter.sites: 'mlp' is not a site of a CNN \(resnet\): adapters sit"):
+    expected = r"^adapter.sites: 'mlp' is not a site of a CNN \(resnet\); allowed there: block$"
+    with pytest.raises(ConfigError, match=expected):
         autopeft.apply(build("resnet10t"), {"adapter": {"sites": ["mlp"]}})
 
 

@@ -14,7 +14,16 @@ from autopeft import inject
 from autopeft.backbones import CNN_FAMILIES, POST_NORM, TRANSFORMER, BackboneInfo, block_geometry
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import (
+    EVERYTHING,
+    NOTHING,
+    ElasticWrapper,
+    Index,
+    MethodSpec,
+    check_family_choices,
+    register,
+    tensor_kwargs,
+)
 
 Position = Literal["sequential", "parallel"]
 Scale = float | Literal["learnable", "learnable_scalar"]
@@ -138,17 +147,10 @@ class ConvAdapter(BottleneckAdapter):
         return h + z * self.scale(channel_dim=1)
 
 
-def _check_sites(sites: list[str], family: str) -> None:
-    allowed = TRANSFORMER_SITES if family == TRANSFORMER else CNN_SITES
-    wrong = [site for site in sites if site not in allowed]
-    if wrong:
-        kind = "a transformer" if family == TRANSFORMER else f"a CNN ({family}): adapters sit beside whole blocks"
-        raise ConfigError(f"adapter.sites: '{wrong[0]}' is not a site of {kind}; allowed there: {', '.join(allowed)}")
-
-
 def attach(model: nn.Module, opts: AdapterOptions, info: BackboneInfo) -> None:
     dims = per_block(opts.dim, info.depth, "adapter.dim")
-    _check_sites(opts.sites, info.family)
+    allowed = TRANSFORMER_SITES if info.family == TRANSFORMER else CNN_SITES  # CNNs: beside whole blocks
+    check_family_choices("adapter.sites", "a site", opts.sites, allowed, info.family)
     if info.family != TRANSFORMER:
         for index, (parent, attr) in enumerate(inject.block_slots(model)):
             if dims[index]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from autopeft.backbones import BackboneInfo
+from autopeft.backbones import TRANSFORMER, BackboneInfo
 from autopeft.errors import ConfigError
 
 Index = tuple[slice, ...]
@@ -122,6 +122,15 @@ class MethodSpec:
     trainable: Callable[[nn.Module], list[nn.Parameter]] | None = None
     cnn: bool = False
     family_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def check_family_choices(where: str, noun: str, values: list[str], allowed: tuple[str, ...], family: str) -> None:
+    """One line for the first of ``values`` (an option's choices, e.g. LoRA targets) not in ``allowed``, the
+    choices of backbone ``family``: transformers and CNNs name their layers differently."""
+    wrong = [value for value in values if value not in allowed]
+    if wrong:
+        kind = "a transformer" if family == TRANSFORMER else f"a CNN ({family})"
+        raise ConfigError(f"{where}: '{wrong[0]}' is not {noun} of {kind}; allowed there: {', '.join(allowed)}")
 
 
 def with_family_defaults(spec: MethodSpec, options: Any, family: str) -> Any:

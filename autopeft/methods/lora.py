@@ -16,7 +16,14 @@ from autopeft import inject
 from autopeft.backbones import TRANSFORMER, BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import (
+    ElasticWrapper,
+    Index,
+    MethodSpec,
+    check_family_choices,
+    register,
+    tensor_kwargs,
+)
 
 Target = Literal["q", "k", "v", "qkv", "proj", "fc1", "fc2", "conv1", "conv2", "conv3", "conv_pw", "conv_pwl"]
 QKV_PARTS = ("q", "k", "v")
@@ -196,14 +203,6 @@ def _parts(target_group: list[str], out_features: int) -> dict[str, tuple[int, i
     return {p: (i * third, (i + 1) * third) for i, p in enumerate(QKV_PARTS) if p in target_group}
 
 
-def _check_targets(targets: list[str], family: str) -> None:
-    allowed = TRANSFORMER_TARGETS if family == TRANSFORMER else CNN_TARGETS[family]
-    wrong = [target for target in targets if target not in allowed]
-    if wrong:
-        kind = "a transformer" if family == TRANSFORMER else f"a CNN ({family})"
-        raise ConfigError(f"lora.targets: '{wrong[0]}' is not a target of {kind}; allowed there: {', '.join(allowed)}")
-
-
 def _cnn_layer(block: nn.Module, target: str) -> tuple[nn.Module, str] | None:
     """``(parent, attribute)`` of ``target`` in a CNN block, None when this kind of block has none."""
     *path, attr = inject.BLOCK_SITES[target]
@@ -248,7 +247,8 @@ def _attach_cnn(model: nn.Module, opts: LoRAOptions, ranks: list[int], family: s
 
 def attach(model: nn.Module, opts: LoRAOptions, info: BackboneInfo) -> None:
     ranks = per_block(opts.rank, info.depth, "lora.rank")
-    _check_targets(opts.targets, info.family)
+    allowed = TRANSFORMER_TARGETS if info.family == TRANSFORMER else CNN_TARGETS[info.family]
+    check_family_choices("lora.targets", "a target", opts.targets, allowed, info.family)
     if info.family != TRANSFORMER:
         _attach_cnn(model, opts, ranks, info.family)
         return

@@ -15,7 +15,16 @@ from autopeft import inject
 from autopeft.backbones import CNN_FAMILIES, TRANSFORMER, BackboneInfo
 from autopeft.config import per_block
 from autopeft.errors import ConfigError
-from autopeft.methods.base import EVERYTHING, NOTHING, ElasticWrapper, Index, MethodSpec, register, tensor_kwargs
+from autopeft.methods.base import (
+    EVERYTHING,
+    NOTHING,
+    ElasticWrapper,
+    Index,
+    MethodSpec,
+    check_family_choices,
+    register,
+    tensor_kwargs,
+)
 
 Site = Literal[
     "patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "merging", "norm",
@@ -231,18 +240,11 @@ def _attach_cnn(model: nn.Module, sites: list[str], enabled: list[int]) -> None:
             _wrap_cnn(found, None, site)
 
 
-def _check_sites(sites: list[str], family: str) -> None:
-    allowed = ALL_SITES if family == TRANSFORMER else CNN_SITES
-    wrong = [site for site in sites if site not in allowed]
-    if wrong:
-        kind = "a transformer" if family == TRANSFORMER else f"a CNN ({family})"
-        raise ConfigError(f"ssf.sites: '{wrong[0]}' is not a site of {kind}; allowed there: {', '.join(allowed)}")
-
-
 def attach(model: nn.Module, opts: SSFOptions, info: BackboneInfo) -> None:
     flags = [int(f) for f in opts.enabled] if isinstance(opts.enabled, list) else int(opts.enabled)
     enabled = per_block(flags, info.depth, "ssf.enabled", maximum=1)
-    _check_sites(opts.sites, info.family)
+    allowed = ALL_SITES if info.family == TRANSFORMER else CNN_SITES
+    check_family_choices("ssf.sites", "a site", opts.sites, allowed, info.family)
     if info.family != TRANSFORMER:
         _attach_cnn(model, opts.sites, enabled)
         return
