@@ -12,6 +12,9 @@ width 192, depth 12, 3 heads), batch 32, random inputs and labels, fixed seed, 2
 * Inference (eval, no_grad): the plain backbone vs the same backbone with randomised LoRA + SSF
   merged into its weights (``autopeft.merge``), and unmerged for reference, plus the max abs
   difference between merged and unmerged outputs.
+* Swin (``swin``): a pretrained=False ``swin_tiny_patch4_window7_224`` shrunk to 32 px (patch 4,
+  window 4, widths 96/192/384 over depths 2/2/2): the floor, autopeft LoRA rank 8 on ``qkv`` against
+  HF peft's, LoRA and SSF at their defaults, and the same inference comparison.
 
 All models are built first; timings are interleaved in rounds (each round runs a few steps of
 every configuration, in a shuffled order) and each configuration reports its median over all
@@ -21,7 +24,8 @@ Run from the repository root (on a quiet machine)::
 
     HF_HUB_OFFLINE=1 python scripts/bench_methods.py
 
-It writes ``results/bench/methods.json`` (``--out`` to change). A quick smoke run::
+It writes ``results/bench/methods.json`` (``--out`` to change; ``--part vit`` or ``--part swin`` measures one
+section and keeps the other as the file has it). A quick smoke run::
 
     HF_HUB_OFFLINE=1 python scripts/bench_methods.py --warmup 1 --steps 2 --out /tmp/methods_quick.json
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -55,6 +60,16 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "bench" / "metho
 BACKBONE = "vit_tiny_patch16_224"
 NUM_CLASSES = 10
 MODEL_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 12, "num_heads": 3}
+SWIN = "swin_tiny_patch4_window7_224"
+SWIN_KWARGS: dict[str, Any] = {
+    "img_size": 32,
+    "patch_size": 4,
+    "window_size": 4,
+    "embed_dim": 96,
+    "depths": (2, 2, 2),
+    "num_heads": (3, 6, 12),
+}
+SWIN_METHODS = ("lora", "ssf")
 DEFAULT_METHODS = ("lora", "adapter", "vpt", "ssf", "kv_prompt", "bitfit", "ln_tune", "linear", "full")
 PROMPT_METHODS = ("vpt", "kv_prompt")
 PROMPT_LENGTHS = (1, 10, 50)
@@ -99,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="output JSON (default results/bench/methods.json)"
     )
+    parser.add_argument(
+        "--part",
+        choices=("all", "vit", "swin"),
+        default="all",
+        help="measure only the ViT or the Swin section, keeping the other as --out has it (default all)",
+    )
     args = parser.parse_args(argv)
     for name in ("warmup", "steps", "per_round", "batch", "threads"):
         minimum = 0 if name == "warmup" else 1
@@ -110,17 +131,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- models
 
 
-def backbone(seed: int) -> nn.Module:
+def backbone(seed: int, name: str = BACKBONE, kwargs: Mapping[str, Any] = MODEL_KWARGS) -> nn.Module:
     """A fresh, identically initialised backbone."""
     torch.manual_seed(seed)
-    return autopeft.create_backbone(BACKBONE, NUM_CLASSES, **MODEL_KWARGS)
+    return autopeft.create_backbone(name, NUM_CLASSES, **kwargs)
 
 
-def autopeft_configs() -> dict[str, dict[str, Any]]:
+def swin_backbone(seed: int) -> nn.Module:
+    return backbone(seed, SWIN, SWIN_KWARGS)
+
+
+def autopeft_configs(methods: tuple[str, ...] = DEFAULT_METHODS, prompts: bool = True) -> dict[str, dict[str, Any]]:
     """Name -> ``autopeft.apply`` methods for every autopeft training configuration."""
-    configs: dict[str, dict[str, Any]] = {name: {name: {}} for name in DEFAULT_METHODS}
+    configs: dict[str, dict[str, Any]] = {name: {name: {}} for name in methods}
     configs["lora_qkv"] = LORA_QKV
-    for method in PROMPT_METHODS:
+    for method in PROMPT_METHODS if prompts else ():
         for length in PROMPT_LENGTHS:
             configs[f"{method}@{length}"] = {method: {"length": length}}
     return configs
@@ -135,11 +160,11 @@ def peft_lora(model: nn.Module) -> nn.Module:
     return wrapped
 
 
-def training_models(seed: int) -> dict[str, nn.Module]:
-    """Every training configuration's model, in train mode."""
-    models = {name: autopeft.apply(backbone(seed), copy.deepcopy(m)) for name, m in autopeft_configs().items()}
-    models[PEFT_LORA_QKV] = peft_lora(backbone(seed))
-    models[FLOOR] = backbone(seed).requires_grad_(False)
+def training_models(configs: Mapping[str, dict[str, Any]], build: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+    """Every training configuration's model, HF peft's LoRA and the frozen floor, in train mode."""
+    models = {name: autopeft.apply(build(), copy.deepcopy(m)) for name, m in configs.items()}
+    models[PEFT_LORA_QKV] = peft_lora(build())
+    models[FLOOR] = build().requires_grad_(False)
     return {name: model.train() for name, model in models.items()}
 
 
@@ -151,12 +176,12 @@ def randomise_trainable(model: nn.Module, std: float = RANDOMISE_STD) -> None:
             param.add_(torch.randn_like(param) * std)
 
 
-def inference_models(seed: int) -> dict[str, nn.Module]:
+def inference_models(build: Callable[[], nn.Module]) -> dict[str, nn.Module]:
     """Plain backbone, randomised LoRA + SSF unmerged, and the same merged; all in eval mode."""
-    unmerged = autopeft.apply(backbone(seed), copy.deepcopy(MERGE_METHODS))
+    unmerged = autopeft.apply(build(), copy.deepcopy(MERGE_METHODS))
     randomise_trainable(unmerged)
     merged = autopeft.merge(copy.deepcopy(unmerged))
-    return {name: m.eval() for name, m in {"plain": backbone(seed), "merged": merged, "unmerged": unmerged}.items()}
+    return {name: m.eval() for name, m in {"plain": build(), "merged": merged, "unmerged": unmerged}.items()}
 
 
 def count_trainable(name: str, model: nn.Module) -> int:
@@ -249,8 +274,10 @@ def prompt_cost(medians: Mapping[str, float], method: str, floor: float) -> dict
     }
 
 
-def method_rows(timed: list[Timed], models: Mapping[str, nn.Module], floor: float) -> dict[str, dict[str, Any]]:
-    configs: dict[str, Any] = {**autopeft_configs(), **OTHER_CONFIGS}
+def method_rows(
+    timed: list[Timed], models: Mapping[str, nn.Module], configs: Mapping[str, Any], floor: float
+) -> dict[str, dict[str, Any]]:
+    configs = {**configs, **OTHER_CONFIGS}
     rows = {}
     for item in timed:
         rows[item.name] = {
@@ -325,19 +352,25 @@ def settings(args: argparse.Namespace, num_tokens: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 
 
-def bench_training(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    models = training_models(args.seed)
+def bench_training(
+    args: argparse.Namespace,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    configs: Mapping[str, dict[str, Any]],
+    build: Callable[[], nn.Module],
+) -> dict[str, Any]:
+    models = training_models(configs, build)
     timed = [
         Timed(name, floor_step(model, images, labels) if name == FLOOR else train_step(model, images, labels))
         for name, model in models.items()
     ]
     run_interleaved(timed, args.warmup, args.steps, args.per_round, args.batch, args.seed)
     medians = {item.name: item.median for item in timed}
-    return {"medians": medians, "rows": method_rows(timed, models, medians[FLOOR])}
+    return {"medians": medians, "rows": method_rows(timed, models, configs, medians[FLOOR])}
 
 
-def bench_inference(args: argparse.Namespace, images: torch.Tensor) -> dict[str, Any]:
-    models = inference_models(args.seed)
+def bench_inference(args: argparse.Namespace, images: torch.Tensor, build: Callable[[], nn.Module]) -> dict[str, Any]:
+    models = inference_models(build)
     with torch.no_grad():
         max_abs_diff = (models["merged"](images) - models["unmerged"](images)).abs().max().item()
     timed = [Timed(name, forward_step(model, images)) for name, model in models.items()]
@@ -353,17 +386,63 @@ def bench_inference(args: argparse.Namespace, images: torch.Tensor) -> dict[str,
     }
 
 
+def bench_vit(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Every method on the small ViT, with the machine and the settings."""
+    machine = machine_info()
+    build = functools.partial(backbone, args.seed)
+    training = bench_training(args, images, labels, autopeft_configs(), build)
+    inference = bench_inference(args, images, build)
+    num_tokens = (MODEL_KWARGS["img_size"] // MODEL_KWARGS["patch_size"]) ** 2 + 1
+    return {
+        "command": COMMAND,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**machine, "loadavg_1min_end": round(os.getloadavg()[0], 2)},
+        "settings": settings(args, num_tokens),
+        "methods": training["rows"],
+        "inference": inference,
+        "targets": targets(training["medians"], inference),
+    }
+
+
+def bench_swin(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """LoRA against HF peft's and merged inference against plain, on a small Swin."""
+    build = functools.partial(swin_backbone, args.seed)
+    load = os.getloadavg()[0]
+    training = bench_training(args, images, labels, autopeft_configs(SWIN_METHODS, prompts=False), build)
+    inference = bench_inference(args, images, build)
+    medians = training["medians"]
+    return {
+        "command": f"{COMMAND} --part swin",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+        "backbone": SWIN,
+        "model_kwargs": SWIN_KWARGS,
+        "methods": training["rows"],
+        "inference": inference,
+        "targets": {
+            "lora_vs_peft": verdict(medians["lora_qkv"] / medians[PEFT_LORA_QKV], TARGET_LORA_VS_PEFT),
+            "merged_inference_vs_plain": verdict(inference["merged_vs_plain"], TARGET_MERGED_VS_PLAIN),
+            "method_vs_floor": {m: verdict(medians[m] / medians[FLOOR], TARGET_METHOD_VS_FLOOR) for m in SWIN_METHODS},
+        },
+    }
+
+
 def summary(result: Mapping[str, Any]) -> str:
-    lines = [f"{'config':<16}{'ms/img':>10}{'x floor':>10}{'trainable':>12}"]
-    for name, row in result["methods"].items():
-        lines.append(f"{name:<16}{row['ms_per_img']:>10.3f}{row['ratio_to_floor']:>10.3f}{row['trainable_params']:>12}")
-    inf = result["inference"]
-    lines.append(
-        f"inference ms/img: plain {inf['plain_ms_per_img']:.3f}, merged {inf['merged_ms_per_img']:.3f}, "
-        f"unmerged {inf['unmerged_ms_per_img']:.3f}; max |diff| {inf['max_abs_diff_merged_vs_unmerged']:.2e}"
-    )
-    for key, value in result["targets"].items():
-        lines.append(f"{key}: {json.dumps(value)}")
+    lines = []
+    for label, section in (("vit", result), ("swin", result.get("swin"))):
+        if not section or "methods" not in section:
+            continue
+        lines.append(f"{label + ' config':<20}{'ms/img':>10}{'x floor':>10}{'trainable':>12}")
+        for name, row in section["methods"].items():
+            lines.append(
+                f"{name:<20}{row['ms_per_img']:>10.3f}{row['ratio_to_floor']:>10.3f}{row['trainable_params']:>12}"
+            )
+        inf = section["inference"]
+        lines.append(
+            f"inference ms/img: plain {inf['plain_ms_per_img']:.3f}, merged {inf['merged_ms_per_img']:.3f}, "
+            f"unmerged {inf['unmerged_ms_per_img']:.3f}; max |diff| {inf['max_abs_diff_merged_vs_unmerged']:.2e}"
+        )
+        lines += [f"{label} {key}: {json.dumps(value)}" for key, value in section["targets"].items()]
     return "\n".join(lines)
 
 
@@ -373,19 +452,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     images = torch.randn(args.batch, 3, MODEL_KWARGS["img_size"], MODEL_KWARGS["img_size"])
     labels = torch.randint(0, NUM_CLASSES, (args.batch,))
-    machine = machine_info()
-    training = bench_training(args, images, labels)
-    inference = bench_inference(args, images)
-    num_tokens = (MODEL_KWARGS["img_size"] // MODEL_KWARGS["patch_size"]) ** 2 + 1
-    result = {
-        "command": COMMAND,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine, "loadavg_1min_end": round(os.getloadavg()[0], 2)},
-        "settings": settings(args, num_tokens),
-        "methods": training["rows"],
-        "inference": inference,
-        "targets": targets(training["medians"], inference),
-    }
+    result = json.loads(args.out.read_text()) if args.part != "all" and args.out.is_file() else {}
+    if args.part in ("all", "vit"):
+        result.update(bench_vit(args, images, labels))
+    if args.part in ("all", "swin"):
+        result["swin"] = bench_swin(args, images, labels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
