@@ -1,4 +1,5 @@
-"""Bottleneck adapters, sequential (Houlsby/Pfeiffer) or parallel (AdaptFormer); Conv-Adapters beside CNN blocks."""
+"""Bottleneck adapters, sequential (Houlsby/Pfeiffer) or parallel (AdaptFormer); Conv-Adapters beside CNN blocks;
+the bottleneck they share with Pro-tuning's prompt blocks."""
 
 from __future__ import annotations
 
@@ -45,14 +46,13 @@ class AdapterOptions:
             raise ConfigError(f"adapter.sites: got {self.sites}; allowed: a non-empty subset of mlp, attn")
 
 
-class BottleneckAdapter(ElasticWrapper):
-    """What both adapters share: ``down`` (in -> k), ReLU, ``up`` (k -> out) at the active width ``k`` of the
-    allocated ``dim``; ``down`` kaiming-uniform, ``up`` and both biases zero (an exact identity at init), the
-    output times a fixed scale or a learned one (per channel or a scalar)."""
+class Bottleneck(ElasticWrapper):
+    """A bottleneck beside a wrapped module: ``down`` (in -> k) and ``up`` (k -> out) at the active width ``k`` of the
+    allocated ``dim``; ``down`` kaiming-uniform, ``up`` and both biases zero, so its output starts at exactly zero.
+    Linears, applied to NCHW maps as 1x1 convolutions (``down_map``, ``up_map``). Adapters and Pro-tuning's prompt
+    blocks (``autopeft.methods.pro_tuning``) are bottlenecks."""
 
-    method = "adapter"
-
-    def add_bottleneck(self, in_width: int, out_width: int, dim: int, scale: Scale) -> None:
+    def add_bottleneck(self, in_width: int, out_width: int, dim: int) -> None:
         kw = tensor_kwargs(self.base)
         self.down = nn.Linear(in_width, dim, **kw)
         self.up = nn.Linear(dim, out_width, **kw)
@@ -60,9 +60,43 @@ class BottleneckAdapter(ElasticWrapper):
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
+
+    def down_map(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """``down`` at the active width on an NCHW map, as a 1x1 convolution with ``stride``."""
+        k = self.size
+        return F.conv2d(x, self.down.weight[:k, :, None, None], self.down.bias[:k], stride)
+
+    def up_map(self, z: torch.Tensor) -> torch.Tensor:
+        """``up`` at the active width on an NCHW map of ``k`` channels, as a 1x1 convolution."""
+        return F.conv2d(z, self.up.weight[:, : self.size, None, None], self.up.bias)
+
+    def own_parameters(self) -> list[nn.Parameter]:
+        return [*self.down.parameters(), *self.up.parameters()]
+
+    def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
+        if self.size == 0:
+            return [(p, NOTHING) for p in self.own_parameters()]
+        k = slice(0, self.size)
+        parts = [(self.down.weight, (k,)), (self.down.bias, (k,)), (self.up.weight, (slice(None), k))]
+        return [*parts, (self.up.bias, EVERYTHING)]
+
+    def count(self) -> int:
+        if self.size == 0:
+            return 0
+        return (self.down.in_features + self.up.out_features) * self.size + self.size + self.up.out_features
+
+
+class BottleneckAdapter(Bottleneck):
+    """What both adapters share: the bottleneck, ReLU between ``down`` and ``up``, the output times a fixed scale or
+    a learned one (per channel or a scalar)."""
+
+    method = "adapter"
+
+    def add_adapter(self, in_width: int, out_width: int, dim: int, scale: Scale) -> None:
+        self.add_bottleneck(in_width, out_width, dim)
         self.fixed_scale = scale if isinstance(scale, float) else None
         shape = {"learnable": (out_width,), "learnable_scalar": (1,)}.get(scale, ())
-        self.learned_scale = nn.Parameter(torch.ones(shape, **kw)) if shape else None
+        self.learned_scale = nn.Parameter(torch.ones(shape, **tensor_kwargs(self.base))) if shape else None
 
     def scale(self, channel_dim: int = -1) -> torch.Tensor | float:
         """The output scale, per channel along ``channel_dim`` when learned per channel."""
@@ -71,23 +105,16 @@ class BottleneckAdapter(ElasticWrapper):
         return self.learned_scale.view(-1, 1, 1) if channel_dim == 1 else self.learned_scale
 
     def own_parameters(self) -> list[nn.Parameter]:
-        own = [*self.down.parameters(), *self.up.parameters()]
-        return own + ([self.learned_scale] if self.learned_scale is not None else [])
+        return super().own_parameters() + ([self.learned_scale] if self.learned_scale is not None else [])
 
     def active_parts(self) -> list[tuple[nn.Parameter, Index]]:
-        if self.size == 0:
-            return [(p, NOTHING) for p in self.own_parameters()]
-        k = slice(0, self.size)
-        parts = [(self.down.weight, (k,)), (self.down.bias, (k,)), (self.up.weight, (slice(None), k))]
-        scale = [(self.learned_scale, EVERYTHING)] if self.learned_scale is not None else []
-        return [*parts, (self.up.bias, EVERYTHING), *scale]
+        if self.learned_scale is None:
+            return super().active_parts()
+        return [*super().active_parts(), (self.learned_scale, EVERYTHING if self.size else NOTHING)]
 
     def count(self) -> int:
-        if self.size == 0:
-            return 0
-        width = self.up.out_features
-        extra = self.learned_scale.numel() if self.learned_scale is not None else 0
-        return (self.down.in_features + width) * self.size + self.size + width + extra
+        extra = self.learned_scale.numel() if self.learned_scale is not None and self.size else 0
+        return super().count() + extra
 
     def extra_repr(self) -> str:
         scale = "learned" if self.learned_scale is not None else self.fixed_scale
@@ -108,7 +135,7 @@ class Adapter(BottleneckAdapter):
         super().__init__(base, block, dim)
         self.norm = norm
         self.position = position
-        self.add_bottleneck(width, width, dim, scale)
+        self.add_adapter(width, width, dim, scale)
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         h = self.base(self.norm(x), **kwargs)
@@ -134,17 +161,14 @@ class ConvAdapter(BottleneckAdapter):
         in_width, out_width, stride = geometry
         self.position = position
         self.stride = stride if position == "parallel" else 1
-        self.add_bottleneck(in_width if position == "parallel" else out_width, out_width, dim, scale)
+        self.add_adapter(in_width if position == "parallel" else out_width, out_width, dim, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base(x)
-        k = self.size
-        if k == 0:
+        if self.size == 0:
             return h
         src = x if self.position == "parallel" else h
-        z = F.relu(F.conv2d(src, self.down.weight[:k, :, None, None], self.down.bias[:k], self.stride))
-        z = F.conv2d(z, self.up.weight[:, :k, None, None], self.up.bias)
-        return h + z * self.scale(channel_dim=1)
+        return h + self.up_map(F.relu(self.down_map(src, self.stride))) * self.scale(channel_dim=1)
 
 
 def attach(model: nn.Module, opts: AdapterOptions, info: BackboneInfo) -> None:
