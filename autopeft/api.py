@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import TRANSFORMER, BackboneInfo, backbone_info
+from autopeft.backbones import BackboneInfo, backbone_info
 from autopeft.config import parse_options, per_block
 from autopeft.errors import BackboneError, ConfigError
 from autopeft.files import write_atomic, write_json
@@ -53,9 +53,9 @@ def apply(model: nn.Module, methods: Mapping[str, Mapping[str, Any] | None]) -> 
 
 def _refuse_on_cnn(model: nn.Module, methods: list[str], info: BackboneInfo) -> None:
     """One line for the first token method (VPT, key-value prompts) asked of a CNN."""
-    refused = [name for name in methods if not REGISTRY[name].cnn]
-    if info.family != TRANSFORMER and refused:
-        allowed = ", ".join(name for name, spec in REGISTRY.items() if spec.cnn or not spec.needs_vit)
+    refused = [name for name in methods if not REGISTRY[name].takes(info.family)]
+    if refused:
+        allowed = ", ".join(name for name, spec in REGISTRY.items() if spec.takes(info.family))
         raise BackboneError(
             f"{refused[0]}: needs a transformer's token blocks; backbone '{backbone_name(model)}' is a CNN "
             f"({info.family}); allowed on CNNs: {allowed}"

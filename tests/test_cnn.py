@@ -1,7 +1,7 @@
 """CNN backbones: ConvNeXt, ResNet and EfficientNet / MobileNetV3 blocks numbered over their stages; SSF (BatchNorm
 folding included), LoRA on 1x1 convolutions and Linears, Conv-Adapters and the baselines, exact at size 0 and in
-their counts; token methods refused; the supernet; BatchNorm statistics frozen in PEFT training; the built-in
-EfficientNet-Lite0 with its ImageNet weights. Tiny random instances at 32 px."""
+their counts; token methods refused (and left out of autopeft run's baselines); the supernet; BatchNorm statistics
+frozen in PEFT training; the built-in EfficientNet-Lite0 with its ImageNet weights. Tiny random instances at 32 px."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import autopeft
 from autopeft.backbones import backbone_info, family_of_name
 from autopeft.data import Split
 from autopeft.errors import BackboneError, ConfigError
+from autopeft.search.pipeline import _build, _say_left_out, parse_pipeline
 from autopeft.supernet import Supernet, load_space, method_config, parse_space
 from autopeft.train import Normalization, TrainConfig, make_optimizer, make_scheduler, train_epoch
 from tests.conftest import randomise_trainable
@@ -296,6 +297,36 @@ def test_the_named_cnn_space_runs_as_a_supernet():
     net = Supernet(build("convnext_atto"), load_space("cnn"))
     assert sorted(net.space.methods) == ["adapter", "lora", "ssf"]
     assert net.count(net.largest()) == count("convnext_atto", method_config(net.space, net.largest()))
+
+
+VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}  # a tiny ViT, for contrast
+
+
+class Said:
+    """A StageProgress that keeps what the pipeline says."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def say(self, message: str) -> None:
+        self.lines.append(message)
+
+    def run(self, label: str) -> None:
+        return None
+
+
+def test_run_on_a_cnn_leaves_out_the_default_baselines_it_cannot_take():
+    resnet = {"name": "resnet10t", "pretrained": False, "options": TINY["resnet10t"]}
+    vit = {"name": "vit_tiny_patch16_224", "pretrained": False, "options": VIT}
+    line = (
+        "baselines: vpt, kv_prompt left out: backbone 'resnet10t' is a CNN (resnet) without the token blocks they need"
+    )
+    for backbone, space, left_out, lines in [(resnet, "cnn", ["vpt", "kv_prompt"], [line]), (vit, "demo", [], [])]:
+        config = parse_pipeline({"backbone": backbone, "space": space}, "x")  # the default baselines
+        built, said = _build(config), Said()
+        _say_left_out(config, built, said)
+        assert built.baselines == [name for name in config.baselines if name not in left_out] and said.lines == lines
+        assert built.budget == max(autopeft.runs.methods_count(config.backbone, {m: {}}) for m in built.baselines)
 
 
 def one_step(model: torch.nn.Module, bn: str = "auto") -> None:

@@ -123,6 +123,10 @@ class MethodSpec:
     cnn: bool = False
     family_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def takes(self, family: str) -> bool:
+        """Whether backbones of ``family`` (``autopeft.backbones``) take this method: CNNs lack token blocks."""
+        return family == TRANSFORMER or self.cnn or not self.needs_vit
+
 
 def check_family_choices(where: str, noun: str, values: list[str], allowed: tuple[str, ...], family: str) -> None:
     """One line for the first of ``values`` (an option's choices, e.g. LoRA targets) not in ``allowed``, the

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from autopeft.backbones import family_of
 from autopeft.config import parse_options
 from autopeft.data import DataConfig, TaskData
 from autopeft.errors import ConfigError, SearchFailed
@@ -229,6 +230,7 @@ def run_pipeline(
     command = f"search {out / 'config.yaml'} --engine supernet" if choose_only else f"run {out / 'config.yaml'}"
     again = f"autopeft {command} --out {out} --resume"
     progress = progress or SilentProgress()
+    _say_left_out(config, built, progress)
     try:
         with locked(out):
             claim_dir(out, resume, claimed(config), again)
@@ -251,6 +253,7 @@ class _Built:
     task: TaskData
     norm: Normalization
     budget: int | None  # search.budget resolved
+    baselines: list[str]  # the config's baselines that the backbone takes
 
 
 def _build(config: PipelineConfig) -> _Built:
@@ -262,14 +265,27 @@ def _build(config: PipelineConfig) -> _Built:
     sizes = len(task.split("train")), len(task.split("trainval"))
     run = replace(run, train=config.supernet.schedule(config.retrain.train, *sizes))
     supernet = Supernet(model, space)
+    baselines = [name for name in config.baselines if REGISTRY[name].takes(family_of(model))]
     budget = config.search.budget
     if budget == "baselines":
-        counts = [methods_count(config.backbone, {m: {}}) for m in config.baselines]
+        counts = [methods_count(config.backbone, {m: {}}) for m in baselines]
         budget = max(counts) if counts and max(counts) > 0 else None
     if budget is not None:
         supernet.check_budget(budget, "search.budget")
     check_stage(config.prune, config.backbone, {m: spec.options for m, spec in space.methods.items()})
-    return _Built(run, supernet, task, norm, budget)
+    return _Built(run, supernet, task, norm, budget, baselines)
+
+
+def _say_left_out(config: PipelineConfig, built: _Built, progress: StageProgress) -> None:
+    """One line naming the baselines the backbone cannot take (VPT and key-value prompts on a CNN), left out of
+    the run and of the budget; the config keeps them, so its key stays as written."""
+    left_out = [name for name in config.baselines if name not in built.baselines]
+    if left_out:
+        family = family_of(built.supernet.model)
+        progress.say(
+            f"baselines: {', '.join(left_out)} left out: backbone '{config.backbone.name}' is a CNN ({family}) "
+            f"without the token blocks they need"
+        )
 
 
 @dataclass
@@ -363,7 +379,7 @@ def _pipeline(
     chosen = _choose(config, built, out, resume, progress)
     pruned = _prune(config, chosen, out, progress)
     rows = {"searched": chosen.row}
-    for name in config.baselines:
+    for name in built.baselines:
         progress.say(f"baseline: {name} at its default size on train, scored on val")
         rows[name] = _train(config, {name: {}}, out / "baselines" / name, progress)
     finalists = _finalists(rows, config.retrain.final_baselines)
