@@ -29,7 +29,7 @@ def apply(model: nn.Module, methods: Mapping[str, Mapping[str, Any] | None]) -> 
     """Attach ``methods`` (name -> options) to ``model`` in place, freeze the rest, return it.
 
     The classifier head is always trainable. Methods attach in a fixed order (LoRA, SSF,
-    key-value prompts, adapters, VPT, then the baselines) whatever the mapping's order.
+    key-value prompts, adapters, VPT, Pro-tuning, then the baselines) whatever the mapping's order.
     """
     if getattr(model, "autopeft_methods", None):
         raise ConfigError(

@@ -147,6 +147,11 @@ def block_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(stage, name) for stage in _stage_containers(model) for name, _ in stage.named_children()]
 
 
+def stage_lengths(model: nn.Module) -> list[int]:
+    """How many blocks each stage holds, in order, numbered as ``blocks_of`` (a plain ViT: one stage of all)."""
+    return [len(list(stage.children())) for stage in _stage_containers(model)]
+
+
 def _stage_containers(model: nn.Module) -> list[nn.Module]:
     """The module holding each stage's blocks: a ViT's ``blocks`` (one stage), Swin's ``layers[i].blocks``,
     ConvNeXt's ``stages[i].blocks``, ResNet's ``layer1`` .. ``layer4``, EfficientNet's and MobileNetV3's

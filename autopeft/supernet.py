@@ -31,7 +31,7 @@ from autopeft.optim import Masks
 from autopeft.runconfig import read_yaml
 
 SPACES = Path(__file__).resolve().parent / "search_spaces"  # named spaces; the repo's search_spaces/ links here
-SEARCHABLE = ("lora", "adapter", "vpt", "kv_prompt", "ssf")
+SEARCHABLE = ("lora", "adapter", "vpt", "kv_prompt", "ssf", "pro_tuning")
 # Method options a subnet may change at run time without new weights: (method, option) -> attribute.
 RUNTIME_OPTIONS = {("lora", "alpha"): "alpha", ("adapter", "scale"): "fixed_scale"}
 TRAIN_HPARAMS = ("lr", "weight_decay")

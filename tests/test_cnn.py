@@ -260,7 +260,7 @@ def test_token_methods_are_refused_on_cnns_with_one_line(method):
         autopeft.apply(build("resnet10t"), {method: {}})
     message = str(err.value)
     assert message.startswith(f"{method}: needs a transformer's token blocks; backbone 'resnet10t' is a CNN (resnet)")
-    assert message.endswith("allowed on CNNs: lora, ssf, adapter, bitfit, ln_tune, linear, full")
+    assert message.endswith("allowed on CNNs: lora, ssf, adapter, pro_tuning, bitfit, ln_tune, linear, full")
     assert "\n" not in message
 
 
@@ -295,7 +295,7 @@ def _unwrapped(key: str) -> str:
 
 def test_the_named_cnn_space_runs_as_a_supernet():
     net = Supernet(build("convnext_atto"), load_space("cnn"))
-    assert sorted(net.space.methods) == ["adapter", "lora", "ssf"]
+    assert sorted(net.space.methods) == ["adapter", "lora", "pro_tuning", "ssf"]
     assert net.count(net.largest()) == count("convnext_atto", method_config(net.space, net.largest()))
 
 

@@ -16,7 +16,8 @@ from tests.conftest import tiny_vit
 BAD_OPTIONS = [
     (
         {"lorra": {}},
-        "unknown method 'lorra'; allowed: lora, ssf, kv_prompt, adapter, vpt, bitfit, ln_tune, linear, full",
+        "unknown method 'lorra'; allowed: lora, ssf, kv_prompt, adapter, vpt, pro_tuning, bitfit, ln_tune, linear, "
+        "full",
     ),
     ({"lora": {"rnk": 4}}, "lora: unknown option 'rnk'; allowed: rank, alpha, targets, dropout"),
     ({"lora": {"rank": -1}}, "lora.rank: got -1; allowed: a non-negative integer"),
@@ -122,14 +123,16 @@ def test_get_sizes_of_an_unknown_or_absent_method():
     with pytest.raises(ConfigError) as info:
         autopeft.get_sizes(model, "loraa")
     assert str(info.value) == (
-        "unknown method 'loraa'; allowed: lora, ssf, kv_prompt, adapter, vpt, bitfit, ln_tune, linear, full"
+        "unknown method 'loraa'; allowed: lora, ssf, kv_prompt, adapter, vpt, pro_tuning, bitfit, ln_tune, linear, full"
     )
     with pytest.raises(ConfigError) as info:
         autopeft.get_sizes(model, "adapter")
     assert str(info.value) == "get_sizes: the model has no 'adapter' modules; apply it first"
     with pytest.raises(ConfigError) as info:
         autopeft.get_sizes(model, "bitfit")
-    assert str(info.value) == "get_sizes: method 'bitfit' has no size; allowed: lora, ssf, kv_prompt, adapter, vpt"
+    assert str(info.value) == (
+        "get_sizes: method 'bitfit' has no size; allowed: lora, ssf, kv_prompt, adapter, vpt, pro_tuning"
+    )
 
 
 def snapshot(model) -> tuple:

@@ -145,6 +145,10 @@ class PromptedSwinBlock(PromptedBlock):
         x, prompts = self._prompted(x, prompts)
         return pack(x, prompts) if travel and not self.last else x
 
+    def packed(self) -> int:
+        """Prompt tokens packed below the grid this block puts out (shallow prompts travelling on), else 0."""
+        return self.route.lengths[0] if not self.route.deep and not self.last else 0
+
     def _prompted(self, x: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """timm's block on the grid ``x`` ``(B, H, W, C)`` and the ``prompts`` ``(B, n, C)``: norm, window
         attention, residual, norm, MLP, residual; returns both."""
