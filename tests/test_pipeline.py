@@ -172,7 +172,10 @@ def test_bad_pipeline_configs_fail_on_one_line(tmp_path, run_cli):
         ({**CONFIG, "space": "nonexistent"}, "space: "),
         ({**CONFIG, "space": {"methods": {"lora": {"sizes": [0, 2], "search": {"targets": ["q"]}}}}}, "targets"),
         ({**CONFIG, "search": {"budget": 10}}, "search.budget: got 10 trainable parameters; allowed: >= 64,"),
-        ({**CONFIG, "backbone": {"name": "resnet18", "pretrained": False}}, "needs a timm VisionTransformer"),
+        (  # a space the backbone cannot host (VPT on a CNN)
+            {**CONFIG, "backbone": {"name": "resnet18", "pretrained": False}},
+            "vpt: needs a transformer's token blocks; backbone 'resnet18' is a CNN (resnet)",
+        ),
     ]:
         code, stderr = run_cli("run", str(write(tmp_path, config)), "--out", str(tmp_path / "never"))
         assert code == 2, (problem, stderr)
