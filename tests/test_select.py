@@ -82,6 +82,8 @@ def test_select_chooses_on_val_and_reads_test_only_in_final_runs(tmp_path):
             runs = list(Path(strategy["run_dir"]).rglob("result.json"))
             assert runs and all(load(p)["test_acc"] is None for p in runs)
             assert strategy["compute"]["train_images"] > 0  # what the strategy's selection processed
+            searched = load(Path(strategy["run_dir"]) / "result.json")  # the lr and wd it won at (the supernet's
+            assert strategy["train"] == searched["train"]  # winner may win at any lr of retrain.lrs)
     report = cli("report", str(out), *final_dirs, "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     with (tmp_path / "report" / "leaderboard.csv").open(newline="") as handle:

@@ -391,7 +391,6 @@ def _strategy(
         except SearchFailed as err:
             return StrategyOutcome(name, "failed", str(err))
         train = pipeline.retrain.select_train()
-        lr, wd = train.lr, train.weight_decay
         scored_by = f"val accuracy (%) of the supernet search's winner, standalone on train ({train.epochs} epochs)"
     else:
         sizes, reason = _sizes_in_budget(config, data, name)
@@ -401,10 +400,10 @@ def _strategy(
             record = _sweep(config, sweep_config(config, data, name, sizes), out, progress)
         except SearchFailed as err:
             return StrategyOutcome(name, "failed", str(err))
-        lr, wd = record.train["lr"], record.train["weight_decay"]
         scored_by = (
             f"val accuracy (%) of the best of {record.trials_completed} sweep trials on train ({record.epochs} epochs)"
         )
+    lr, wd = record.train["lr"], record.train["weight_decay"]  # the supernet winner's: the lr it won at
     completed = record.status == "completed" and record.val_acc is not None
     return StrategyOutcome(
         name=name,
