@@ -15,6 +15,9 @@ width 192, depth 12, 3 heads), batch 32, random inputs and labels, fixed seed, 2
 * Swin (``swin``): a pretrained=False ``swin_tiny_patch4_window7_224`` shrunk to 32 px (patch 4,
   window 4, widths 96/192/384 over depths 2/2/2): the floor, autopeft LoRA rank 8 on ``qkv`` against
   HF peft's, LoRA and SSF at their defaults, and the same inference comparison.
+* CNN (``cnn``): the architecture of the built-in ``efficientnet_lite0_imagenet`` (``tf_efficientnet_lite0``,
+  pretrained=False) at 96 px: the floor, LoRA on its 1x1 convolutions, SSF, Conv-Adapters and Pro-tuning at
+  their defaults, and merged LoRA+SSF inference against plain.
 
 All models are built first; timings are interleaved in rounds (each round runs a few steps of
 every configuration, in a shuffled order) and each configuration reports its median over all
@@ -24,7 +27,7 @@ Run from the repository root (on a quiet machine)::
 
     HF_HUB_OFFLINE=1 python scripts/bench_methods.py
 
-It writes ``results/bench/methods.json`` (``--out`` to change; ``--part vit`` or ``--part swin`` measures one
+It writes ``results/bench/methods.json`` (``--out`` to change; ``--part vit``, ``swin`` or ``cnn`` measures one
 section and keeps the other as the file has it). A quick smoke run::
 
     HF_HUB_OFFLINE=1 python scripts/bench_methods.py --warmup 1 --steps 2 --out /tmp/methods_quick.json
@@ -42,7 +45,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,25 @@ SWIN_KWARGS: dict[str, Any] = {
     "depths": (2, 2, 2),
     "num_heads": (3, 6, 12),
 }
-SWIN_METHODS = ("lora", "ssf")
+CNN = "tf_efficientnet_lite0"  # the architecture of the built-in efficientnet_lite0_imagenet (timing needs no weights)
+
+
+@dataclass(frozen=True)
+class Section:
+    """Another family's section of the benchmark: its backbone, the methods timed on it, the input size, and
+    whether HF peft's LoRA on ``qkv`` runs beside autopeft's."""
+
+    backbone: str
+    model_kwargs: dict[str, Any]
+    timed_methods: tuple[str, ...]
+    image_size: int
+    peft_baseline: bool
+
+
+SECTIONS = {
+    "swin": Section(SWIN, SWIN_KWARGS, ("lora", "ssf"), 32, True),
+    "cnn": Section(CNN, {}, ("lora", "ssf", "adapter", "pro_tuning"), 96, False),
+}
 DEFAULT_METHODS = ("lora", "adapter", "vpt", "ssf", "kv_prompt", "bitfit", "ln_tune", "linear", "full")
 PROMPT_METHODS = ("vpt", "kv_prompt")
 PROMPT_LENGTHS = (1, 10, 50)
@@ -116,9 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--part",
-        choices=("all", "vit", "swin"),
+        choices=("all", "vit", *SECTIONS),
         default="all",
-        help="measure only the ViT or the Swin section, keeping the other as --out has it (default all)",
+        help="measure one section (the ViT, Swin or the CNN), keeping the others as --out has them (default all)",
     )
     args = parser.parse_args(argv)
     for name in ("warmup", "steps", "per_round", "batch", "threads"):
@@ -137,14 +158,17 @@ def backbone(seed: int, name: str = BACKBONE, kwargs: Mapping[str, Any] = MODEL_
     return autopeft.create_backbone(name, NUM_CLASSES, **kwargs)
 
 
-def swin_backbone(seed: int) -> nn.Module:
-    return backbone(seed, SWIN, SWIN_KWARGS)
+def section_backbone(part: str, seed: int) -> nn.Module:
+    return backbone(seed, SECTIONS[part].backbone, SECTIONS[part].model_kwargs)
 
 
-def autopeft_configs(methods: tuple[str, ...] = DEFAULT_METHODS, prompts: bool = True) -> dict[str, dict[str, Any]]:
+def autopeft_configs(
+    methods: tuple[str, ...] = DEFAULT_METHODS, prompts: bool = True, lora_qkv: bool = True
+) -> dict[str, dict[str, Any]]:
     """Name -> ``autopeft.apply`` methods for every autopeft training configuration."""
     configs: dict[str, dict[str, Any]] = {name: {name: {}} for name in methods}
-    configs["lora_qkv"] = LORA_QKV
+    if lora_qkv:
+        configs["lora_qkv"] = LORA_QKV
     for method in PROMPT_METHODS if prompts else ():
         for length in PROMPT_LENGTHS:
             configs[f"{method}@{length}"] = {method: {"length": length}}
@@ -160,10 +184,13 @@ def peft_lora(model: nn.Module) -> nn.Module:
     return wrapped
 
 
-def training_models(configs: Mapping[str, dict[str, Any]], build: Callable[[], nn.Module]) -> dict[str, nn.Module]:
-    """Every training configuration's model, HF peft's LoRA and the frozen floor, in train mode."""
+def training_models(
+    configs: Mapping[str, dict[str, Any]], build: Callable[[], nn.Module], peft_baseline: bool = True
+) -> dict[str, nn.Module]:
+    """Every training configuration's model, HF peft's LoRA (``peft_baseline``) and the frozen floor, in train mode."""
     models = {name: autopeft.apply(build(), copy.deepcopy(m)) for name, m in configs.items()}
-    models[PEFT_LORA_QKV] = peft_lora(build())
+    if peft_baseline:
+        models[PEFT_LORA_QKV] = peft_lora(build())
     models[FLOOR] = build().requires_grad_(False)
     return {name: model.train() for name, model in models.items()}
 
@@ -358,8 +385,9 @@ def bench_training(
     labels: torch.Tensor,
     configs: Mapping[str, dict[str, Any]],
     build: Callable[[], nn.Module],
+    peft_baseline: bool = True,
 ) -> dict[str, Any]:
-    models = training_models(configs, build)
+    models = training_models(configs, build, peft_baseline)
     timed = [
         Timed(name, floor_step(model, images, labels) if name == FLOOR else train_step(model, images, labels))
         for name, model in models.items()
@@ -404,32 +432,40 @@ def bench_vit(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tens
     }
 
 
-def bench_swin(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """LoRA against HF peft's and merged inference against plain, on a small Swin."""
-    build = functools.partial(swin_backbone, args.seed)
+def bench_section(args: argparse.Namespace, part: str) -> dict[str, Any]:
+    """A few methods on another family (``SECTIONS[part]``): against the floor, LoRA on qkv against HF peft's
+    where the section says so, and merged LoRA+SSF inference against plain."""
+    section = SECTIONS[part]
+    torch.manual_seed(args.seed)
+    images = torch.randn(args.batch, 3, section.image_size, section.image_size)
+    labels = torch.randint(0, NUM_CLASSES, (args.batch,))
+    build = functools.partial(section_backbone, part, args.seed)
     load = os.getloadavg()[0]
-    training = bench_training(args, images, labels, autopeft_configs(SWIN_METHODS, prompts=False), build)
+    configs = autopeft_configs(section.timed_methods, prompts=False, lora_qkv=section.peft_baseline)
+    training = bench_training(args, images, labels, configs, build, section.peft_baseline)
     inference = bench_inference(args, images, build)
     medians = training["medians"]
+    vs_peft = medians["lora_qkv"] / medians[PEFT_LORA_QKV] if section.peft_baseline else None
     return {
-        "command": f"{COMMAND} --part swin",
+        "command": f"{COMMAND} --part {part}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
-        "backbone": SWIN,
-        "model_kwargs": SWIN_KWARGS,
+        **asdict(section),
         "methods": training["rows"],
         "inference": inference,
         "targets": {
-            "lora_vs_peft": verdict(medians["lora_qkv"] / medians[PEFT_LORA_QKV], TARGET_LORA_VS_PEFT),
+            **({"lora_vs_peft": verdict(vs_peft, TARGET_LORA_VS_PEFT)} if vs_peft else {}),
             "merged_inference_vs_plain": verdict(inference["merged_vs_plain"], TARGET_MERGED_VS_PLAIN),
-            "method_vs_floor": {m: verdict(medians[m] / medians[FLOOR], TARGET_METHOD_VS_FLOOR) for m in SWIN_METHODS},
+            "method_vs_floor": {
+                m: verdict(medians[m] / medians[FLOOR], TARGET_METHOD_VS_FLOOR) for m in section.timed_methods
+            },
         },
     }
 
 
 def summary(result: Mapping[str, Any]) -> str:
     lines = []
-    for label, section in (("vit", result), ("swin", result.get("swin"))):
+    for label, section in (("vit", result), *((part, result.get(part)) for part in SECTIONS)):
         if not section or "methods" not in section:
             continue
         lines.append(f"{label + ' config':<20}{'ms/img':>10}{'x floor':>10}{'trainable':>12}")
@@ -455,8 +491,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = json.loads(args.out.read_text()) if args.part != "all" and args.out.is_file() else {}
     if args.part in ("all", "vit"):
         result.update(bench_vit(args, images, labels))
-    if args.part in ("all", "swin"):
-        result["swin"] = bench_swin(args, images, labels)
+    for part in SECTIONS:
+        if args.part in ("all", part):
+            result[part] = bench_section(args, part)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
