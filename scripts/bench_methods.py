@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import autopeft
+from autopeft.train import train_mode
 
 COMMAND = "HF_HUB_OFFLINE=1 python scripts/bench_methods.py"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "bench" / "methods.json"
@@ -187,12 +188,15 @@ def peft_lora(model: nn.Module) -> nn.Module:
 def training_models(
     configs: Mapping[str, dict[str, Any]], build: Callable[[], nn.Module], peft_baseline: bool = True
 ) -> dict[str, nn.Module]:
-    """Every training configuration's model, HF peft's LoRA (``peft_baseline``) and the frozen floor, in train mode."""
+    """Every training configuration's model, HF peft's LoRA (``peft_baseline``) and the frozen floor, in train mode
+    with BatchNorms (CNNs) in eval mode as autopeft's training keeps them, unless fully fine-tuned."""
     models = {name: autopeft.apply(build(), copy.deepcopy(m)) for name, m in configs.items()}
     if peft_baseline:
         models[PEFT_LORA_QKV] = peft_lora(build())
     models[FLOOR] = build().requires_grad_(False)
-    return {name: model.train() for name, model in models.items()}
+    for model in models.values():
+        train_mode(model, "auto")  # as autopeft trains: BatchNorms frozen unless fully fine-tuned
+    return models
 
 
 @torch.no_grad()

@@ -112,6 +112,21 @@ def test_ssf_sits_between_a_fused_batch_norm_and_its_activation_and_folds_into_t
     torch.testing.assert_close(merged(images()), reference, rtol=1e-4, atol=1e-4)
 
 
+def test_ssf_on_a_frozen_batch_norm_is_one_folded_batch_norm_with_the_same_values_and_gradients():
+    model = autopeft.apply(build("resnet10t"), {"ssf": {"sites": ["norms"]}})
+    randomise_trainable(model)
+    wrapper = model.layer1[0].bn1  # a BatchNorm2d in eval mode (frozen, as PEFT training keeps it)
+    x = torch.randn(2, wrapper.base.num_features, 4, 4, generator=torch.Generator().manual_seed(3))
+    folded, explicit = wrapper(x), wrapper.scale_shift(wrapper.base(x))
+    torch.testing.assert_close(folded, explicit, rtol=1e-6, atol=1e-6)
+    for a, b in zip(
+        torch.autograd.grad(folded.square().sum(), [wrapper.gamma, wrapper.beta]),
+        torch.autograd.grad(explicit.square().sum(), [wrapper.gamma, wrapper.beta]),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def convnext_ssf() -> int:
     """After conv_dw, norm, fc1 (4d) and fc2 of each block, the stem's conv and norm, each stage's downsampling
     norm and conv, and the head's norm: 2w per site of width w."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, LayerNorm2d
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
@@ -68,8 +69,19 @@ class ScaleShift(ElasticWrapper):
         self.beta = nn.Parameter(torch.empty(width, **kw).normal_(0.0, 0.02))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size and _frozen_batch_norm(self.base):
+            return self.scaled_batch_norm(x)
         y = self.base(x)
         return self.scale_shift(y) if self.size else y
+
+    def scaled_batch_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """A BatchNorm on its running statistics followed by the scale and shift, as one ``batch_norm`` call with
+        gamma and beta folded into its affine (``weight * gamma``, ``bias * gamma + beta``): one pass over the
+        feature map instead of two, the same values up to rounding."""
+        norm = self.base
+        weight = self.gamma if norm.weight is None else norm.weight * self.gamma
+        bias = self.beta if norm.bias is None else torch.addcmul(self.beta, norm.bias, self.gamma)
+        return F.batch_norm(x, norm.running_mean, norm.running_var, weight, bias, False, 0.0, norm.eps)
 
     def scale_shift(self, y: torch.Tensor) -> torch.Tensor:
         if self.channel_dim == 1:
@@ -113,7 +125,14 @@ class NormActScaleShift(ScaleShift):
         norm = self.base
         if self.size == 0:
             return norm(x)
+        if _frozen_batch_norm(norm):
+            return norm.act(norm.drop(self.scaled_batch_norm(x)))
         return norm.act(norm.drop(self.scale_shift(_BatchNorm.forward(norm, x))))
+
+
+def _frozen_batch_norm(module: nn.Module) -> bool:
+    """A BatchNorm that normalises with its running statistics (eval mode, as ``train.bn`` keeps it in PEFT runs)."""
+    return isinstance(module, _BatchNorm) and not module.training and module.running_mean is not None
 
 
 class QKVScaleShift(ScaleShift):
