@@ -49,6 +49,23 @@ def randomise_trainable(model: torch.nn.Module, seed: int = 2) -> None:
                 param.copy_(noise + (1.0 if name.endswith("gamma") else 0.0))
 
 
+def checkpointing_keeps_outputs_and_gradients(model: torch.nn.Module, images: torch.Tensor) -> dict:
+    """Assert that timm's gradient checkpointing (the blocks run one by one through torch's checkpoint) gives
+    ``model`` in train mode the same output and gradients as without it; returns the gradients by name."""
+    expected = model.train()(images)
+    expected.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    model.set_grad_checkpointing(True)
+    out = model(images)
+    out.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param.grad, grads[name], rtol=1e-5, atol=1e-6)
+    return grads
+
+
 @pytest.fixture
 def run_cli(capsys):
     """``autopeft`` in this process (torch already loaded: fast, for one-line error checks): the exit code
