@@ -7,6 +7,8 @@ sequence: the layer's prompt parameter shrinks to the kept tokens, so they cost 
 cuts every remaining token into ``segments`` equal parts, each with its own mask and importance, and
 fixes a layer's lowest-scoring segments at zero: they leave the parameters (and the saved adapter), and
 the mask is kept with the adapter. Tokens and segments are ranked within each layer, as in the paper.
+``importance="random"`` is a control, not E2VPT: the same number of tokens (or segments) per layer removed at
+random (scores drawn uniformly from a seeded generator, no pass over the data).
 Rewinding, the paper's last step, is a normal training run of the pruned model (``autopeft prune``
 writes one).
 
@@ -44,6 +46,8 @@ from autopeft.train import batches, device_of, resolve_device
 
 Level = Literal["token", "segment", "both"]
 LEVELS = ("token", "segment", "both")
+Importance = Literal["gradient", "random"]
+IMPORTANCES = ("gradient", "random")
 PRUNABLE = ("vpt", "kv_prompt")
 PRUNED = "pruned"  # the pruned adapter in the new run directory
 RECORD = "prune.json"
@@ -73,7 +77,8 @@ class PruneResult:
     """One pruning: its settings (``segments`` per token matters to the segment and both levels), the
     trainable parameters before and after (head excluded, as ``count_trainable``), what each layer kept, and
     what scoring took (``compute``: every image of a scoring pass over the split is a forward+backward pass;
-    one pass per level, two for ``both``)."""
+    one pass per level, two for ``both``; none for random importance). ``importance``: how tokens were
+    scored; ``seed``: random importance's seed (None for gradient importance)."""
 
     level: Level
     fraction: float
@@ -83,6 +88,8 @@ class PruneResult:
     params_after: int
     layers: list[LayerPruning]
     compute: Compute = field(default_factory=Compute)
+    importance: Importance = "gradient"
+    seed: int | None = None
 
 
 def prune(
@@ -93,6 +100,8 @@ def prune(
     segments: int = 8,
     split: str = "train",
     batch_size: int = 64,
+    importance: Importance = "gradient",
+    seed: int = 0,
 ) -> PruneResult:
     """Prune ``model``'s VPT and key-value prompts in place; return what was kept.
 
@@ -102,9 +111,11 @@ def prune(
     m)`` of the ``m`` segments of each layer not pruned before at zero; ``both`` prunes tokens, then
     scores and prunes the segments of the kept ones. Tokens past a layer's active size are dropped first.
     ``model.autopeft_methods`` records the kept token counts as the prompts' lengths.
+    ``importance="random"`` (a control) scores every token and segment with a uniform draw from a generator
+    seeded with ``seed`` instead (layers in tree order), removing the same counts, with no pass over the split.
     """
     start = time.perf_counter()
-    _check_settings(fraction, level)
+    _check_settings(fraction, level, importance)
     modules = [m for m in prompt_wrappers(model) if m.method in PRUNABLE]
     if not any(m.size for m in modules):
         methods = ", ".join(getattr(model, "autopeft_methods", {})) or "none"
@@ -121,31 +132,53 @@ def prune(
             module.keep_tokens(list(range(module.size)))
     modules = [m for m in modules if m.size]
     layers = [LayerPruning(m.method, m.block, list(range(m.size))) for m in modules]
+    generator = torch.Generator().manual_seed(seed) if importance == "random" else None
     if level in ("token", "both"):
-        for module, layer, scores in zip(modules, layers, token_importance(model, samples, batch_size), strict=True):
+        token_scores = (
+            token_importance(model, samples, batch_size)
+            if generator is None
+            else [torch.rand(m.size, generator=generator) for m in modules]
+        )
+        for module, layer, scores in zip(modules, layers, token_scores, strict=True):
             removed = set(_lowest(scores, math.floor(fraction * len(scores))))
             layer.tokens = [k for k in range(len(scores)) if k not in removed]
             layer.token_scores = scores.tolist()
             module.keep_tokens(layer.tokens)
     if level in ("segment", "both"):
-        for module, layer, scores in zip(
-            modules, layers, segment_importance(model, samples, batch_size, segments), strict=True
-        ):
+        segment_scores = (
+            segment_importance(model, samples, batch_size, segments)
+            if generator is None
+            else [{name: torch.rand(m.size, segments, generator=generator) for name in m.present()} for m in modules]
+        )
+        for module, layer, scores in zip(modules, layers, segment_scores, strict=True):
             _prune_segments(module, scores, fraction)
             layer.segment_scores = {name: score.tolist() for name, score in scores.items()}
     for module, layer in zip(modules, layers, strict=True):
         kept = {name: module.segment_keep(name) for name in module.present()}
         layer.segments = {name: mask_rows(keep) for name, keep in kept.items() if keep is not None}
     _record_lengths(model)
-    passes = 2 if level == "both" else 1
+    passes = 0 if generator is not None else 2 if level == "both" else 1
     compute = Compute(passes * len(samples), 0, round(time.perf_counter() - start, 2))
-    return PruneResult(level, fraction, segments, split, before, count_trainable(model), layers, compute)
+    return PruneResult(
+        level,
+        fraction,
+        segments,
+        split,
+        before,
+        count_trainable(model),
+        layers,
+        compute,
+        importance,
+        None if generator is None else seed,
+    )
 
 
-def _check_settings(fraction: float, level: str) -> None:
+def _check_settings(fraction: float, level: str, importance: str = "gradient") -> None:
     check_fraction(fraction)
     if level not in LEVELS:
         raise ConfigError(f"prune level: got {level!r}; allowed: {', '.join(LEVELS)}")
+    if importance not in IMPORTANCES:
+        raise ConfigError(f"prune importance: got {importance!r}; allowed: {', '.join(IMPORTANCES)}")
 
 
 def check_fraction(fraction: float, option: str = "prune fraction") -> None:
@@ -260,13 +293,21 @@ def _record_lengths(model: nn.Module) -> None:
             methods[method] = {**methods[method], "length": sizes[0] if shallow else sizes}
 
 
-def prune_run(run_dir: Path, out: Path, fraction: float, level: Level = "token", segments: int = 8) -> PruneResult:
+def prune_run(
+    run_dir: Path,
+    out: Path,
+    fraction: float,
+    level: Level = "token",
+    segments: int = 8,
+    importance: Importance = "gradient",
+    seed: int = 0,
+) -> PruneResult:
     """Prune a finished ``autopeft train`` run into the new run directory ``out``, importance from the
-    split it trained on: ``out/pruned`` holds the pruned adapter, ``out/prune.json`` what was kept (and
-    from which run), and ``out/config.yaml`` the run's config with the kept lengths, starting from
-    ``out/pruned`` (``init``). Rewinding is ``autopeft train out/config.yaml --out out``: the pruned model
-    retrained with the run's own schedule (lr, weight decay, epochs), resumable like any run."""
-    _check_settings(fraction, level)
+    split it trained on (or random, as ``prune``): ``out/pruned`` holds the pruned adapter, ``out/prune.json``
+    what was kept (and from which run), and ``out/config.yaml`` the run's config with the kept lengths,
+    starting from ``out/pruned`` (``init``). Rewinding is ``autopeft train out/config.yaml --out out``: the
+    pruned model retrained with the run's own schedule (lr, weight decay, epochs), resumable like any run."""
+    _check_settings(fraction, level, importance)
     check_finished(run_dir)
     config = load_run_config(run_dir / "config.yaml")
     with locked(out):
@@ -276,7 +317,7 @@ def prune_run(run_dir: Path, out: Path, fraction: float, level: Level = "token",
         load_adapter(model, run_dir)
         model.to(resolve_device(config.train.device))
         split = "trainval" if config.final else "train"
-        result = prune(model, task, fraction, level, segments, split, config.train.batch_size)
+        result = prune(model, task, fraction, level, segments, split, config.train.batch_size, importance, seed)
         save_adapter(model, out / PRUNED)
         write_json(out / RECORD, {"run": str(run_dir), **asdict(result)})
         rewind = replace(config, methods=model.autopeft_methods, init=str((out / PRUNED).resolve()))

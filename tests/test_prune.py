@@ -5,6 +5,7 @@ rewinds (retrains) the pruned model."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 import autopeft
 from autopeft.data import from_arrays
 from autopeft.errors import ConfigError
+from autopeft.pruning import read_prune_run
 from autopeft.runconfig import load_run_config
 from autopeft.runkey import config_key
 from autopeft.runs import build_model
@@ -101,6 +103,28 @@ def test_importance_is_nonnegative_and_zero_for_a_token_that_cannot_matter(task)
     assert all(s >= 0 for layer in result.layers for s in layer.token_scores)
     segment_scores = [s for layer in result.layers for rows in layer.segment_scores["prompt"] for s in rows]
     assert len(segment_scores) == 3 * 3 * 4 and min(segment_scores) >= 0.0
+
+
+def test_random_importance_removes_the_same_counts_at_seeded_random_and_is_recorded(task, tmp_path):
+    model = prompted({"vpt": {"length": 4}})
+    before = [block.prompt.detach().clone() for block in model.blocks]
+    result = autopeft.prune(model, task, 0.5, "token", importance="random", seed=0)
+    # torch.rand(4) three times from a generator seeded 0: [.50 .77 .09 .13], [.31 .63 .49 .90], [.46 .63 .35 .40]
+    assert [layer.tokens for layer in result.layers] == [[0, 1], [1, 3], [0, 1]]
+    assert result.layers[0].token_scores == pytest.approx([0.4963, 0.7682, 0.0885, 0.1320], abs=1e-4)
+    assert (result.importance, result.seed, result.compute.train_images) == ("random", 0, 0)
+    assert (result.params_before, result.params_after, autopeft.count_trainable(model)) == (384, 192, 192)
+    for block, layer, prompt in zip(model.blocks, result.layers, before, strict=True):
+        assert torch.equal(block.prompt, prompt[layer.tokens])
+    other = autopeft.prune(prompted({"vpt": {"length": 4}}), task, 0.5, "token", importance="random", seed=1)
+    assert [layer.tokens for layer in other.layers] == [[0, 3], [1, 3], [0, 2]]
+    (tmp_path / "prune.json").write_text(json.dumps({"run": "r", **dataclasses.asdict(result)}))
+    assert read_prune_run(tmp_path) == result
+    gradient = autopeft.prune(prompted({"vpt": {"length": 4}}), task, 0.5, batch_size=16)
+    assert (gradient.importance, gradient.seed, gradient.compute.train_images) == ("gradient", None, 40)
+    with pytest.raises(ConfigError) as info:
+        autopeft.prune(model, task, 0.5, importance="uniform")
+    assert str(info.value) == "prune importance: got 'uniform'; allowed: gradient, random"
 
 
 @pytest.mark.parametrize(
