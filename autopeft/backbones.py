@@ -272,7 +272,10 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, **timm_kwargs: A
 
 
 def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> torch.nn.Module:
-    """A shipped demo backbone's architecture, randomly initialised, with its normalisation."""
+    """A shipped demo backbone's architecture, randomly initialised, with its normalisation.
+
+    timm's ``pretrained_cfg_overlay`` still overrides what the built-in records, as on a timm name: a CNN's
+    ``input_size`` (the size images are resized to) or the normalisation."""
     spec = DEMO_BACKBONES[name]
     model = timm.create_model(spec["timm_name"], num_classes=num_classes, **{**spec["timm"], **timm_kwargs})
     size = spec.get("img_size") or spec["timm"]["img_size"]
@@ -282,6 +285,7 @@ def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> 
         "input_size": (3, size, size),
         "mean": spec["mean"],
         "std": spec["std"],
+        **(timm_kwargs.get("pretrained_cfg_overlay") or {}),
     }
     return model
 

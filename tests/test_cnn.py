@@ -438,3 +438,21 @@ def test_the_built_in_efficientnet_lite0_knows_imagenet():
     assert probs.argmax().item() == 967 and probs[967] > 0.5  # ImageNet's "espresso"
     peft = autopeft.apply(autopeft.create_backbone("efficientnet_lite0_imagenet", 5), {"lora": {}, "ssf": {}})
     assert autopeft.count_trainable(peft) == 169_472 + 84_032  # as autopeft methods counts them
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("efficientnet_lite0_imagenet", {}),  # a built-in: its recorded 224 px overridden
+    ("resnet10t", TINY["resnet10t"]),  # a timm name: timm's own overlay
+])  # fmt: skip
+def test_a_cnn_trains_at_the_input_size_of_timms_pretrained_cfg_overlay(name, options):
+    from autopeft.data import DataConfig
+    from autopeft.runconfig import BackboneConfig, RunConfig
+    from autopeft.runs import build_model
+
+    overlay = {"pretrained_cfg_overlay": {"input_size": [3, 64, 64]}}
+    backbone = BackboneConfig(name=name, pretrained=False, options={**options, **overlay})
+    model, task, norm = build_model(RunConfig(backbone, DataConfig(name="digits"), {"linear": {}}))
+    assert task.image_size == 64 and task.split("val").pool.shape[-2:] == (64, 64)
+    assert model.pretrained_cfg["input_size"] == [3, 64, 64]
+    if name in autopeft.backbones.DEMO_BACKBONES:  # the rest of what the built-in records is kept
+        assert norm.mean == (127 / 255,) * 3 and model.pretrained_cfg["architecture"] == name
