@@ -5,6 +5,7 @@ frozen in PEFT training; the built-in EfficientNet-Lite0 with its ImageNet weigh
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import itertools
 import random
@@ -13,12 +14,15 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn import Conv2d
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import autopeft
 from autopeft.backbones import backbone_info, family_of_name
 from autopeft.data import Split
 from autopeft.errors import BackboneError, ConfigError
+from autopeft.methods.lora import LoRAConv
+from autopeft.methods.ssf import ScaleShift
 from autopeft.search.pipeline import _build, _say_left_out, parse_pipeline
 from autopeft.supernet import Supernet, load_space, method_config, parse_space
 from autopeft.train import Normalization, TrainConfig, make_optimizer, make_scheduler, train_epoch
@@ -127,6 +131,31 @@ def test_ssf_on_a_frozen_batch_norm_is_one_folded_batch_norm_with_the_same_value
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet10t", "mobilenetv3_small_050"])
+def test_a_convolutions_ssf_folds_into_the_frozen_batch_norm_it_feeds_with_the_same_values_and_gradients(name):
+    folded = autopeft.apply(build(name), {"ssf": {}}).double()  # float64: the algebra, not float32's rounding
+    randomise_trainable(folded)
+    convs = {n: m for n, m in folded.named_modules() if isinstance(m, ScaleShift) and isinstance(m.base, Conv2d)}
+    assert all(m.feeds.fed_by is m for m in convs.values() if m.feeds is not None)
+    # every convolution feeds a BatchNorm but squeeze-excite's and MobileNetV3's conv_head (activations after them)
+    unlinked = {n for n, m in convs.items() if m.feeds is None}
+    assert unlinked == {n for n in convs if ".se." in n or (n == "conv_head" and name.startswith("mobilenet"))}
+    explicit = copy.deepcopy(folded)
+    for module in explicit.modules():
+        if isinstance(module, ScaleShift):
+            module.feeds = module.fed_by = None
+    parameters = [p for p in folded.parameters() if p.requires_grad]
+    references = [p for p in explicit.parameters() if p.requires_grad]
+    x = images().double()
+    out, expected = folded(x), explicit(x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    gradients = torch.autograd.grad(out.square().sum(), parameters)
+    for a, b in zip(gradients, torch.autograd.grad(expected.square().sum(), references), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    folded.train(), explicit.train()  # BatchNorms on batch statistics: each SSF applies itself
+    assert torch.equal(folded(x), explicit(x))
+
+
 def convnext_ssf() -> int:
     """After conv_dw, norm, fc1 (4d) and fc2 of each block, the stem's conv and norm, each stage's downsampling
     norm and conv, and the head's norm: 2w per site of width w."""
@@ -202,6 +231,27 @@ def test_lora_on_a_1x1_convolution_is_lora_on_the_linear_over_channels():
     assert conv.stages[0].blocks[0].mlp.fc1.base.kernel_size == (1, 1)
     assert isinstance(linear.stages[0].blocks[0].mlp.fc1.base, torch.nn.Linear)
     torch.testing.assert_close(conv(images()), linear(images()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "tf_efficientnet_lite0"])  # 3x3 / strided; 1x1 with 'same'
+def test_lora_trains_a_convolution_as_one_convolution_with_the_updated_weight_values_and_gradients_equal(name):
+    one = autopeft.apply(build(name), {"lora": {"rank": 2}}).double()  # float64: the algebra, not the rounding
+    randomise_trainable(one)
+    two = copy.deepcopy(one)  # dropout (at p=0) takes the layer + low-rank path
+    wrappers = [m for m in two.modules() if isinstance(m, LoRAConv)]
+    assert wrappers
+    for module in wrappers:
+        module.dropout = torch.nn.Dropout(0.0)
+    x = images().double()
+    out, expected = one(x), two(x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    trainable = [[p for p in model.parameters() if p.requires_grad] for model in (one, two)]
+    for a, b in zip(
+        torch.autograd.grad(out.square().sum(), trainable[0]),
+        torch.autograd.grad(expected.square().sum(), trainable[1]),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_lora_on_cnns_refuses_with_one_line():

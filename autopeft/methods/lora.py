@@ -185,15 +185,29 @@ class LoRAConv(LoRALinear):
     """LoRA on a Conv2d with one group: ``A`` is a convolution to ``r`` channels with the layer's kernel, stride,
     padding and dilation (TensorFlow 'same' padding included), ``B`` a 1x1 convolution, so ``W + (alpha/r) B A``
     (``A`` reshaped to the kernel) merges exactly. On a 1x1 convolution, a Linear over channels, this is LoRA on
-    that Linear: ``r * (in + out)`` parameters; ``r * (in * k * k + out)`` for a k x k kernel."""
+    that Linear: ``r * (in + out)`` parameters; ``r * (in * k * k + out)`` for a k x k kernel.
+
+    Without dropout, training runs one convolution with the updated weight (:attr:`weight`) instead of the layer
+    plus the two low-rank convolutions and a sum: on the CPU that is cheaper (the weight gradient of a convolution
+    costs less than the extra passes over the feature maps), and the values are equal up to rounding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size == 0 or self.merged or not isinstance(self.dropout, nn.Identity):
+            return super().forward(x)
+        return self.convolve(x, self.weight, self.base.bias)
 
     def low_rank(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        z = self.convolve(x, down.view(-1, *self.base.weight.shape[1:]), None)
+        return F.conv2d(z, up[:, :, None, None])
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x`` convolved with ``weight`` as the wrapped layer convolves (stride, padding, dilation; TensorFlow
+        'same' padding included)."""
         conv = self.base
         padding = conv.padding
         if isinstance(conv, Conv2dSame):
             x, padding = pad_same(x, conv.kernel_size, conv.stride, conv.dilation), 0
-        z = F.conv2d(x, down.view(-1, *conv.weight.shape[1:]), None, conv.stride, padding, conv.dilation)
-        return F.conv2d(z, up[:, :, None, None])
+        return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation)
 
 
 def _parts(target_group: list[str], out_features: int) -> dict[str, tuple[int, int]]:

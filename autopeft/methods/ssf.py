@@ -67,20 +67,38 @@ class ScaleShift(ElasticWrapper):
         kw = tensor_kwargs(base)
         self.gamma = nn.Parameter(torch.empty(width, **kw).normal_(1.0, 0.02))
         self.beta = nn.Parameter(torch.empty(width, **kw).normal_(0.0, 0.02))
+        # A convolution's SSF whose output feeds straight into a BatchNorm's SSF (``pair_with_norms``): while that
+        # norm is frozen, the norm applies both in its one batch_norm call. Plain attributes, not submodules.
+        object.__setattr__(self, "feeds", None)  # on the convolution's wrapper: the norm's wrapper
+        object.__setattr__(self, "fed_by", None)  # on the norm's wrapper: the convolution's wrapper
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size and _frozen_batch_norm(self.base):
             return self.scaled_batch_norm(x)
         y = self.base(x)
-        return self.scale_shift(y) if self.size else y
+        return self.scale_shift(y) if self.size and not self.deferred() else y
+
+    def deferred(self) -> bool:
+        """Whether the frozen BatchNorm this output feeds applies this scale and shift (``feeds``)."""
+        return self.feeds is not None and self.feeds.size > 0 and _frozen_batch_norm(self.feeds.base)
 
     def scaled_batch_norm(self, x: torch.Tensor) -> torch.Tensor:
         """A BatchNorm on its running statistics followed by the scale and shift, as one ``batch_norm`` call with
         gamma and beta folded into its affine (``weight * gamma``, ``bias * gamma + beta``): one pass over the
-        feature map instead of two, the same values up to rounding."""
+        feature map instead of two, the same values up to rounding. When the convolution feeding it defers its
+        own scale g1 and shift b1 (``fed_by``), they fold in too: ``BN(g1 * c + b1)`` is ``c`` normalised with
+        the same statistics, its weight times g1 and its bias plus ``weight * (b1 + (g1 - 1) * mean) / std``."""
         norm = self.base
-        weight = self.gamma if norm.weight is None else norm.weight * self.gamma
-        bias = self.beta if norm.bias is None else torch.addcmul(self.beta, norm.bias, self.gamma)
+        weight, bias = norm.weight, norm.bias
+        source = self.fed_by
+        if source is not None and source.size:
+            unit = norm.running_mean.new_ones(())
+            inv_std = torch.rsqrt(norm.running_var + norm.eps) * (unit if weight is None else weight)
+            shift = torch.addcmul(source.beta, source.gamma - 1, norm.running_mean) * inv_std
+            bias = shift if bias is None else bias + shift
+            weight = source.gamma if weight is None else weight * source.gamma
+        weight = self.gamma if weight is None else weight * self.gamma
+        bias = self.beta if bias is None else torch.addcmul(self.beta, bias, self.gamma)
         return F.batch_norm(x, norm.running_mean, norm.running_var, weight, bias, False, 0.0, norm.eps)
 
     def scale_shift(self, y: torch.Tensor) -> torch.Tensor:
@@ -251,12 +269,48 @@ def _attach_cnn(model: nn.Module, sites: list[str], enabled: list[int]) -> None:
         if "downsample" in sites and enabled[first]:
             _wrap_cnn(_layers(stage, "downsample", WEIGHT_LAYERS + NORMS, classifier), first, "downsample")
         first += len(stage.blocks)
-    if not any(enabled):
+    if any(enabled):
+        for site, names in zip(("stem", "head"), _stem_and_head(model), strict=True):
+            if site in sites:
+                found = [f for name in names for f in _layers(model, name, WEIGHT_LAYERS + NORMS, classifier)]
+                _wrap_cnn(found, None, site)
+    pair_with_norms(model)
+
+
+@torch.no_grad()
+def pair_with_norms(model: nn.Module) -> None:
+    """Link every convolution's SSF whose output goes straight into a BatchNorm's SSF (``feeds`` / ``fed_by``), so
+    that a frozen norm applies both in one pass. Which output feeds which norm is read from one forward pass of a
+    small input in eval mode (module modes restored), not guessed from module names; timm's CNNs hand such an
+    output to its norm alone."""
+    wrappers = [m for m in model.modules() if isinstance(m, ScaleShift)]
+    convs = [w for w in wrappers if isinstance(inject.unwrapped(w.base), nn.Conv2d)]
+    norms = [w for w in wrappers if isinstance(w.base, _BatchNorm)]
+    if not convs or not norms:
         return
-    for site, names in zip(("stem", "head"), _stem_and_head(model), strict=True):
-        if site in sites:
-            found = [f for name in names for f in _layers(model, name, WEIGHT_LAYERS + NORMS, classifier)]
-            _wrap_cnn(found, None, site)
+    outputs: list[tuple[torch.Tensor, ScaleShift]] = []
+    pairs: list[tuple[ScaleShift, ScaleShift]] = []
+
+    def record(wrapper: ScaleShift, _inputs: tuple, output: torch.Tensor) -> None:
+        outputs.append((output, wrapper))
+
+    def match(wrapper: ScaleShift, inputs: tuple) -> None:
+        pairs.extend((conv, wrapper) for output, conv in outputs if output is inputs[0])
+
+    hooks = [w.register_forward_hook(record) for w in convs] + [w.register_forward_pre_hook(match) for w in norms]
+    modes = {module: module.training for module in model.modules()}
+    parameter = next(model.parameters())
+    channels = getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0]
+    try:
+        model.eval()(torch.zeros(1, channels, 64, 64, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.train(training)
+    for conv, norm in pairs:
+        object.__setattr__(conv, "feeds", norm)
+        object.__setattr__(norm, "fed_by", conv)
 
 
 def attach(model: nn.Module, opts: SSFOptions, info: BackboneInfo) -> None:
