@@ -254,21 +254,21 @@ def fixed_subnet(space: SearchSpace, depth: int, genes: Mapping[str, Scalar]) ->
 
 def cheapest_nonempty(space: SearchSpace, depth: int, count: Callable[[SubnetConfig], int]) -> SubnetConfig:
     """The cheapest subnet that switches at least one method on (the smallest, if it already does):
-    every size gene at its least value, one raised to its least non-zero value. Only the first
-    block's genes (or the model-wide ones) are tried: no later block is narrower than the first."""
+    every size gene at its least value, one raised to its least non-zero value. The first block's genes
+    (or the model-wide ones) are tried first: no later block is narrower than the first. Only when none of
+    them switches anything on (a method with no module in block 0, such as Pro-tuning without a prompt block
+    after stage 0) are the other blocks' genes tried."""
     smallest = fixed_subnet(space, depth, {})
     if count(smallest) > 0:
         return smallest
-    grown = [
-        fixed_subnet(space, depth, {name: min(v for v in values if v > 0)})
-        for name, values in size_genes(space, depth).items()
-        if name.endswith((".0", ".size")) and any(v > 0 for v in values)
-    ]
-    counted = [(count(s), i) for i, s in enumerate(grown)]
-    nonempty = [(c, i) for c, i in counted if c > 0]
-    if not nonempty:
-        raise ConfigError("space: no subnet switches a method on (every size list is [0])")
-    return grown[min(nonempty)[1]]
+    genes = {name: values for name, values in size_genes(space, depth).items() if any(v > 0 for v in values)}
+    first = [name for name in genes if name.endswith((".0", ".size"))]
+    for names in (first, [name for name in genes if name not in first]):
+        grown = [fixed_subnet(space, depth, {name: min(v for v in genes[name] if v > 0)}) for name in names]
+        nonempty = [(c, i) for i, c in enumerate(map(count, grown)) if c > 0]
+        if nonempty:
+            return grown[min(nonempty)[1]]
+    raise ConfigError("space: no subnet switches a method on (every size list is [0], or no block hosts a method)")
 
 
 def check_budget(budget: int, least: int, where: str = "budget") -> None:

@@ -248,3 +248,13 @@ def test_bad_options_are_one_line(make, options, message):
     with pytest.raises((ConfigError, BackboneError)) as err:
         autopeft.apply(make(), {"pro_tuning": options})
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_the_cheapest_subnet_is_found_when_no_prompt_block_follows_stage_zero():
+    space = parse_space({"methods": {"pro_tuning": {"sizes": [0, 2, 4], "options": {"stages": [1]}}}}, "s")
+    net = Supernet(test_cnn.build("convnext_atto"), space)  # stages of 1, 1, 2, 1 blocks: stage 1 is block 1
+    cheapest = net.smallest_nonempty()
+    assert list(cheapest.size("pro_tuning")) == [0, 2, 0, 0, 0]
+    assert net.count(cheapest) == autopeft.count_trainable(
+        autopeft.apply(test_cnn.build("convnext_atto"), {"pro_tuning": {"dim": 2, "stages": [1]}})
+    )
