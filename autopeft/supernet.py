@@ -293,6 +293,7 @@ class Supernet:
         methods = {m: {**s.options, REGISTRY[m].size_option: max(s.sizes)} for m, s in space.methods.items()}
         apply(model, methods)
         self.modules = {method: elastic_modules(model, method) for method in space.methods}
+        self.genes = self._live_genes()
         self.subnet = self.largest()
         self.set_subnet(self.subnet)
         self._fixed = count_trainable(model) - self._elastic_count()  # trainable tensors no subnet changes
@@ -338,10 +339,27 @@ class Supernet:
                     masks[param] = mask
         return masks
 
+    def _live_genes(self) -> dict[str, list[Scalar]]:
+        """Every gene that changes something, with its values: the depth gene, each method's size gene in the
+        blocks where it has a module (a per-block space; Pro-tuning's prompt block, say, reads only its stage's
+        first block, and a LoRA target some blocks lack has none there) or its model-wide one, and the searched
+        options. ``from_genes`` sets the other size genes to their least value, so equal subnets are one subnet."""
+        hosted = {f"{m}.{b}" for m, modules in self.modules.items() for module in modules for b in module.block_sizes()}
+        per_block = self.space.sizes_per != "model"
+        sizes = {
+            name: values
+            for name, values in size_genes(self.space, self.depth).items()
+            if name == "depth" or not per_block or name in hosted
+        }
+        return {**sizes, **option_genes(self.space)}
+
+    def suggest(self, trial: Any) -> SubnetConfig:
+        """The subnet an Optuna ``trial`` asks for, over the live genes (``genes``)."""
+        return self.from_genes({name: trial.suggest_categorical(name, values) for name, values in self.genes.items()})
+
     def sample(self, rng: random.Random) -> SubnetConfig:
-        """A subnet with every gene drawn uniformly from its values."""
-        genes = {**size_genes(self.space, self.depth), **option_genes(self.space)}
-        return self.from_genes({name: rng.choice(values) for name, values in genes.items()})
+        """A subnet with every live gene drawn uniformly from its values."""
+        return self.from_genes({name: rng.choice(values) for name, values in self.genes.items()})
 
     def sample_within(self, rng: random.Random, high: int | None, low: int = 0, tries: int = 100_000) -> SubnetConfig:
         """A subnet drawn uniformly among those with ``low <= count <= high`` (rejection sampling);
@@ -371,7 +389,7 @@ class Supernet:
             raise BudgetError(f"budget: got {budget:,}; the smallest subnet has {self.count(subnet):,} parameters")
         while True:
             steps = []
-            for name, values in size_genes(self.space, self.depth).items():
+            for name, values in self._size_genes().items():
                 larger = sorted(v for v in values if v > genes[name])
                 if larger:
                     grown = self.from_genes({**genes, name: larger[0]})
@@ -390,9 +408,12 @@ class Supernet:
         return cheapest_nonempty(self.space, self.depth, self.count)
 
     def from_genes(self, genes: Mapping[str, Scalar]) -> SubnetConfig:
+        """The subnet with these genes; size genes that change nothing (not in ``self.genes``) take their least
+        value whatever ``genes`` says."""
         import optuna
 
-        return suggest(optuna.trial.FixedTrial(dict(genes)), self.space, self.depth)
+        inert = {n: min(v) for n, v in size_genes(self.space, self.depth).items() if n not in self.genes}
+        return suggest(optuna.trial.FixedTrial({**genes, **inert}), self.space, self.depth)
 
     def _extreme(self, pick) -> SubnetConfig:
         """Every size gene (and depth) at ``pick`` of its values; searched options at their first value."""
@@ -401,5 +422,8 @@ class Supernet:
     def _first_options(self) -> dict[str, Scalar]:
         return {name: values[0] for name, values in option_genes(self.space).items()}
 
+    def _size_genes(self) -> dict[str, list[Scalar]]:
+        return {name: values for name, values in self.genes.items() if name not in option_genes(self.space)}
+
     def _genes(self, pick) -> dict[str, int]:
-        return {name: pick(values) for name, values in size_genes(self.space, self.depth).items()}
+        return {name: pick(values) for name, values in self._size_genes().items()}

@@ -258,3 +258,15 @@ def test_the_cheapest_subnet_is_found_when_no_prompt_block_follows_stage_zero():
     assert net.count(cheapest) == autopeft.count_trainable(
         autopeft.apply(test_cnn.build("convnext_atto"), {"pro_tuning": {"dim": 2, "stages": [1]}})
     )
+
+
+def test_the_supernet_searches_only_the_genes_that_change_something():
+    space = parse_space({"methods": {"pro_tuning": {"sizes": [0, 2, 4]}, "lora": {"sizes": [0, 2]}}}, "s")
+    net = Supernet(test_cnn.build("convnext_atto"), space)  # stages of 1, 1, 2, 1 blocks open at blocks 0, 1, 2, 4
+    assert [gene for gene in net.genes if gene.startswith("pro_tuning")] == [f"pro_tuning.{b}" for b in (0, 1, 2)]
+    assert [gene for gene in net.genes if gene.startswith("lora")] == [f"lora.{b}" for b in range(5)]
+    rng = random.Random(0)
+    subnets = {net.sample(rng) for _ in range(300)}
+    assert {tuple(s.size("pro_tuning"))[3:] for s in subnets} == {(0, 0)}  # blocks 3, 4: no prompt block reads them
+    assert len({tuple(s.size("pro_tuning")) for s in subnets}) == 3**3
+    assert net.from_genes({**{g: 2 for g in net.genes}, "pro_tuning.3": 4}).size("pro_tuning") == (2, 2, 2, 0, 0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from autopeft.errors import ConfigError
 from autopeft.search.candidates import Candidate, Scorer, ranked
-from autopeft.supernet import SubnetConfig, Supernet, option_genes, size_genes
+from autopeft.supernet import SubnetConfig, Supernet
 
 Genes = dict[str, object]
 
@@ -62,7 +62,7 @@ class _Evolution:
         self.supernet, self.score_fn, self.config, self.budget = supernet, score, config, budget
         self.on_candidate = on_candidate
         self.rng = random.Random(seed)
-        self.choices = {**size_genes(supernet.space, supernet.depth), **option_genes(supernet.space)}
+        self.choices = supernet.genes
         self.seen: set[SubnetConfig] = set()
         self.scored: list[Candidate] = []
         if budget is not None:

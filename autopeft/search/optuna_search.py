@@ -13,7 +13,7 @@ import optuna
 
 from autopeft.errors import ConfigError
 from autopeft.search.candidates import Candidate, Scorer
-from autopeft.supernet import SubnetConfig, Supernet, suggest
+from autopeft.supernet import SubnetConfig, Supernet
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
@@ -48,7 +48,7 @@ def optuna_search(
     candidates: list[Candidate] = []
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
-        subnet = suggest(trial, supernet.space, supernet.depth)
+        subnet = supernet.suggest(trial)
         params = supernet.count(subnet)
         over = 0.0 if budget is None else float(params - budget)
         trial.set_constraint("params_over_budget", over)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from autopeft.errors import BudgetError, ConfigError
-from autopeft.supernet import SubnetConfig, Supernet, option_genes, size_genes
+from autopeft.supernet import SubnetConfig, Supernet
 
 ENUMERATE_UP_TO = 20_000  # spaces this small are enumerated to know exactly how many subnets a range holds
 
@@ -119,7 +119,7 @@ def draw_panel(supernet: Supernet, size: int, seed: int, high: int | None, low: 
 def subnets_in_range(supernet: Supernet, high: int | None, low: int = 0) -> int | None:
     """How many distinct subnets have ``low <= count <= high``, when the space is small enough to
     enumerate (None otherwise)."""
-    genes = {**size_genes(supernet.space, supernet.depth), **option_genes(supernet.space)}
+    genes = supernet.genes
     if math.prod(len(values) for values in genes.values()) > ENUMERATE_UP_TO:
         return None
     cap = math.inf if high is None else high
