@@ -773,8 +773,9 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
                         finals[3 * k :] = final_configs(task, randomised.methods, best[1], setup, randomised.init)
             add(f"{method}: finals, 4 arms (train+val)", method, finals, final_images)
     total = sum(r[4] for r in rows)
-    lines = [f"{'task':<19} {'stage':<46} {'runs':>5} {'cached':>6} {'CPU h':>6}"]
-    lines += [f"{t:<19} {s:<46} {n:>5} {c:>6} {h / 3600:>6.2f}" for t, s, n, c, h in rows]
+    lines = [f"{'task':<19} {'stage':<52} {'runs':>5} {'cached':>6} {'CPU h':>6}"]
+    lines += [f"{t:<19} {s:<52} {n:>5} {c:>6} {h / 3600:>6.2f}" for t, s, n, c, h in rows]
+    shared = sum(r[4] for r in rows if "grid" in r[1])
     needed = sum(r[2] for r in rows if "prunings" not in r[1])
     cached = sum(r[3] for r in rows if "prunings" not in r[1])
     lines += [
@@ -782,7 +783,8 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
         f"training runs: {needed} needed, {cached} in the cache, {needed - cached} to train "
         f"(+ {sum(r[2] - r[3] for r in rows if 'prunings' in r[1])} prunings, each one pass over train)",
         f"estimated CPU time {total / 3600:.1f} h, about {total / 3600 / workers:.1f} h wall with --workers "
-        f"{workers} (1 thread each); seconds per image measured from the cache's runs: "
+        f"{workers} (1 thread each), {shared / 3600:.1f} h of it the lr grids search_vs_sweep trains too (shared "
+        "runs); seconds per image measured from the cache's runs: "
         + ", ".join(f"{m} {s * 1000:.1f} ms" for m, s in cost.items()),
         "(finals count 4 arms per method, as if a fraction passes; stages that wait on results count as not "
         "cached; pruned and shorter prompts cost less per image than the estimate)",
