@@ -185,9 +185,10 @@ def _prune(args: argparse.Namespace) -> None:
     from autopeft.pruning import prune_run
 
     out = Path(args.out)
-    result = prune_run(Path(args.run_dir), out, args.fraction, args.level, args.segments)
+    result = prune_run(Path(args.run_dir), out, args.fraction, args.level, args.segments, args.importance, args.seed)
+    how = "" if result.importance == "gradient" else f" ({result.importance} importance, seed {result.seed})"
     print(
-        f"{out}: {result.level} pruning of {result.fraction:g}: trainable {result.params_before:,} -> "
+        f"{out}: {result.level} pruning of {result.fraction:g}{how}: trainable {result.params_before:,} -> "
         f"{result.params_after:,}\n{out}: pruned/, prune.json, config.yaml (rewind: autopeft train "
         f"{out / 'config.yaml'} --out {out})"
     )
@@ -284,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="token: drop whole prompt tokens; segment: zero parts of tokens; both: tokens, then segments",
     )
     prune.add_argument("--segments", type=int, default=8, help="equal parts each token is cut into (E2VPT: 8)")
+    prune.add_argument(
+        "--importance",
+        choices=("gradient", "random"),
+        default="gradient",
+        help="gradient: E2VPT's |dL/d mask| over the run's training split; random: a control with the same counts",
+    )
+    prune.add_argument("--seed", type=int, default=0, help="random importance's seed")
     prune.add_argument("--out", required=True, help="new run directory: pruned adapter and the rewinding config")
     prune.set_defaults(run=_prune)
     report = commands.add_parser("report", help="leaderboard tables, plots and HTML over run directories")

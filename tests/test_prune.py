@@ -237,3 +237,7 @@ def test_cli_prunes_a_run_into_a_run_that_rewinds_it(tmp_path, run_cli):
     assert code == 2 and err.endswith(
         f"{pruned}: already holds files; allowed: a new or empty folder for the pruned run\n"
     )
+    control = ["--fraction", "0.5", "--importance", "random", "--seed", "3", "--out", str(tmp_path / "random")]
+    assert run_cli("prune", str(run), *control) == (0, "")
+    record = json.loads((tmp_path / "random" / "prune.json").read_text())
+    assert (record["importance"], record["seed"], record["params_after"]) == ("random", 3, 2 * 4 * 32 // 2)
