@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+import autopeft
+from autopeft.backbones import create_backbone
+from autopeft.data import DataConfig
 from autopeft.search.candidates import standalone_order
+from autopeft.search.select import METHOD_SIZES, _sizes_in_budget, parse_suite
 from tests.test_pipeline import cli_command, env
 from tests.test_train import TINY, cli
 
@@ -146,3 +150,16 @@ def test_bad_suites_exit_with_one_line_and_write_nothing(tmp_path, changes, mess
     assert code == 2 and not out.exists()
     assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
     assert str(tmp_path / "suite.yaml") in stderr
+
+
+def test_pro_tuning_is_a_strategy_whose_sizes_are_kept_within_the_budget():
+    counts = {
+        k: autopeft.count_trainable(
+            autopeft.apply(create_backbone("vit_tiny_patch16_224", 10, **TINY), {"pro_tuning": {"dim": k}})
+        )
+        for k in METHOD_SIZES["pro_tuning"]
+    }
+    budget = counts[8]
+    suite = parse_suite({**SUITE, "strategies": ["pro_tuning"], "budget": budget}, "suite")
+    assert _sizes_in_budget(suite, DataConfig(name="digits"), "pro_tuning") == ([4, 8], "")
+    assert counts[4] < counts[8] < counts[16]

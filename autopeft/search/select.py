@@ -65,6 +65,7 @@ METHOD_SIZES: dict[str, list[int]] = {
     "vpt": [1, 5, 10, 50],
     "kv_prompt": [1, 5, 10],
     "ssf": [1],
+    "pro_tuning": [4, 8, 16, 32],
 }
 SUPERNET = "supernet"
 STRATEGIES = (*METHOD_SIZES, SUPERNET)
