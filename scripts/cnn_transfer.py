@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -47,6 +46,7 @@ from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.runkey import config_key
 from autopeft.runs import RESULT, cached_run, read_run
 from autopeft.search.candidates import standalone_order
+from autopeft.stats import t_interval, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -252,9 +252,6 @@ def _candidate(config: RunConfig, record: RunRecord) -> dict[str, Any]:
     }
 
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # two-sided 95% t quantiles by degrees of freedom
-
-
 def _paired(row: Row, baseline: Row) -> dict[str, Any]:
     """``row`` minus ``baseline`` over the seeds both ran: mean, 95% t-interval, verdict."""
     a, b = row.per_seed(), baseline.per_seed()
@@ -262,20 +259,9 @@ def _paired(row: Row, baseline: Row) -> dict[str, Any]:
     diffs = [a[s] - b[s] for s in seeds if a[s] is not None and b[s] is not None]
     if len(diffs) < 2 or len(diffs) < len(seeds):
         return {"seeds": seeds, "diffs": diffs, "mean": None, "low": None, "high": None, "verdict": "n/a"}
-    mean = statistics.mean(diffs)
-    half = T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean, half = t_interval(diffs)
     return {"seeds": seeds, "diffs": diffs, "mean": mean, "low": mean - half, "high": mean + half,
             "verdict": verdict(mean, half)}  # fmt: skip
-
-
-def verdict(mean: float, half: float, decisive: float = 1.0) -> str:
-    """As in search_vs_sweep: win / loss when the interval excludes 0; tie when it covers 0 and its half-width is
-    at most ``decisive`` points; undecided when it covers 0 but is wider."""
-    if mean - half > 0:
-        return "win"
-    if mean + half < 0:
-        return "loss"
-    return "tie" if half <= decisive else "undecided"
 
 
 def holds(result: TaskResult) -> bool:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import random
@@ -59,6 +58,7 @@ from autopeft.runkey import config_key
 from autopeft.runs import RESULT, build_backbone, build_model, cached_run
 from autopeft.search.candidates import standalone_order
 from autopeft.search.prune_stage import RULE, PruneCandidate, PruneStage, choose_fraction
+from autopeft.stats import t_interval
 from autopeft.train import evaluate_with_loss, resolve_device, train_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,6 @@ ARM_NAMES = {
 }
 NO_REWIND = "val_no_rewind.json"
 LOCK_WAIT_S = 30  # a run another process is writing (the shared cache) is waited for, then read back
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 # --plan's fallback cost when the cache holds no run of a method to measure it from: seconds per image (training
 # image + val image / 3), from the vpt / kv_prompt grid on digits and mnist5k (58-168 s for 8,667 images per
 # 10-epoch run, 2 jobs on 2 cores, 1 thread each)
@@ -348,11 +347,7 @@ def paired(a: list[dict], b: list[dict]) -> tuple[float, float | None] | None:
     """Mean of ``a - b`` over the final seeds both finished, and the half-width of its 95% t-interval."""
     by_seed = {r["seed"]: r["test_acc"] for r in b if r["test_acc"] is not None}
     diffs = [r["test_acc"] - by_seed[r["seed"]] for r in a if r["test_acc"] is not None and r["seed"] in by_seed]
-    if not diffs:
-        return None
-    if len(diffs) < 2:
-        return statistics.mean(diffs), None
-    return statistics.mean(diffs), T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return t_interval(diffs) if diffs else None
 
 
 def compute_of(runs: list[dict[str, Any]]) -> Compute:

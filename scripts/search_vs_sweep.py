@@ -33,6 +33,7 @@ from autopeft.runs import cached_run
 from autopeft.search.candidates import standalone_order
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
 from autopeft.search.sweep import Where, parse_sweep, run_sweep
+from autopeft.stats import t_interval, verdict
 from autopeft.supernet import SPACES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,19 +182,8 @@ def best_on_val(runs: dict[tuple, RunRecord]) -> tuple[tuple, RunRecord]:
 
 def paired(strategy: list[float], baseline: list[float]) -> tuple[float, float]:
     """Mean paired difference over final seeds and the half-width of its 95% t-interval."""
-    diffs = [a - b for a, b in zip(strategy, baseline, strict=True)]
-    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}[len(diffs) - 1]
-    return statistics.mean(diffs), t * statistics.stdev(diffs) / math.sqrt(len(diffs))
-
-
-def verdict(mean: float, half: float, decisive: float = 1.0) -> str:
-    """win / loss when the interval excludes 0; tie when it covers 0 and is narrow (half-width <= ``decisive``
-    points); undecided when it covers 0 but is too wide to say anything."""
-    if mean - half > 0:
-        return "win"
-    if mean + half < 0:
-        return "loss"
-    return "tie" if half <= decisive else "undecided"
+    mean, half = t_interval([a - b for a, b in zip(strategy, baseline, strict=True)])
+    return mean, math.nan if half is None else half
 
 
 def grid_jobs(task: str, cache: Path) -> list[tuple]:
@@ -452,11 +442,7 @@ def _suite_lines(summary: list[tuple]) -> list[str]:
             f"{vs_tpe:+.2f} | {ratio:.2f} |"
         )
     if len(diffs) > 1:
-        mean, half = (
-            statistics.mean(diffs),
-            {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}[len(diffs) - 1]
-            * (statistics.stdev(diffs) / math.sqrt(len(diffs))),
-        )
+        mean, half = t_interval(diffs)
         lines += [
             "",
             f"Suite mean, pipeline minus tuned single method: {mean:+.2f} [{mean - half:+.2f}, "
