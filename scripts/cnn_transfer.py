@@ -64,12 +64,15 @@ GROUPS = ("imagenet", "random", "vit")
 # The demo ViT's grid, mirroring scripts/search_vs_sweep.py (SIZES, HALF, REFERENCE_LRS and run_config there):
 # identical RunConfigs, so the runs come out of the shared cache. Keep the two in step.
 VIT_HALF = [0, 0, 0, 1, 1, 1]
+# SSF's transformer sites when search_vs_sweep's runs were made: the later default adds "merging", Swin's patch
+# merging, which this ViT lacks (no numbers change), but which would change the run keys and retrain every run.
+VIT_SSF_SITES = ["patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "norm"]
 VIT_SIZES: dict[str, list[dict[str, Any]]] = {
     "lora": [{"rank": r, "targets": ["q", "v"]} for r in (2, 4, 8)],
     "adapter": [{"dim": k} for k in (4, 8, 15)],
     "vpt": [{"length": p} for p in (2, 8, 32)],
     "kv_prompt": [{"length": t} for t in (2, 8, 32)],
-    "ssf": [{"enabled": 1}, {"enabled": VIT_HALF}, {"enabled": [1 - e for e in VIT_HALF]}],
+    "ssf": [{"enabled": e, "sites": VIT_SSF_SITES} for e in (1, VIT_HALF, [1 - e for e in VIT_HALF])],
 }
 
 # CPU ms per image, 1 thread, for --plan: a training image (forward + backward + step) per method, and an evaluation
