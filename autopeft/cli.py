@@ -23,12 +23,15 @@ def _methods(args: argparse.Namespace) -> None:
     import autopeft
     from autopeft.backbones import family_of
     from autopeft.methods.base import with_family_defaults
+    from autopeft.runconfig import BackboneConfig
+    from autopeft.runs import build_backbone
 
     table = Table(title=f"methods on {args.backbone} ({args.num_classes} classes, head excluded)")
     for column in ("method", "default options", "trainable params"):
         table.add_column(column)
-    with torch.device("meta"):  # shapes only: no memory, no weight init cost
-        backbone = autopeft.create_backbone(args.backbone, args.num_classes)
+    with torch.device("meta"):  # shapes only: no memory, no weight init cost, no weights loaded
+        backbone = build_backbone(BackboneConfig(name=args.backbone, pretrained=False))
+        backbone.reset_classifier(args.num_classes)
         for name, spec in autopeft.METHODS.items():
             try:
                 count = f"{autopeft.count_trainable(autopeft.apply(copy.deepcopy(backbone), {name: {}})):,}"

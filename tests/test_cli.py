@@ -24,6 +24,15 @@ def test_methods_lists_exact_counts():
     assert rows["linear"] == "0"
 
 
+def test_methods_on_a_built_in_backbone_count_the_architecture_without_loading_its_weights():
+    result = run_cli("methods", "--backbone", "vit_demo_fmnist", "--num-classes", "10")
+    assert result.returncode == 0 and result.stderr == ""  # loading weights onto the meta device warned per tensor
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[-2].strip() for line in result.stdout.splitlines() if "│" in line
+    }
+    assert rows["lora"] == "24,576"  # rank 8 on q and v: the ground's budget
+
+
 def test_bad_backbone_is_one_line_without_traceback():
     result = run_cli("methods", "--backbone", "vit_tiny_patch16_22")
     assert result.returncode == 2
