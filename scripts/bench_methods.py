@@ -41,11 +41,9 @@ import functools
 import json
 import os
 import platform
-import random
 import statistics
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ from typing import Any
 import peft
 import timm
 import torch
-import torch.nn.functional as F
+from timing import LEARNING_RATE, Timed, floor_step, forward_step, run_interleaved, train_step
 from torch import nn
 
 import autopeft
@@ -106,23 +104,7 @@ OTHER_CONFIGS = {
 TARGET_LORA_VS_PEFT = 1.05
 TARGET_MERGED_VS_PLAIN = 1.02
 TARGET_METHOD_VS_FLOOR = 1.3
-LEARNING_RATE = 1e-3
 RANDOMISE_STD = 0.05
-
-Step = Callable[[], None]
-
-
-@dataclass
-class Timed:
-    """One configuration under test: a step to run and its timings in ms per image."""
-
-    name: str
-    step: Step
-    ms_per_img: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.ms_per_img)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -225,56 +207,6 @@ def count_trainable(name: str, model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- steps
-
-
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Step:
-    """Forward, cross-entropy, backward, AdamW step and zero_grad over the trainable parameters."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
-
-    def step() -> None:
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def floor_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Step:
-    """Forward and backward to an input that requires grad; the frozen weights get no gradients."""
-    leaf = images.detach().clone().requires_grad_(True)
-
-    def step() -> None:
-        F.cross_entropy(model(leaf), labels).backward()
-        leaf.grad = None
-
-    return step
-
-
-def forward_step(model: nn.Module, images: torch.Tensor) -> Step:
-    @torch.no_grad()
-    def step() -> None:
-        model(images)
-
-    return step
-
-
-def run_interleaved(timed: list[Timed], warmup: int, steps: int, per_round: int, batch: int, seed: int) -> None:
-    """Warm every configuration up, then time ``steps`` steps of each in shuffled rounds."""
-    for item in timed:
-        for _ in range(warmup):
-            item.step()
-    order = list(timed)
-    rng = random.Random(seed)
-    done = 0
-    while done < steps:
-        count = min(per_round, steps - done)
-        rng.shuffle(order)
-        for item in order:
-            for _ in range(count):
-                start = time.perf_counter()
-                item.step()
-                item.ms_per_img.append((time.perf_counter() - start) * 1000.0 / batch)
-        done += count
 
 
 # ---------------------------------------------------------------- results

@@ -31,7 +31,6 @@ import copy
 import json
 import os
 import platform
-import random
 import shlex
 import shutil
 import statistics
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
 from autopeft.data import BUILTIN_TASKS, DataConfig, from_arrays, load_task
@@ -161,7 +160,7 @@ def prune_job(job: tuple[Path, Path, float, str, int]) -> dict[str, Any]:
     if not (out / NO_REWIND).is_file():
         write_json(out / NO_REWIND, evaluate_pruned(out))
     return {
-        "dir": str(out),
+        "dir": shown(out),
         "prune": asdict(read_prune_run(out)),
         "no_rewind": json.loads((out / NO_REWIND).read_text()),
     }
@@ -239,17 +238,17 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
     done = iter(run_all(pool, [c for configs in selects.values() for c in configs], cache))
     for method, result in results.items():
         result["unpruned_train"] = [summary(next(done)) for _ in setup.select_seeds]
-        result["source"] = str(cache / config_key(selects[method][0]))
+        result["source"] = shown(cache / config_key(selects[method][0]))
     # pruning at every fraction (importance: mask gradients over train), val before rewinding, then rewinding
     jobs = [
-        (Path(r["source"]), setup.runs / task / m / f"{f:g}", f, "gradient", 0)
+        (ROOT / r["source"], setup.runs / task / m / f"{f:g}", f, "gradient", 0)
         for m, r in results.items()
         for f in setup.fractions
     ]
     pruned = iter(pool.map(prune_job, jobs))
     for result in results.values():
         result["candidates"] = [{"fraction": f, **next(pruned)} for f in setup.fractions]
-    rewinds = [load_run_config(Path(c["dir"]) / "config.yaml") for r in results.values() for c in r["candidates"]]
+    rewinds = [load_run_config(ROOT / c["dir"] / "config.yaml") for r in results.values() for c in r["candidates"]]
     rewound = iter(run_all(pool, rewinds, cache))
     for result in results.values():
         for candidate in result["candidates"]:
@@ -258,7 +257,7 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
     # control 2: random pruning of the same train-split run at the chosen fraction
     chosen = [r for r in results.values() if r["fraction"] is not None]
     jobs = [
-        (Path(r["source"]), random_dir(setup, task, r["method"], r["fraction"]), r["fraction"], "random", RANDOM_SEED)
+        (ROOT / r["source"], random_dir(setup, task, r["method"], r["fraction"]), r["fraction"], "random", RANDOM_SEED)
         for r in chosen
     ]
     for result, answer in zip(chosen, pool.map(prune_job, jobs), strict=True):
@@ -291,10 +290,10 @@ def final_arms(
         arms.append((method, "unpruned", final_configs(task, best["methods"], best["lr"], setup)))
         if result["fraction"] is None:
             continue
-        kept = load_run_config(Path(candidate_of(result)["dir"]) / "config.yaml")
+        kept = load_run_config(ROOT / candidate_of(result)["dir"] / "config.yaml")
         arms.append((method, "pruned", final_configs(task, kept.methods, best["lr"], setup, kept.init)))
         arms.append((method, "shorter", final_configs(task, kept.methods, best["lr"], setup)))
-        randomised = load_run_config(Path(result["random"]["dir"]) / "config.yaml")
+        randomised = load_run_config(ROOT / result["random"]["dir"] / "config.yaml")
         arms.append((method, "random", final_configs(task, randomised.methods, best["lr"], setup, randomised.init)))
     arms.append(("linear", "linear", final_configs(task, LINEAR, linear_lr, setup)))
     return arms
@@ -316,7 +315,7 @@ def choose(result: dict[str, Any]) -> None:
         PruneCandidate(
             fraction=c["fraction"],
             methods=c["rewound"]["methods"],
-            init=str(Path(c["dir"]) / "pruned"),
+            init=str(ROOT / c["dir"] / "pruned"),
             params=c["rewound"]["params"],
             val_acc=c["rewound"]["val_acc"],
             val_loss=c["rewound"]["val_loss"],
@@ -749,7 +748,7 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
             if all(records) and all(selected):
                 result = {
                     "candidates": [
-                        {"fraction": f, "dir": str(d), "rewound": summary(r)}
+                        {"fraction": f, "dir": shown(d), "rewound": summary(r)}
                         for f, d, r in zip(setup.fractions, dirs, records, strict=True)
                     ],
                     "unpruned_train": [summary(r) for r in selected],
@@ -758,7 +757,7 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
                 if result["fraction"] is None:
                     finals = finals[: len(setup.final_seeds)]
                 else:
-                    kept = load_run_config(Path(candidate_of(result)["dir"]) / "config.yaml")
+                    kept = load_run_config(ROOT / candidate_of(result)["dir"] / "config.yaml")
                     k = len(setup.final_seeds)
                     finals[k : 2 * k] = final_configs(task, kept.methods, best[1], setup, kept.init)
                     finals[2 * k : 3 * k] = final_configs(task, kept.methods, best[1], setup)
@@ -790,18 +789,6 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
 # --part bench -----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Timed:
-    """One model under test: its train step and its step times in ms."""
-
-    method: str
-    fraction: float | None  # None: the frozen floor
-    kept: int
-    params: int
-    step: Any
-    ms: list[float]
-
-
 def random_task(seed: int) -> Any:
     """64 random 32 px images of 10 classes: pruning's importance needs a split; timing does not read it."""
     rng = np.random.default_rng(seed)
@@ -809,19 +796,6 @@ def random_task(seed: int) -> Any:
         s: (rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), np.arange(64) % 10) for s in ("train", "val", "test")
     }
     return from_arrays("random", lambda: arrays, 32)
-
-
-def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Any:
-    """Forward, cross-entropy, backward, AdamW step and zero_grad, the model in train mode (prompt dropout on)."""
-    train_mode(model, "auto")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def step() -> None:
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def token_flops(model: torch.nn.Module, method: str, kept: int) -> float:
@@ -838,18 +812,15 @@ def token_flops(model: torch.nn.Module, method: str, kept: int) -> float:
     )
 
 
-def floor_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Any:
-    """The frozen backbone's forward and backward to an input that requires grad (no weight gradients, no
-    optimizer): the backward reaches every block, as a prompt's in the first block makes it."""
-    model.requires_grad_(False)
-    train_mode(model, "auto")
-    leaf = images.detach().clone().requires_grad_(True)
+@dataclass
+class PrunedPrompt:
+    """One timed prompt model: its pruning fraction, prompt tokens kept per block and trainable parameters."""
 
-    def step() -> None:
-        F.cross_entropy(model(leaf), labels).backward()
-        leaf.grad = None
-
-    return step
+    method: str
+    fraction: float
+    kept: int
+    params: int
+    timed: Timed
 
 
 def bench(threads: int, warmup: int, steps: int, per_round: int, batch: int, seed: int) -> dict[str, Any]:
@@ -864,33 +835,26 @@ def bench(threads: int, warmup: int, steps: int, per_round: int, batch: int, see
     images = torch.randn(batch, 3, 32, 32, generator=generator)
     labels = torch.randint(0, 10, (batch,), generator=generator)
     data = random_task(seed)
-    timed = [Timed("floor", None, 0, 0, floor_step(copy.deepcopy(base), images, labels), [])]
+    floor = copy.deepcopy(base).requires_grad_(False)
+    train_mode(floor, "auto")
+    timed = [Timed("floor", floor_step(floor, images, labels))]
+    prompts = []
     for method in METHODS:
         for fraction in BENCH_FRACTIONS:
             model = autopeft.apply(copy.deepcopy(base), {method: {"length": BENCH_LENGTH}})
             if fraction:
                 autopeft.prune(model, data, fraction, LEVEL, batch_size=32)
-            kept = autopeft.get_sizes(model, method)[0]
-            step = train_step(model, images, labels)
-            timed.append(Timed(method, fraction, kept, autopeft.count_trainable(model), step, []))
-    for item in timed:
-        for _ in range(warmup):
-            item.step()
-    rng, order, done = random.Random(seed), list(timed), 0
-    while done < steps:
-        count = min(per_round, steps - done)
-        rng.shuffle(order)
-        for item in order:
-            for _ in range(count):
-                start = time.perf_counter()
-                item.step()
-                item.ms.append((time.perf_counter() - start) * 1000.0)
-        done += count
+            train_mode(model, "auto")  # prompt dropout on
+            item = Timed(f"{method} {fraction}", train_step(model, images, labels))
+            kept, params = autopeft.get_sizes(model, method)[0], autopeft.count_trainable(model)
+            prompts.append(PrunedPrompt(method, fraction, kept, params, item))
+            timed.append(item)
+    run_interleaved(timed, warmup, steps, per_round, 1, seed)  # batch 1: ms per step
     methods = {}
     for method in METHODS:
-        items = [t for t in timed if t.method == method]
-        medians = [statistics.median(t.ms) for t in items]
-        kept = [float(t.kept) for t in items]
+        items = [p for p in prompts if p.method == method]
+        medians = [p.timed.median for p in items]
+        kept = [float(p.kept) for p in items]
         fit = statistics.linear_regression(kept, medians)
         rows = [
             {
@@ -898,7 +862,7 @@ def bench(threads: int, warmup: int, steps: int, per_round: int, batch: int, see
                 "kept_tokens_per_block": t.kept,
                 "params": t.params,
                 "median_ms": round(ms, 3),
-                "min_ms": round(min(t.ms), 3),
+                "min_ms": round(min(t.timed.ms_per_img), 3),
                 "ratio": round(ms / medians[0], 4),
                 "expected_token_flops": round(
                     token_flops(base, method, t.kept) / token_flops(base, method, BENCH_LENGTH), 4
@@ -924,7 +888,7 @@ def bench(threads: int, warmup: int, steps: int, per_round: int, batch: int, see
         "timed_steps": steps,
         "per_round": per_round,
         "seed": seed,
-        "floor_ms": round(statistics.median(timed[0].ms), 3),
+        "floor_ms": round(timed[0].median, 3),
         "methods": methods,
         "tolerance": BENCH_TOLERANCE,
         "load_average_before": [round(x, 2) for x in load],
@@ -1024,12 +988,12 @@ def main() -> None:
     quick.add_argument("--select-seeds", nargs="+", type=int, default=list(SELECT_SEEDS))
     quick.add_argument("--final-seeds", nargs="+", type=int, default=list(FINAL_SEEDS))
     quick.add_argument("--epochs", type=int, default=None)
-    timing = parser.add_argument_group("--part bench")
-    timing.add_argument("--threads", type=int, default=1)
-    timing.add_argument("--warmup", type=int, default=3)
-    timing.add_argument("--steps", type=int, default=20)
-    timing.add_argument("--per-round", type=int, default=2)
-    timing.add_argument("--batch", type=int, default=32)
+    bench_options = parser.add_argument_group("--part bench")
+    bench_options.add_argument("--threads", type=int, default=1)
+    bench_options.add_argument("--warmup", type=int, default=3)
+    bench_options.add_argument("--steps", type=int, default=20)
+    bench_options.add_argument("--per-round", type=int, default=2)
+    bench_options.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup = Setup(
@@ -1057,7 +1021,7 @@ def main() -> None:
                 data["evidence"] = {
                     "command": command(),
                     "protocol": setup.protocol,
-                    "setup": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()},
+                    "setup": {k: shown(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()},
                     "tasks": tasks,
                     "missing": [t for t in TASKS if t not in {r["task"] for r in tasks}],
                     "minutes": (time.perf_counter() - start) / 60,
