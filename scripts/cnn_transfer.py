@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from search_vs_sweep import REFERENCE_LRS
+from search_vs_sweep import SIZES as VIT_SIZES  # the demo ViT's grid: the same runs, read from the shared cache
 
 from autopeft.backbones import DEMO_BACKBONES, demo_weights
 from autopeft.data import BUILTIN_TASKS, DataConfig
@@ -58,22 +60,8 @@ TASKS = ("digits", "mnist5k", "shapes_position", "shapes_orientation")
 FINAL_SEEDS = (0, 1, 2)  # rows the target compares (and the ViT rows, as search_vs_sweep trains them)
 OTHER_SEEDS = (0,)  # every other row
 PEFT = ("ssf", "adapter", "lora", "bitfit", "ln_tune", "pro_tuning")  # each at the library's CNN defaults
-FULL_LRS = (1e-4, 3e-4, 1e-3)  # full fine-tuning needs smaller lrs (search_vs_sweep's REFERENCE_LRS["full"])
+FULL_LRS = REFERENCE_LRS["full"]  # full fine-tuning needs smaller lrs
 GROUPS = ("imagenet", "random", "vit")
-
-# The demo ViT's grid, mirroring scripts/search_vs_sweep.py (SIZES, HALF, REFERENCE_LRS and run_config there):
-# identical RunConfigs, so the runs come out of the shared cache. Keep the two in step.
-VIT_HALF = [0, 0, 0, 1, 1, 1]
-# SSF's transformer sites when search_vs_sweep's runs were made: the later default adds "merging", Swin's patch
-# merging, which this ViT lacks (no numbers change), but which would change the run keys and retrain every run.
-VIT_SSF_SITES = ["patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "norm"]
-VIT_SIZES: dict[str, list[dict[str, Any]]] = {
-    "lora": [{"rank": r, "targets": ["q", "v"]} for r in (2, 4, 8)],
-    "adapter": [{"dim": k} for k in (4, 8, 15)],
-    "vpt": [{"length": p} for p in (2, 8, 32)],
-    "kv_prompt": [{"length": t} for t in (2, 8, 32)],
-    "ssf": [{"enabled": e, "sites": VIT_SSF_SITES} for e in (1, VIT_HALF, [1 - e for e in VIT_HALF])],
-}
 
 # CPU ms per image, 1 thread, for --plan: a training image (forward + backward + step) per method, and an evaluation
 # image; EfficientNet-Lite0 at 64 px (scaled by (size / 64)^2 at other sizes), the demo ViT at 32 px. Measured with
