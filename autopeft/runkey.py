@@ -101,10 +101,21 @@ def changed_keys(before: Any, after: Any, ignore: tuple[str, ...] = ("device",),
             continue
         where = f"{path}.{key}" if path else str(key)
         if key not in before or key not in after:
-            changed.append(where)
+            if not _later_default(where, before.get(key, after.get(key))):
+                changed.append(where)
         else:
             changed += changed_keys(before[key], after[key], ignore, where)
     return changed
+
+
+def _later_default(path: str, value: Any) -> bool:
+    """Whether ``path`` is a field added after runs were first made (``LATER_FIELDS``, also where a train section
+    sits deeper, as ``supernet.train.bn``) and ``value`` is its default: a config written before the field existed
+    and one that has it at its default are the same run."""
+    return any(
+        value == default and (path == field or ("." in field and path.endswith("." + field)))
+        for field, default in LATER_FIELDS.items()
+    )
 
 
 def refuse_changes(before: Any, after: Any, where: Path, again: str) -> None:

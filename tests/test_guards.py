@@ -20,6 +20,7 @@ from autopeft.cli import one_line
 from autopeft.errors import ConfigError
 from autopeft.runconfig import load_run_config
 from autopeft.rundir import LOCK, locked
+from autopeft.runkey import changed_keys
 from autopeft.runs import RunInterrupted, train_run
 from tests.test_train import cli, write_config
 
@@ -82,6 +83,17 @@ def test_resume_refuses_a_changed_config_and_changes_nothing(tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK} == before
     device_only = cli("train", str(run / "config.yaml"), "--out", str(run), "--resume", "--set", "train.device=cpu")
     assert device_only.returncode == 0, device_only.stderr  # the device never changes a result
+
+
+def test_a_field_added_later_resumes_at_its_default_only():
+    """A run directory written before ``train.bn`` existed resumes under a config that has it at its default,
+    at any depth (a search's ``supernet.train``); any other value, or another missing key, is a change."""
+    old = {"supernet": {"train": {"lr": 0.01}}, "retrain": {"train": {"lr": 0.01}}, "seed": 0}
+    new = {"supernet": {"train": {"lr": 0.01, "bn": "auto"}}, "retrain": {"train": {"lr": 0.01, "bn": "update"}}}
+    assert changed_keys(old, {**new, "seed": 0}) == ["retrain.train.bn"]
+    assert changed_keys({"seed": 0}, {"seed": 0, "init": None}) == []  # top-level init, at its default
+    assert changed_keys({"methods": {"vpt": {}}}, {"methods": {"vpt": {"init": None}}}) == ["methods.vpt.init"]
+    assert changed_keys(old, new) == ["retrain.train.bn", "seed"]
 
 
 @pytest.mark.parametrize(
