@@ -323,11 +323,13 @@ def _package_file(name: str, package: dict[str, str]) -> Path:
 def _check_name(name: str) -> None:
     if timm.is_model(name):
         return
-    patterns = ("vit_*", "deit*", "convnext_*", "resnet*", "efficientnet_*", "tf_efficientnet_lite*", "mobilenetv3_*")
-    known = [model for pattern in patterns for model in timm.list_models(pattern)]
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('vit_*')"
-    raise BackboneError(f"unknown backbone '{name}'{hint}")
+    close = difflib.get_close_matches(name, [*DEMO_BACKBONES, *timm.list_models()], n=3)
+    hint = (
+        f"did you mean {', '.join(close)}?"
+        if close
+        else f"allowed: a built-in backbone ({', '.join(DEMO_BACKBONES)}) or a timm model (timm.list_models())"
+    )
+    raise BackboneError(f"unknown backbone '{name}'; {hint}")
 
 
 def load_checkpoint(model: torch.nn.Module, path: Path, in_order: bool = False) -> None:

@@ -229,6 +229,11 @@ def test_checkpoint_and_pretrained_together_are_rejected(tmp_path):
 def test_unknown_name_suggests_the_close_one():
     message = error_of("vit_tiny_patch16_22", **TINY)
     assert "unknown backbone 'vit_tiny_patch16_22'; did you mean vit_tiny_patch16_224" in message
+    assert "did you mean vit_demo_fmnist?" in error_of("vit_demo_fmnst")  # a built-in, misspelt
+    assert error_of("nosuch").endswith(
+        "unknown backbone 'nosuch'; allowed: a built-in backbone (vit_demo_fmnist, swin_demo, "
+        "efficientnet_lite0_imagenet) or a timm model (timm.list_models())"
+    )
 
 
 def test_unsupported_timm_model_is_rejected():
