@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jobs import run_jobs
 from search_vs_sweep import REFERENCE_LRS
 from search_vs_sweep import SIZES as VIT_SIZES  # the demo ViT's grid: the same runs, read from the shared cache
 
@@ -275,7 +276,8 @@ def cached(config: RunConfig, cache: Path) -> RunRecord | None:
 
 def training(pool: ProcessPoolExecutor, cache: Path) -> Fetch:
     def fetch(configs: list[RunConfig]) -> list[RunRecord]:
-        return list(pool.map(run_job, [(c, cache) for c in configs]))
+        stage = f"{configs[0].data.name}: {'final' if configs[0].final else 'selection'} runs"
+        return run_jobs(pool, run_job, [(c, cache) for c in configs], stage)
 
     return fetch
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jobs import run_jobs
 from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
@@ -179,8 +180,8 @@ def evaluate_pruned(out: Path) -> dict[str, Any]:
     return {"val_acc": acc, "val_loss": loss, "params": autopeft.count_trainable(model), "compute": asdict(compute)}
 
 
-def run_all(pool: ProcessPoolExecutor, configs: list[RunConfig], cache: Path) -> list[RunRecord]:
-    return list(pool.map(train_job, [(c, cache) for c in configs]))
+def run_all(pool: ProcessPoolExecutor, configs: list[RunConfig], cache: Path, stage: str) -> list[RunRecord]:
+    return run_jobs(pool, train_job, [(c, cache) for c in configs], stage)
 
 
 def summary(record: RunRecord) -> dict[str, Any]:
@@ -218,7 +219,7 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
     cache = setup.cache
     grid = [(m, o, lr) for m in setup.methods for o in SIZES[m] for lr in setup.lrs]
     configs = [setup.run_config(task, {m: o}, lr) for m, o, lr in grid]
-    records = run_all(pool, configs + [setup.run_config(task, LINEAR, lr) for lr in setup.lrs], cache)
+    records = run_all(pool, configs + [setup.run_config(task, LINEAR, lr) for lr in setup.lrs], cache, f"{task}: grid")
     grid_runs, linear_runs = records[: len(grid)], records[len(grid) :]
     linear: dict[str, Any] = {"grid": [summary(r) for r in linear_runs], "lr": setup.lrs[best_on_val(linear_runs)]}
     results: dict[str, dict[str, Any]] = {}
@@ -235,7 +236,7 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
         m: [setup.run_config(task, r["best"]["methods"], r["best"]["lr"], seed=s) for s in setup.select_seeds]
         for m, r in results.items()
     }
-    done = iter(run_all(pool, [c for configs in selects.values() for c in configs], cache))
+    done = iter(run_all(pool, [c for configs in selects.values() for c in configs], cache, f"{task}: select seeds"))
     for method, result in results.items():
         result["unpruned_train"] = [summary(next(done)) for _ in setup.select_seeds]
         result["source"] = shown(cache / config_key(selects[method][0]))
@@ -245,11 +246,11 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
         for m, r in results.items()
         for f in setup.fractions
     ]
-    pruned = iter(pool.map(prune_job, jobs))
+    pruned = iter(run_jobs(pool, prune_job, jobs, f"{task}: prunings"))
     for result in results.values():
         result["candidates"] = [{"fraction": f, **next(pruned)} for f in setup.fractions]
     rewinds = [load_run_config(ROOT / c["dir"] / "config.yaml") for r in results.values() for c in r["candidates"]]
-    rewound = iter(run_all(pool, rewinds, cache))
+    rewound = iter(run_all(pool, rewinds, cache, f"{task}: rewinds"))
     for result in results.values():
         for candidate in result["candidates"]:
             candidate["rewound"] = summary(next(rewound))
@@ -260,11 +261,11 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
         (ROOT / r["source"], random_dir(setup, task, r["method"], r["fraction"]), r["fraction"], "random", RANDOM_SEED)
         for r in chosen
     ]
-    for result, answer in zip(chosen, pool.map(prune_job, jobs), strict=True):
+    for result, answer in zip(chosen, run_jobs(pool, prune_job, jobs, f"{task}: random prunings"), strict=True):
         result["random"] = answer
     # final runs on train+val, each reading the test split once
     arms = final_arms(task, results, linear["lr"], setup)
-    finals = iter(run_all(pool, [c for _, _, configs in arms for c in configs], cache))
+    finals = iter(run_all(pool, [c for _, _, configs in arms for c in configs], cache, f"{task}: final runs"))
     for owner, arm, configs in arms:
         runs = [summary(next(finals)) for _ in configs]
         if owner == "linear":

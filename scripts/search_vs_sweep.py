@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jobs import run_jobs
 
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.ground import load_ground
@@ -212,15 +213,21 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
     """Every strategy on ``task``: its choice on val and its final runs (the test split read once each)."""
     jobs = grid_jobs(task, cache)
     grid = dict(
-        zip(((json.dumps(j[1], sort_keys=True), j[2]) for j in jobs), pool.map(standalone_job, jobs), strict=True)
+        zip(
+            ((json.dumps(j[1], sort_keys=True), j[2]) for j in jobs),
+            run_jobs(pool, standalone_job, jobs, f"{task}: size x lr grid"),
+            strict=True,
+        )
     )
-    pipelines = list(pool.map(pipeline_job, [(task, s, root) for s in SEARCH_SEEDS]))
+    pipelines = run_jobs(pool, pipeline_job, [(task, s, root) for s in SEARCH_SEEDS], f"{task}: supernet pipelines")
     c_sweep = Compute.total(r.compute for (key, _), r in grid.items() if _method(key) in SIZES)
     one_run = statistics.median(r.compute.images for (key, _), r in grid.items() if _method(key) in SIZES)
     c_pipe = statistics.mean(Compute(**p["compute"]).images for p in pipelines)
     trials = max(1, round(c_pipe / one_run))
     sweeps = {
-        sampler: list(pool.map(sweep_job, [(task, sampler, s, trials, root) for s in SEARCH_SEEDS]))
+        sampler: run_jobs(
+            pool, sweep_job, [(task, sampler, s, trials, root) for s in SEARCH_SEEDS], f"{task}: {sampler}"
+        )
         for sampler in ("tpe", "random")
     }
     strategies = [
@@ -231,7 +238,7 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
     strategies += [_fixed("largest LoRA (rank 8, q v), lr tuned", grid, LARGEST_LORA)]
     strategies += [_fixed(f"{m} (reference)", grid, {m: {}}, outside=True) for m in REFERENCE_LRS]
     jobs = [job for s in strategies for c in s.choices for job in final_jobs(task, c, cache)]
-    finals = iter(pool.map(standalone_job, jobs))
+    finals = iter(run_jobs(pool, standalone_job, jobs, f"{task}: final runs"))
     for strategy in strategies:
         for choice in strategy.choices:
             choice.tests = [next(finals).test_acc for _ in FINAL_SEEDS]
