@@ -58,7 +58,7 @@ from autopeft.runkey import config_key
 from autopeft.runs import RESULT, build_backbone, build_model, cached_run
 from autopeft.search.candidates import standalone_order
 from autopeft.search.prune_stage import RULE, PruneCandidate, PruneStage, choose_fraction
-from autopeft.stats import t_interval
+from autopeft.stats import t_interval, verdict
 from autopeft.train import evaluate_with_loss, resolve_device, train_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -611,12 +611,10 @@ def verdicts(task: dict[str, Any], result: dict[str, Any]) -> dict[str, tuple[bo
         other, _ = mean_std(tests(runs or []))
         if other is None:
             continue
+        margin = pruned - other  # the stated rule: above on the mean over seeds
         diff = paired(finals["pruned"], runs)
-        resolved = ""
-        if diff is not None and diff[1] is not None:
-            resolved = "; interval excludes 0" if abs(diff[0]) > diff[1] else "; interval covers 0"
-        margin = pruned - other
-        out[arm] = (margin > 0, f"{margin:+.2f}{resolved}" + ("" if margin > 0 else f", below by {-margin:.2f}"))
+        resolved = "" if diff is None or diff[1] is None else f"; paired {_interval(diff)}: {verdict(*diff)}"
+        out[arm] = (margin > 0, f"{margin:+.2f} on the mean{resolved}")
     return out
 
 
