@@ -34,6 +34,7 @@ from autopeft.train import (
     Normalization,
     Precision,
     StepLoss,
+    TrainConfig,
     evaluate,
     evaluate_with_loss,
     make_optimizer,
@@ -92,30 +93,30 @@ def backbone_depth(backbone: BackboneConfig) -> int:
         return block_count(build_backbone(replace(backbone, pretrained=False, checkpoint=None)))
 
 
-def machine_provenance(test_read: bool | None) -> Provenance:
-    """Versions, git sha and CPU threads: the provenance of a result that spans several runs."""
+def machine_provenance(test_read: bool | None, train: TrainConfig) -> Provenance:
+    """Versions, git sha and the machine ``train`` runs on: the provenance of a result that spans several runs."""
+    device = resolve_device(train.device)
     return Provenance(
         autopeft=autopeft.__version__,
         git_sha=git_sha(),
         torch=torch.__version__,
         timm=timm.__version__,
         test_read=test_read,
+        device=str(device),
+        accelerator=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+        dtype=Precision(device, train.amp).label,
         threads=torch.get_num_threads(),
     )
 
 
 def provenance(config: RunConfig, task: TaskData, norm: Normalization, test_read: bool | None = None) -> Provenance:
     """Everything a training run's numbers depend on besides its config: versions, weights, data, machine."""
-    device = resolve_device(config.train.device)
     return replace(
-        machine_provenance(test_read),
+        machine_provenance(test_read, config.train),
         checkpoint=_weights(config.backbone),
         normalization=f"mean={list(norm.mean)} std={list(norm.std)}",
         data_format=task.data_format,
         train_split="trainval" if config.final else "train",
-        device=str(device),
-        accelerator=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
-        dtype=Precision(device, config.train.amp).label,
     )
 
 

@@ -538,7 +538,7 @@ def _suite_record(config: SuiteConfig, selections: list[DatasetSelection], start
         datasets=datasets,
         wall_time_s=round(wall, 2),
         this_invocation_s=round(time.perf_counter() - start, 2),
-        provenance=machine_provenance(test_read=True),
+        provenance=machine_provenance(test_read=True, train=config.final.train),
     )
 
 

@@ -237,7 +237,7 @@ def finish_sweep(
         nodes=tally.nodes,
         wall_time_s=wall,
         compute=replace(tally.compute, wall_s=wall),
-        provenance=machine_provenance(test_read=False),
+        provenance=machine_provenance(test_read=False, train=config.train),
     )
     record.write(out / "result.json")
     return record
