@@ -238,17 +238,17 @@ def prompt_cost(medians: Mapping[str, float], method: str, floor: float) -> dict
 
 
 def method_rows(
-    timed: list[Timed], models: Mapping[str, nn.Module], configs: Mapping[str, Any], floor: float
+    timed: list[Timed], models: Mapping[str, nn.Module], configs: Mapping[str, Any], floor: float, batch: int
 ) -> dict[str, dict[str, Any]]:
     configs = {**configs, **OTHER_CONFIGS}
     rows = {}
     for item in timed:
         rows[item.name] = {
             "config": configs[item.name],
-            "ms_per_img": round(item.median, 4),
-            "ms_per_img_min": round(min(item.ms_per_img), 4),
-            "timed_steps": len(item.ms_per_img),
-            "ratio_to_floor": round(item.median / floor, 4),
+            "ms_per_img": round(item.median / batch, 4),
+            "ms_per_img_min": round(min(item.ms_per_step) / batch, 4),
+            "timed_steps": len(item.ms_per_step),
+            "ratio_to_floor": round(item.median / batch / floor, 4),
             "trainable_params": count_trainable(item.name, models[item.name]),
         }
     return rows
@@ -328,9 +328,9 @@ def bench_training(
         Timed(name, floor_step(model, images, labels) if name == FLOOR else train_step(model, images, labels))
         for name, model in models.items()
     ]
-    run_interleaved(timed, args.warmup, args.steps, args.per_round, args.batch, args.seed)
-    medians = {item.name: item.median for item in timed}
-    return {"medians": medians, "rows": method_rows(timed, models, configs, medians[FLOOR])}
+    run_interleaved(timed, args.warmup, args.steps, args.per_round, args.seed)
+    medians = {item.name: item.median / args.batch for item in timed}  # ms per image
+    return {"medians": medians, "rows": method_rows(timed, models, configs, medians[FLOOR], args.batch)}
 
 
 def bench_inference(args: argparse.Namespace, images: torch.Tensor, build: Callable[[], nn.Module]) -> dict[str, Any]:
@@ -338,8 +338,8 @@ def bench_inference(args: argparse.Namespace, images: torch.Tensor, build: Calla
     with torch.no_grad():
         max_abs_diff = (models["merged"](images) - models["unmerged"](images)).abs().max().item()
     timed = [Timed(name, forward_step(model, images)) for name, model in models.items()]
-    run_interleaved(timed, args.warmup, args.steps, args.per_round, args.batch, args.seed)
-    ms = {item.name: item.median for item in timed}
+    run_interleaved(timed, args.warmup, args.steps, args.per_round, args.seed)
+    ms = {item.name: item.median / args.batch for item in timed}  # ms per image
     return {
         "methods": MERGE_METHODS,
         "randomise_std": RANDOMISE_STD,

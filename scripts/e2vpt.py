@@ -848,7 +848,7 @@ def bench(threads: int, warmup: int, steps: int, per_round: int, batch: int, see
             kept, params = autopeft.get_sizes(model, method)[0], autopeft.count_trainable(model)
             prompts.append(PrunedPrompt(method, fraction, kept, params, item))
             timed.append(item)
-    run_interleaved(timed, warmup, steps, per_round, 1, seed)  # batch 1: ms per step
+    run_interleaved(timed, warmup, steps, per_round, seed)
     methods = {}
     for method in METHODS:
         items = [p for p in prompts if p.method == method]
@@ -861,7 +861,7 @@ def bench(threads: int, warmup: int, steps: int, per_round: int, batch: int, see
                 "kept_tokens_per_block": t.kept,
                 "params": t.params,
                 "median_ms": round(ms, 3),
-                "min_ms": round(min(t.timed.ms_per_img), 3),
+                "min_ms": round(min(t.timed.ms_per_step), 3),
                 "ratio": round(ms / medians[0], 4),
                 "expected_token_flops": round(
                     token_flops(base, method, t.kept) / token_flops(base, method, BENCH_LENGTH), 4

@@ -24,15 +24,15 @@ Step = Callable[[], None]
 
 @dataclass
 class Timed:
-    """One configuration under test: a step to run and its timings in ms per image."""
+    """One configuration under test: a step to run and its timings in ms per step."""
 
     name: str
     step: Step
-    ms_per_img: list[float] = field(default_factory=list)
+    ms_per_step: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
-        return statistics.median(self.ms_per_img)
+        return statistics.median(self.ms_per_step)
 
 
 def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Step:
@@ -66,7 +66,7 @@ def forward_step(model: nn.Module, images: torch.Tensor) -> Step:
     return step
 
 
-def run_interleaved(timed: list[Timed], warmup: int, steps: int, per_round: int, batch: int, seed: int) -> None:
+def run_interleaved(timed: list[Timed], warmup: int, steps: int, per_round: int, seed: int) -> None:
     """Warm every configuration up, then time ``steps`` steps of each in shuffled rounds."""
     for item in timed:
         for _ in range(warmup):
@@ -81,5 +81,5 @@ def run_interleaved(timed: list[Timed], warmup: int, steps: int, per_round: int,
             for _ in range(count):
                 start = time.perf_counter()
                 item.step()
-                item.ms_per_img.append((time.perf_counter() - start) * 1000.0 / batch)
+                item.ms_per_step.append((time.perf_counter() - start) * 1000.0)
         done += count
