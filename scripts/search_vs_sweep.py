@@ -80,10 +80,15 @@ def standalone_job(job: tuple[str, dict, float, bool, int, Path]) -> RunRecord:
     return cached_run(run_config(task, methods, lr, final, seed), cache)
 
 
+def with_comparison_sites(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``methods`` with SSF at this comparison's sites: a search resolves them to the library's current default."""
+    return {name: {**options, "sites": SSF_SITES} if name == "ssf" else options for name, options in methods.items()}
+
+
 def choice(record: SearchRecord) -> dict[str, Any]:
     """What a searched strategy chose, and what choosing cost."""
     return {
-        "methods": record.methods,
+        "methods": with_comparison_sites(record.methods),
         "lr": record.train["lr"],
         "val_acc": record.val_acc,
         "compute": asdict(record.compute),
