@@ -7,6 +7,7 @@ The ground (tasks, budget, grids, seeds, schedules) is fixed in GROUND below and
 header of the report before any run; see the report for the protocol. Every standalone run is cached
 by its config hash (``runs/cache``); searches resume from their run directories (``runs/search_vs_sweep``).
 ``--tasks`` runs a subset; the report covers the tasks finished so far and names the missing ones.
+``--render`` rewrites both reports from ``results/bench/search_vs_sweep.json`` without running anything.
 """
 
 from __future__ import annotations
@@ -213,6 +214,18 @@ class TaskResult:
     c_sweep: Compute
     trials: int
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskResult:
+        """The inverse of ``asdict``: a task as ``results/bench/search_vs_sweep.json`` keeps it."""
+        strategies = [
+            Strategy(
+                s["name"], [Choice(**c) for c in s["choices"]], Compute(**s["compute"]), s["note"], s["outside_budget"]
+            )
+            for s in data["strategies"]
+        ]
+        per_method = {m: (options, lr, acc) for m, (options, lr, acc) in data["per_method"].items()}
+        return cls(data["task"], strategies, per_method, Compute(**data["c_sweep"]), data["trials"])
+
 
 def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> TaskResult:
     """Every strategy on ``task``: its choice on val and its final runs (the test split read once each)."""
@@ -325,7 +338,8 @@ def header() -> list[str]:
         f"run; searched strategies run with search seeds {', '.join(map(str, SEARCH_SEEDS))}, each seed's choice "
         f"gets its own finals, and the row pools them ({len(SEARCH_SEEDS) * len(FINAL_SEEDS)} runs).",
         "- Differences: paired over final seeds (a searched strategy's two search seeds averaged per final seed) "
-        "against the tuned single method, 95% t-interval (2 degrees of freedom); win/loss when the interval "
+        "against the tuned single method (and the pipeline's against Optuna TPE), 95% t-interval (2 degrees of "
+        "freedom); win/loss when the interval "
         "excludes 0, tie when it covers 0 with a half-width <= 1 point, undecided when it is wider. Suite: mean "
         "over tasks with a 95% t-interval over tasks.",
         "- Compute: images processed (forward+backward training images + forward-only evaluation images / 3), "
@@ -344,31 +358,44 @@ def _size(method: str, options: dict) -> str:
     return _placement(options) if method == "ssf" else json.dumps(options)
 
 
-def render(results: list[TaskResult], missing: list[str], minutes: float) -> str:
+@dataclass
+class SuiteRow:
+    """The pipeline on one task: paired differences (mean, 95% half-width) to the tuned single method and to
+    Optuna TPE at equal compute, and its compute as a fraction of C_sweep."""
+
+    task: str
+    vs_tuned: tuple[float, float]
+    vs_tpe: tuple[float, float]
+    compute_ratio: float
+
+    @classmethod
+    def of(cls, result: TaskResult) -> SuiteRow:
+        by_name = {s.name: s for s in result.strategies}
+        pipeline = by_name["supernet pipeline"].per_seed()
+        return cls(
+            result.task,
+            paired(pipeline, result.strategies[0].per_seed()),
+            paired(pipeline, by_name["Optuna TPE"].per_seed()),
+            by_name["supernet pipeline"].compute.images / result.c_sweep.images,
+        )
+
+
+def render(results: list[TaskResult], missing: list[str], minutes: float | None) -> str:
+    """The report; ``minutes``: this invocation's wall time, None when rendered from the JSON alone."""
     lines = header()
-    summary = []
     for result in results:
         lines += _task_lines(result)
-        tuned = result.strategies[0].per_seed()
-        pipeline = next(s for s in result.strategies if s.name == "supernet pipeline")
-        tpe = next(s for s in result.strategies if s.name == "Optuna TPE")
-        summary.append(
-            (
-                result.task,
-                *paired(pipeline.per_seed(), tuned),
-                statistics.mean(pipeline.per_seed()) - statistics.mean(tpe.per_seed()),
-                pipeline.compute.images / result.c_sweep.images,
-            )
-        )
-    if summary:
-        lines += _suite_lines(summary)
+    rows = [SuiteRow.of(r) for r in results]
+    if rows:
+        lines += _suite_lines(rows) + _target_lines(rows)
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (the suite figures cover the tasks above only).", ""]
+    took = "rendered from the JSON" if minutes is None else f"{minutes:.0f} min for what was not cached"
     lines += [
         "",
         f"Regenerate: `{COMMAND} --workers 2` ({platform.machine()}, torch {torch.__version__}, 1 thread per job; "
-        f"{minutes:.0f} min for what was not cached). Every final run's test accuracy per seed and every "
-        "strategy's compute: `results/bench/search_vs_sweep.json`.",
+        f"{took}); `--render` rewrites this file and `results/baselines.md` from the JSON alone. Every final run's "
+        "test accuracy per seed and every strategy's compute: `results/bench/search_vs_sweep.json`.",
         "",
     ]
     return "\n".join(lines)
@@ -447,33 +474,78 @@ def _describe(methods: dict) -> str:
     return describe_methods(methods)
 
 
-def _suite_lines(summary: list[tuple]) -> list[str]:
-    diffs = [row[1] for row in summary]
-    calls = [verdict(row[1], row[2]) for row in summary]
+def _interval(mean: float, half: float) -> str:
+    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+
+
+def _suite_mean(diffs: list[float]) -> tuple[float, float]:
+    mean, half = t_interval(diffs)
+    return mean, math.nan if half is None else half
+
+
+def _suite_lines(rows: list[SuiteRow]) -> list[str]:
     lines = [
         "## Suite",
         "",
-        "| task | pipeline - tuned single [95% CI] | verdict | pipeline - Optuna TPE | pipeline compute / C_sweep |",
-        "|---|---|---|---:|---:|",
+        "| task | pipeline - tuned single [95% CI] | verdict | pipeline - Optuna TPE [95% CI] | verdict "
+        "| pipeline compute / C_sweep |",
+        "|---|---|---|---|---|---:|",
     ]
-    for task, mean, half, vs_tpe, ratio in summary:
+    for row in rows:
         lines.append(
-            f"| {task} | {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] | {verdict(mean, half)} | "
-            f"{vs_tpe:+.2f} | {ratio:.2f} |"
+            f"| {row.task} | {_interval(*row.vs_tuned)} | {verdict(*row.vs_tuned)} | {_interval(*row.vs_tpe)} | "
+            f"{verdict(*row.vs_tpe)} | {row.compute_ratio:.2f} |"
         )
-    if len(diffs) > 1:
-        mean, half = t_interval(diffs)
-        lines += [
-            "",
-            f"Suite mean, pipeline minus tuned single method: {mean:+.2f} [{mean - half:+.2f}, "
-            f"{mean + half:+.2f}] (95% t-interval over {len(diffs)} tasks).",
-        ]
+    calls = [verdict(*row.vs_tuned) for row in rows]
+    lines.append("")
+    if len(rows) > 1:
+        for versus, diffs in (
+            ("the tuned single method", [row.vs_tuned[0] for row in rows]),
+            ("Optuna TPE", [row.vs_tpe[0] for row in rows]),
+        ):
+            lines.append(
+                f"Suite mean, pipeline minus {versus}: {_interval(*_suite_mean(diffs))} "
+                f"(95% t-interval over {len(rows)} tasks)."
+            )
     lines += [
-        f"Wins / ties / undecided / losses: {calls.count('win')} / {calls.count('tie')} / "
-        f"{calls.count('undecided')} / {calls.count('loss')}.",
+        f"Against the tuned single method, wins / ties / undecided / losses: {calls.count('win')} / "
+        f"{calls.count('tie')} / {calls.count('undecided')} / {calls.count('loss')}.",
         "",
     ]
     return lines
+
+
+def _target_lines(rows: list[SuiteRow]) -> list[str]:
+    """Each target of the comparison, met or missed and by how much, on the tasks run so far."""
+    worst = max(rows, key=lambda r: r.compute_ratio)
+    over = [r.task for r in rows if r.compute_ratio > 1 / 3]
+    losses = [r.task for r in rows if verdict(*r.vs_tuned) == "loss"]
+    return [
+        "## Targets",
+        "",
+        "- Pipeline compute <= C_sweep / 3 on every task: "
+        + (f"missed on {', '.join(over)}" if over else "met")
+        + f" (largest {worst.compute_ratio:.2f}, {worst.task}).",
+        "- Suite mean, pipeline minus the best tuned single method, >= 0: "
+        + _mean_target([r.vs_tuned[0] for r in rows]),
+        "- No task where the pipeline loses to the tuned single method with its interval excluding 0: "
+        + (f"missed on {', '.join(losses)}." if losses else f"met (no loss on {len(rows)} tasks)."),
+        "- The pipeline at least ties Optuna TPE on standalone trials at equal compute, on the suite mean: "
+        + _mean_target([r.vs_tpe[0] for r in rows]),
+        "",
+    ]
+
+
+def _mean_target(diffs: list[float]) -> str:
+    """Whether a suite mean difference is >= 0, with its interval and what the interval can decide."""
+    mean, half = _suite_mean(diffs)
+    if len(diffs) < 2:
+        return f"{mean:+.2f} on one task, no interval yet."
+    met = f"met on the mean ({_interval(mean, half)})" if mean >= 0 else f"missed by {-mean:.2f} points"
+    call = verdict(mean, half)
+    if call in ("win", "loss"):
+        return f"{met}; the interval excludes 0."
+    return f"{met}; the interval covers 0 (width {2 * half:.2f}), so the suite does not decide it."
 
 
 def main() -> None:
@@ -483,10 +555,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="jobs at once, 1 thread each")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--header-only", action="store_true", help="write the report's ground and stop")
+    parser.add_argument("--render", action="store_true", help="rewrite the reports from the JSON, run nothing")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.header_only:
         OUT.write_text("\n".join([*header(), "No comparison run yet.", ""]))
+        return
+    if args.render:
+        results = [TaskResult.from_json(task) for task in json.loads(JSON.read_text())]
+        missing = [t for t in TASKS if t not in {r.task for r in results}]
+        OUT.write_text(render(results, missing, None))
+        BASELINES.write_text(render_baselines(results))
+        print(f"wrote {OUT} and {BASELINES} from {JSON}")
         return
     start, results = time.perf_counter(), []
     with ProcessPoolExecutor(args.workers) as pool:
