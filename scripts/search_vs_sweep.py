@@ -548,6 +548,13 @@ def _mean_target(diffs: list[float]) -> str:
     return f"{met}; the interval covers 0 (width {2 * half:.2f}), so the suite does not decide it."
 
 
+def write_reports(results: list[TaskResult], minutes: float | None) -> None:
+    """The comparison and the baselines reports for the tasks in ``results``, naming the ones not run yet."""
+    missing = [t for t in TASKS if t not in {r.task for r in results}]
+    OUT.write_text(render(results, missing, minutes))
+    BASELINES.write_text(render_baselines(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
@@ -562,19 +569,14 @@ def main() -> None:
         OUT.write_text("\n".join([*header(), "No comparison run yet.", ""]))
         return
     if args.render:
-        results = [TaskResult.from_json(task) for task in json.loads(JSON.read_text())]
-        missing = [t for t in TASKS if t not in {r.task for r in results}]
-        OUT.write_text(render(results, missing, None))
-        BASELINES.write_text(render_baselines(results))
+        write_reports([TaskResult.from_json(task) for task in json.loads(JSON.read_text())], None)
         print(f"wrote {OUT} and {BASELINES} from {JSON}")
         return
     start, results = time.perf_counter(), []
     with ProcessPoolExecutor(args.workers) as pool:
         for task in args.tasks:
             results.append(run_task(task, pool, args.cache, args.runs))
-            missing = [t for t in TASKS if t not in {r.task for r in results}]
-            OUT.write_text(render(results, missing, (time.perf_counter() - start) / 60))
-            BASELINES.write_text(render_baselines(results))
+            write_reports(results, (time.perf_counter() - start) / 60)
             JSON.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     print(f"wrote {OUT} and {JSON}")
 
