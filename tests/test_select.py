@@ -57,7 +57,7 @@ def test_select_chooses_on_val_and_reads_test_only_in_final_runs(tmp_path):
     assert "| dataset | chosen |" in done.stdout
     result = load(out / "result.json")
     assert result["command"] == "select" and [d["dataset"] for d in result["datasets"]] == ["digits", "shapes_position"]
-    assert (result["provenance"]["device"], result["provenance"]["dtype"]) == ("cpu", "fp32")  # the leaderboard's device
+    assert (result["provenance"]["device"], result["provenance"]["dtype"]) == ("cpu", "fp32")  # leaderboard device
     final_dirs = []
     for row in result["datasets"]:
         selection = load(out / row["dataset"] / "selection.json")
