@@ -63,6 +63,7 @@ def test_sweep_writes_the_run_files_and_never_reads_test(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["command"] == "search" and result["engine"] == "optuna" and result["test_acc"] is None
     assert result["trials_completed"] + result["trials_pruned"] == 5 and result["trials_failed"] == 0
+    assert (result["provenance"]["device"], result["provenance"]["dtype"]) == ("cpu", "fp32")  # its trials' machine
     candidates = rows(out / "candidates.csv")
     assert len(candidates) == 5 and [int(r["rank"]) for r in candidates] == [1, 2, 3, 4, 5]
     assert sum("pruned" in r["scored_by"] for r in candidates) == result["trials_pruned"]
