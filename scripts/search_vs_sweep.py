@@ -3,11 +3,14 @@ search on standalone trials, and the largest LoRA that fits, under one parameter
 
     HF_HUB_OFFLINE=1 python scripts/search_vs_sweep.py --workers 2   # results/search_vs_sweep.md + bench json
 
-The ground (tasks, budget, grids, seeds, schedules) is fixed in GROUND below and written into the
-header of the report before any run; see the report for the protocol. Every standalone run is cached
-by its config hash (``runs/cache``); searches resume from their run directories (``runs/search_vs_sweep``).
-``--tasks`` runs a subset; the report covers the tasks finished so far and names the missing ones.
-``--render`` rewrites both reports from ``results/bench/search_vs_sweep.json`` without running anything.
+The ground (tasks, budget, grids, seeds, schedules) is fixed in ``autopeft/ground.yaml`` and the constants
+below, and written into the header of the report before any run; see the report for the protocol. Every
+standalone run is cached by its config hash (``runs/cache``); searches resume from their run directories
+(``runs/search_vs_sweep``), and a finished one is read back (``scripts/ledger.py restore`` brings the committed
+records of both to a fresh clone).
+``--tasks`` runs a subset; the report covers it and the tasks the bench JSON already holds, and names the
+missing ones. ``--render`` rewrites both reports from ``results/bench/search_vs_sweep.json`` without running
+anything.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import torch
 from jobs import run_jobs
 
 from autopeft.data import BUILTIN_TASKS, DataConfig
+from autopeft.errors import ConfigError
 from autopeft.ground import load_ground
-from autopeft.records import Compute, RunRecord, SearchRecord
+from autopeft.records import Compute, RunRecord, SearchRecord, read_record
 from autopeft.runconfig import BackboneConfig, RunConfig, read_yaml
-from autopeft.runs import cached_run
+from autopeft.runs import RESULT, cached_run
 from autopeft.search.candidates import standalone_order
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
 from autopeft.search.sweep import Where, parse_sweep, run_sweep
@@ -122,8 +126,7 @@ def pipeline_job(job: tuple[str, int, Path]) -> dict[str, Any]:
         "search_vs_sweep",
     )
     out = root / task / f"supernet_seed{seed}"
-    record = run_pipeline(config, out, resume=(out / "config.yaml").is_file(), choose_only=True)
-    return choice(record)
+    return choice(finished(out) or run_pipeline(config, out, resume=(out / "config.yaml").is_file(), choose_only=True))
 
 
 def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
@@ -149,9 +152,18 @@ def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
         "search_vs_sweep",
     )
     out = root / task / f"{sampler}_seed{seed}"
-    resume = (out / "study.db").is_file()
-    record = run_sweep("optuna", config, out, Where(), resume, None)
-    return choice(record)
+    return choice(finished(out) or run_sweep("optuna", config, out, Where(), (out / "study.db").is_file(), None))
+
+
+def finished(out: Path) -> SearchRecord | None:
+    """The record of a search that finished in ``out``: read back, also where ``scripts/ledger.py`` restored
+    only its records (no supernet, no trials)."""
+    if not (out / RESULT).is_file():
+        return None
+    record = read_record(out / RESULT)
+    if not isinstance(record, SearchRecord):
+        raise ConfigError(f"{out / RESULT}: a '{record.command}' result, not a search")
+    return record
 
 
 # The comparison ---------------------------------------------------------------------------------------------------
@@ -555,6 +567,11 @@ def write_reports(results: list[TaskResult], minutes: float | None) -> None:
     BASELINES.write_text(render_baselines(results))
 
 
+def recorded() -> dict[str, TaskResult]:
+    """The tasks ``results/bench/search_vs_sweep.json`` holds: a run of other tasks keeps them in the reports."""
+    return {t["task"]: TaskResult.from_json(t) for t in json.loads(JSON.read_text())} if JSON.is_file() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
@@ -569,13 +586,14 @@ def main() -> None:
         OUT.write_text("\n".join([*header(), "No comparison run yet.", ""]))
         return
     if args.render:
-        write_reports([TaskResult.from_json(task) for task in json.loads(JSON.read_text())], None)
+        write_reports(list(recorded().values()), None)
         print(f"wrote {OUT} and {BASELINES} from {JSON}")
         return
-    start, results = time.perf_counter(), []
+    start, done = time.perf_counter(), recorded()
     with ProcessPoolExecutor(args.workers) as pool:
         for task in args.tasks:
-            results.append(run_task(task, pool, args.cache, args.runs))
+            done[task] = run_task(task, pool, args.cache, args.runs)
+            results = [done[t] for t in TASKS if t in done]
             write_reports(results, (time.perf_counter() - start) / 60)
             JSON.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     print(f"wrote {OUT} and {JSON}")
