@@ -238,17 +238,17 @@ def prompt_cost(medians: Mapping[str, float], method: str, floor: float) -> dict
 
 
 def method_rows(
-    timed: list[Timed], models: Mapping[str, nn.Module], configs: Mapping[str, Any], floor: float, batch: int
+    timed: list[Timed], models: Mapping[str, nn.Module], configs: Mapping[str, Any], floor: float
 ) -> dict[str, dict[str, Any]]:
     configs = {**configs, **OTHER_CONFIGS}
     rows = {}
     for item in timed:
         rows[item.name] = {
             "config": configs[item.name],
-            "ms_per_img": round(item.median / batch, 4),
-            "ms_per_img_min": round(min(item.ms_per_step) / batch, 4),
+            "ms_per_img": round(item.ms_per_img, 4),
+            "ms_per_img_min": round(item.min_ms_per_img, 4),
             "timed_steps": len(item.ms_per_step),
-            "ratio_to_floor": round(item.median / batch / floor, 4),
+            "ratio_to_floor": round(item.ms_per_img / floor, 4),
             "trainable_params": count_trainable(item.name, models[item.name]),
         }
     return rows
@@ -325,21 +325,25 @@ def bench_training(
 ) -> dict[str, Any]:
     models = training_models(configs, build, peft_baseline)
     timed = [
-        Timed(name, floor_step(model, images, labels) if name == FLOOR else train_step(model, images, labels))
+        Timed(
+            name,
+            floor_step(model, images, labels) if name == FLOOR else train_step(model, images, labels),
+            images=len(images),
+        )
         for name, model in models.items()
     ]
     run_interleaved(timed, args.warmup, args.steps, args.per_round, args.seed)
-    medians = {item.name: item.median / args.batch for item in timed}  # ms per image
-    return {"medians": medians, "rows": method_rows(timed, models, configs, medians[FLOOR], args.batch)}
+    medians = {item.name: item.ms_per_img for item in timed}
+    return {"medians": medians, "rows": method_rows(timed, models, configs, medians[FLOOR])}
 
 
 def bench_inference(args: argparse.Namespace, images: torch.Tensor, build: Callable[[], nn.Module]) -> dict[str, Any]:
     models = inference_models(build)
     with torch.no_grad():
         max_abs_diff = (models["merged"](images) - models["unmerged"](images)).abs().max().item()
-    timed = [Timed(name, forward_step(model, images)) for name, model in models.items()]
+    timed = [Timed(name, forward_step(model, images), images=len(images)) for name, model in models.items()]
     run_interleaved(timed, args.warmup, args.steps, args.per_round, args.seed)
-    ms = {item.name: item.median / args.batch for item in timed}  # ms per image
+    ms = {item.name: item.ms_per_img for item in timed}
     return {
         "methods": MERGE_METHODS,
         "randomise_std": RANDOMISE_STD,

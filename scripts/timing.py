@@ -24,15 +24,24 @@ Step = Callable[[], None]
 
 @dataclass
 class Timed:
-    """One configuration under test: a step to run and its timings in ms per step."""
+    """One configuration under test: a step to run (over ``images`` images) and its timings in ms per step."""
 
     name: str
     step: Step
+    images: int = 1
     ms_per_step: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.ms_per_step)
+
+    @property
+    def ms_per_img(self) -> float:
+        return self.median / self.images
+
+    @property
+    def min_ms_per_img(self) -> float:
+        return min(self.ms_per_step) / self.images
 
 
 def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Step:
