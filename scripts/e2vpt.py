@@ -11,8 +11,10 @@ The protocol is fixed in the constants below and written into the report's heade
 cached by its config hash (``--cache``, default ``runs/cache``, the cache ``scripts/search_vs_sweep.py`` fills:
 the vpt / kv_prompt size x lr grid is that script's, so its runs are read back, not retrained); pruned prompts
 live in ``--runs`` (default ``runs/e2vpt/<task>/<method>/<fraction>/``: ``autopeft prune``'s directory plus
-``val_no_rewind.json``). Every stage resumes: a finished pruning or run is read back, an interrupted run resumes.
-``--tasks`` runs a subset; the report covers the tasks run and names the missing ones. The two parts
+``val_no_rewind.json``). Every stage resumes: a finished pruning or run is read back, an interrupted run resumes;
+a run that pruning starts from and that ``scripts/ledger.py restore`` brought without its weights is trained
+again. ``--tasks`` runs a subset; the report covers it and the tasks the JSON holds from an earlier run of the
+same protocol, and names the missing ones. The two parts
 (``evidence``, ``bench``) each rewrite their own section of the JSON; the markdown is rendered from the JSON.
 
 Quick checks only (the outputs are not the protocol; write them elsewhere with ``--md`` / ``--json`` and a
@@ -47,6 +49,7 @@ from jobs import run_jobs
 from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
+from autopeft.api import WEIGHTS_FILE
 from autopeft.data import BUILTIN_TASKS, DataConfig, from_arrays, load_task
 from autopeft.errors import ConfigError
 from autopeft.files import write_json
@@ -240,6 +243,7 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
     for method, result in results.items():
         result["unpruned_train"] = [summary(next(done)) for _ in setup.select_seeds]
         result["source"] = shown(cache / config_key(selects[method][0]))
+    with_weights(pool, [configs[0] for configs in selects.values()], cache, task)
     # pruning at every fraction (importance: mask gradients over train), val before rewinding, then rewinding
     jobs = [
         (ROOT / r["source"], setup.runs / task / m / f"{f:g}", f, "gradient", 0)
@@ -273,6 +277,15 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
         else:
             results[owner].setdefault("finals", {})[arm] = runs
     return {"task": task, "chance": BUILTIN_TASKS[task].chance, "methods": list(results.values()), "linear": linear}
+
+
+def with_weights(pool: ProcessPoolExecutor, configs: list[RunConfig], cache: Path, task: str) -> None:
+    """Make sure the cached runs of ``configs``, which pruning starts from, hold their weights: a run restored by
+    ``scripts/ledger.py`` holds only its records, so it is trained again (same config and seed)."""
+    restored = [c for c in configs if not (cache / config_key(c) / WEIGHTS_FILE).is_file()]
+    for config in restored:
+        (cache / config_key(config) / RESULT).unlink()
+    run_all(pool, restored, cache, f"{task}: weights of restored runs")
 
 
 def random_dir(setup: Setup, task: str, method: str, fraction: float) -> Path:
