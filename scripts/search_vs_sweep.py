@@ -34,10 +34,12 @@ from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import ConfigError
 from autopeft.ground import load_ground
 from autopeft.records import Compute, RunRecord, SearchRecord, read_record
-from autopeft.runconfig import BackboneConfig, RunConfig, read_yaml
+from autopeft.runconfig import BackboneConfig, RunConfig, dump_yaml, load_yaml, read_yaml
+from autopeft.runkey import changed_keys
 from autopeft.runs import RESULT, cached_run
 from autopeft.search.candidates import standalone_order
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
+from autopeft.search.prune_stage import claimed
 from autopeft.search.sweep import Where, parse_sweep, run_sweep
 from autopeft.stats import t_interval, verdict
 from autopeft.supernet import SPACES
@@ -126,7 +128,8 @@ def pipeline_job(job: tuple[str, int, Path]) -> dict[str, Any]:
         "search_vs_sweep",
     )
     out = root / task / f"supernet_seed{seed}"
-    return choice(finished(out) or run_pipeline(config, out, resume=(out / "config.yaml").is_file(), choose_only=True))
+    resume = (out / "config.yaml").is_file()
+    return choice(finished(out, claimed(config)) or run_pipeline(config, out, resume, choose_only=True))
 
 
 def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
@@ -152,14 +155,18 @@ def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
         "search_vs_sweep",
     )
     out = root / task / f"{sampler}_seed{seed}"
-    return choice(finished(out) or run_sweep("optuna", config, out, Where(), (out / "study.db").is_file(), None))
+    resume = (out / "study.db").is_file()
+    return choice(finished(out, asdict(config)) or run_sweep("optuna", config, out, Where(), resume, None))
 
 
-def finished(out: Path) -> SearchRecord | None:
-    """The record of a search that finished in ``out``: read back, also where ``scripts/ledger.py`` restored
-    only its records (no supernet, no trials)."""
+def finished(out: Path, config: dict[str, Any]) -> SearchRecord | None:
+    """The record of a search that finished in ``out`` with ``config`` (as its config.yaml keeps it): read back,
+    also where ``scripts/ledger.py`` restored only its records (no supernet, no trials)."""
     if not (out / RESULT).is_file():
         return None
+    changed = changed_keys(read_yaml(out / "config.yaml"), load_yaml(dump_yaml(config)))
+    if changed:
+        raise ConfigError(f"{out}: finished with another {', '.join(changed)}; move it away to search again")
     record = read_record(out / RESULT)
     if not isinstance(record, SearchRecord):
         raise ConfigError(f"{out / RESULT}: a '{record.command}' result, not a search")
