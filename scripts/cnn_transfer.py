@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jobs import run_jobs
+from jobs import recorded_time, report_command, run_jobs
 from search_vs_sweep import REFERENCE_LRS
 from search_vs_sweep import SIZES as VIT_SIZES  # the demo ViT's grid: the same runs, read from the shared cache
 
@@ -55,7 +54,6 @@ from autopeft.stats import t_interval, verdict
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 REPORT, JSON = Path("cnn_transfer.md"), Path("bench") / "cnn_transfer.json"  # under --out (results/)
-COMMAND = "HF_HUB_OFFLINE=1 python scripts/cnn_transfer.py"
 CNN = "efficientnet_lite0_imagenet"
 VIT = "vit_demo_fmnist"  # the ground's schedules are fixed on this backbone; the CNN runs reuse them
 TASKS = ("digits", "mnist5k", "shapes_position", "shapes_orientation")
@@ -482,9 +480,7 @@ def header(setup: Setup) -> list[str]:
     ]
 
 
-def render(
-    results: list[TaskResult], missing: list[str], setup: Setup, command: str, minutes: float, json_name: str
-) -> str:
+def render(results: list[TaskResult], missing: list[str], setup: Setup, command: str, json_name: str) -> str:
     lines = header(setup)
     if results:
         lines += _summary_lines(results)
@@ -493,9 +489,10 @@ def render(
     if missing:
         lines += [f"Not finished yet: {', '.join(missing)} (the tables above cover the other tasks only).", ""]
     lines += [
-        f"Command: `{command}` ({platform.machine()}, torch {torch.__version__}, 1 thread per job; "
-        f"{minutes:.0f} min for what was not cached). Every run's val and test numbers and compute: "
-        f"`{json_name}`.",
+        f"Command: `{command}` ({platform.machine()}, torch {torch.__version__}, 1 thread per job; `--tasks` runs "
+        "some tasks and keeps the others). "
+        + recorded_time({r.task: sum(w.grid_compute.wall_s + w.final_compute.wall_s for w in r.rows) for r in results})
+        + f" Every run's val and test numbers and compute: `{json_name}`.",
         "",
     ]
     return "\n".join(lines)
@@ -609,19 +606,17 @@ def main() -> None:
         step_ms = measure_step_ms(args.img_size) if args.measure else STEP_MS
         print("\n".join(plan(args.tasks, setup, args.cache, args.workers, step_ms)))
         return
-    command = " ".join([COMMAND, *map(shlex.quote, sys.argv[1:])])
+    command = report_command("scripts/cnn_transfer.py", sys.argv[1:])
     report, json_path = args.out / REPORT, args.out / JSON
     json_path.parent.mkdir(parents=True, exist_ok=True)
     kept = recorded(json_path, setup)  # tasks whose runs this cache no longer holds keep their recorded results
-    start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         for task in args.tasks:
             task_result(task, setup, training(pool, args.cache))
             results = [r for t in TASKS if (r := task_result(t, setup, from_cache(args.cache)) or kept.get(t))]
             missing = [t for t in TASKS if t not in {r.task for r in results}]
-            minutes = (time.perf_counter() - start) / 60
             shown = json_path.resolve().relative_to(ROOT) if json_path.resolve().is_relative_to(ROOT) else json_path
-            report.write_text(render(results, missing, setup, command, minutes, str(shown)))
+            report.write_text(render(results, missing, setup, command, str(shown)))
             json_path.write_text(
                 json.dumps(
                     {

@@ -6,6 +6,7 @@ scratch, random pruning and a linear probe?
     HF_HUB_OFFLINE=1 python scripts/e2vpt.py --workers 2   # results/e2vpt.md + results/bench/e2vpt.json (hours)
     HF_HUB_OFFLINE=1 python scripts/e2vpt.py --plan        # runs per stage, how many cached, estimated time
     HF_HUB_OFFLINE=1 python scripts/e2vpt.py --part bench  # the step-time section alone (minutes)
+    python scripts/e2vpt.py --render                       # the markdown again from the JSON, nothing run
 
 The protocol is fixed in the constants below and written into the report's header. Every training run is
 cached by its config hash (``--cache``, default ``runs/cache``, the cache ``scripts/search_vs_sweep.py`` fills:
@@ -33,7 +34,6 @@ import copy
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jobs import run_jobs
+from jobs import recorded_time, report_command, run_jobs
 from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
@@ -465,9 +465,12 @@ def render(data: dict[str, Any]) -> str:
             lines += task_lines(task)
         if evidence["missing"]:
             lines += [f"Not run yet: {', '.join(evidence['missing'])}.", ""]
+        seconds = {t["task"]: Compute.total(c for _, c in stage_compute(t)).wall_s for t in evidence["tasks"]}
         lines += [
-            f"Evidence: `{evidence['command']}` ({evidence['machine']}, torch {evidence['torch']}; "
-            f"{evidence['minutes']:.0f} min for what was not cached). Every number: `{evidence['json']}`.",
+            f"Evidence: `{evidence['command']}` ({evidence['machine']}, "
+            f"torch {evidence['torch']}; `--tasks` runs some tasks and keeps the others). "
+            + recorded_time(seconds)
+            + f" Every number: `{evidence['json']}`.",
             "",
         ]
     else:
@@ -966,10 +969,6 @@ def bench_lines(b: dict[str, Any]) -> list[str]:
 # Main -------------------------------------------------------------------------------------------------------------
 
 
-def command() -> str:
-    return "HF_HUB_OFFLINE=1 python scripts/e2vpt.py " + shlex.join(sys.argv[1:])
-
-
 def shown(path: Path) -> str:
     """``path`` relative to the repository when inside it."""
     path = path.resolve()
@@ -987,6 +986,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("all", "evidence", "bench"), default="all")
     parser.add_argument("--plan", action="store_true", help="print runs per stage, cached, estimated time; run nothing")
+    parser.add_argument("--render", action="store_true", help="rewrite the markdown from the JSON; run nothing")
     parser.add_argument("--workers", type=int, default=2, help="runs at once, 1 thread each")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
@@ -1024,8 +1024,13 @@ def main() -> None:
     if not setup.protocol and (args.md.resolve() == OUT or args.json.resolve() == JSON):
         parser.error("quick-check overrides change the protocol: pass --md and --json outside results/")
     data = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    if args.render:
+        if not data:
+            parser.error(f"--render: {shown(args.json)} does not exist; run the evidence or the bench first")
+        args.md.write_text(render(data))
+        print(f"wrote {args.md}")
+        return
     if args.part in ("all", "evidence"):
-        start = time.perf_counter()
         shown_setup = json.loads(
             json.dumps({k: shown(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()})
         )
@@ -1036,12 +1041,11 @@ def main() -> None:
             for task in args.tasks:
                 done[task] = run_task(task, pool, setup)
                 data["evidence"] = {
-                    "command": command(),
+                    "command": report_command("scripts/e2vpt.py", sys.argv[1:]),
                     "protocol": setup.protocol,
                     "setup": shown_setup,
                     "tasks": [done[t] for t in TASKS if t in done],  # earlier runs' tasks with the same setup kept
                     "missing": [t for t in TASKS if t not in done],
-                    "minutes": (time.perf_counter() - start) / 60,
                     "machine": f"{platform.machine()}, 1 thread per run, {args.workers} at once",
                     "torch": torch.__version__,
                     "json": shown(args.json),
@@ -1049,7 +1053,7 @@ def main() -> None:
                 write(data, args.md, args.json)
     if args.part in ("all", "bench"):
         data["bench"] = {
-            "command": command(),
+            "command": report_command("scripts/e2vpt.py", sys.argv[1:]),
             **bench(args.threads, args.warmup, args.steps, args.per_round, args.batch, 0),
         }
         write(data, args.md, args.json)

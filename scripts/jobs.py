@@ -1,8 +1,10 @@
 """Parallel jobs for the long evidence scripts (``search_vs_sweep.py``, ``cnn_transfer.py``, ``e2vpt.py``): a
-process pool's map that says on stderr how far each stage has come, so hours of work are never silent."""
+process pool's map that says on stderr how far each stage has come, so hours of work are never silent, and the
+lines that say how to regenerate a report and what the runs behind it cost."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -18,3 +20,23 @@ def run_jobs(pool: Executor, job: Callable[[Any], Any], args: Iterable[Any], sta
         minutes = (time.perf_counter() - start) / 60
         print(f"{stage}: {done}/{len(futures)} done ({minutes:.0f} min)", file=sys.stderr, flush=True)
     return [f.result() for f in futures]
+
+
+def recorded_time(seconds: dict[str, float | None]) -> str:
+    """The reports' cost line: per task, the recorded wall time of every run behind it (1 thread each), which is
+    what regenerating it from an empty cache takes whichever calls ran it; None: not recorded."""
+    hours = {task: s / 3600 for task, s in seconds.items() if s is not None}
+    per_task = [f"{task} {hours[task]:.1f} h" if task in hours else f"{task} not recorded" for task in seconds]
+    scope = "in all" if len(hours) == len(seconds) else "for the tasks recorded"
+    return f"Recorded run time, 1 thread per run: {', '.join(per_task)}; {sum(hours.values()):.1f} h {scope}."
+
+
+def report_command(script: str, argv: list[str]) -> str:
+    """The command a report shows: ``script``'s call with ``argv`` less ``--tasks`` and its values, since a call
+    on some tasks keeps the report's others, and the command regenerates them all."""
+    kept, in_tasks = [], False
+    for arg in argv:
+        in_tasks = arg == "--tasks" or (in_tasks and not arg.startswith("-"))
+        if not in_tasks and not arg.startswith("--tasks="):
+            kept.append(arg)
+    return f"HF_HUB_OFFLINE=1 {shlex.join(['python', script, *kept])}"

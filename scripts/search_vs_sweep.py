@@ -21,14 +21,13 @@ import math
 import os
 import platform
 import statistics
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from jobs import run_jobs
+from jobs import recorded_time, run_jobs
 
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import ConfigError
@@ -232,6 +231,7 @@ class TaskResult:
     per_method: dict[str, tuple[dict, float, float | None]]  # method -> (options, lr, val acc) best on val
     c_sweep: Compute
     trials: int
+    run_s: float | None = None  # recorded wall time of every distinct run and search behind the task, 1 thread each
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskResult:
@@ -243,7 +243,8 @@ class TaskResult:
             for s in data["strategies"]
         ]
         per_method = {m: (options, lr, acc) for m, (options, lr, acc) in data["per_method"].items()}
-        return cls(data["task"], strategies, per_method, Compute(**data["c_sweep"]), data["trials"])
+        c_sweep = Compute(**data["c_sweep"])
+        return cls(data["task"], strategies, per_method, c_sweep, data["trials"], data.get("run_s"))
 
 
 def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> TaskResult:
@@ -275,15 +276,19 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
     strategies += [_fixed("largest LoRA (rank 8, q v), lr tuned", grid, LARGEST_LORA)]
     strategies += [_fixed(f"{m} (reference)", grid, {m: {}}, outside=True) for m in REFERENCE_LRS]
     jobs = [job for s in strategies for c in s.choices for job in final_jobs(task, c, cache)]
-    finals = iter(run_jobs(pool, standalone_job, jobs, f"{task}: final runs"))
+    records = run_jobs(pool, standalone_job, jobs, f"{task}: final runs")
+    finals = iter(records)
     for strategy in strategies:
         for choice in strategy.choices:
             choice.tests = [next(finals).test_acc for _ in FINAL_SEEDS]
+    distinct = {json.dumps(job[:5], sort_keys=True): r.compute for job, r in zip(jobs, records, strict=True)}
+    searches = [Compute(**p["compute"]) for p in [*pipelines, *sweeps["tpe"], *sweeps["random"]]]
+    run_s = Compute.total([*(r.compute for r in grid.values()), *searches, *distinct.values()]).wall_s
     per_method = {}
     for method in SIZES:
         (key, lr), best = best_on_val({k: r for k, r in grid.items() if _method(k[0]) == method})
         per_method[method] = (json.loads(key)[method], lr, best.val_acc)
-    return TaskResult(task, strategies, per_method, c_sweep, trials)
+    return TaskResult(task, strategies, per_method, c_sweep, trials, run_s)
 
 
 def _method(key: str) -> str:
@@ -399,8 +404,7 @@ class SuiteRow:
         )
 
 
-def render(results: list[TaskResult], missing: list[str], minutes: float | None) -> str:
-    """The report; ``minutes``: this invocation's wall time, None when rendered from the JSON alone."""
+def render(results: list[TaskResult], missing: list[str]) -> str:
     lines = header()
     for result in results:
         lines += _task_lines(result)
@@ -409,12 +413,12 @@ def render(results: list[TaskResult], missing: list[str], minutes: float | None)
         lines += _suite_lines(rows) + _target_lines(rows)
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (the suite figures cover the tasks above only).", ""]
-    took = "rendered from the JSON" if minutes is None else f"{minutes:.0f} min for what was not cached"
     lines += [
         "",
         f"Regenerate: `{COMMAND} --workers 2` ({platform.machine()}, torch {torch.__version__}, 1 thread per job; "
-        f"{took}); `--render` rewrites this file and `results/baselines.md` from the JSON alone. Every final run's "
-        "test accuracy per seed and every strategy's compute: `results/bench/search_vs_sweep.json`.",
+        "`--tasks` runs some tasks and keeps the others); `--render` rewrites this file and `results/baselines.md` "
+        f"from the JSON alone. {recorded_time({r.task: r.run_s for r in results})} Every final run's test accuracy "
+        "per seed and every strategy's compute: `results/bench/search_vs_sweep.json`.",
         "",
     ]
     return "\n".join(lines)
@@ -567,10 +571,10 @@ def _mean_target(diffs: list[float]) -> str:
     return f"{met}; the interval covers 0 (width {2 * half:.2f}), so the suite does not decide it."
 
 
-def write_reports(results: list[TaskResult], minutes: float | None) -> None:
+def write_reports(results: list[TaskResult]) -> None:
     """The comparison and the baselines reports for the tasks in ``results``, naming the ones not run yet."""
     missing = [t for t in TASKS if t not in {r.task for r in results}]
-    OUT.write_text(render(results, missing, minutes))
+    OUT.write_text(render(results, missing))
     BASELINES.write_text(render_baselines(results))
 
 
@@ -593,15 +597,15 @@ def main() -> None:
         OUT.write_text("\n".join([*header(), "No comparison run yet.", ""]))
         return
     if args.render:
-        write_reports(list(recorded().values()), None)
+        write_reports(list(recorded().values()))
         print(f"wrote {OUT} and {BASELINES} from {JSON}")
         return
-    start, done = time.perf_counter(), recorded()
+    done = recorded()
     with ProcessPoolExecutor(args.workers) as pool:
         for task in args.tasks:
             done[task] = run_task(task, pool, args.cache, args.runs)
             results = [done[t] for t in TASKS if t in done]
-            write_reports(results, (time.perf_counter() - start) / 60)
+            write_reports(results)
             JSON.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     print(f"wrote {OUT} and {JSON}")
 
