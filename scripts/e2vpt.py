@@ -281,8 +281,16 @@ def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, An
 
 def with_weights(pool: ProcessPoolExecutor, configs: list[RunConfig], cache: Path, task: str) -> None:
     """Make sure the cached runs of ``configs``, which pruning starts from, hold their weights: a run restored by
-    ``scripts/ledger.py`` holds only its records, so it is trained again (same config and seed)."""
+    ``scripts/ledger.py`` holds only its records, so it is trained again (same config and seed). A run that did
+    not complete has no weights to prune: one ConfigError, nothing deleted."""
     restored = [c for c in configs if not (cache / config_key(c) / WEIGHTS_FILE).is_file()]
+    for config in restored:
+        record = read_record(cache / config_key(config) / RESULT)
+        if record.status != "completed":
+            raise ConfigError(
+                f"{cache / config_key(config)}: pruning starts from this run, which ended {record.status} "
+                f"({record.reason}); pick another config, or move the run away to train it again"
+            )
     for config in restored:
         (cache / config_key(config) / RESULT).unlink()
     run_all(pool, restored, cache, f"{task}: weights of restored runs")

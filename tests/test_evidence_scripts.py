@@ -1,6 +1,6 @@
 """The evidence scripts continue where they stopped: a finished search is read back only with the config it ran
 with, recorded tasks survive a run of other tasks, and a pruning source restored without weights is trained
-again to the same result."""
+again to the same result, and one that failed is refused with its record kept."""
 
 from __future__ import annotations
 
@@ -105,3 +105,15 @@ def test_a_pruning_source_restored_without_weights_is_trained_again_identically(
         trained.val_loss,
         trained.trainable_params,
     )
+
+
+def test_a_pruning_source_that_failed_is_refused_and_kept(script, tmp_path):
+    e2vpt = script("e2vpt")
+    config = load_run_config(write_config(tmp_path, epochs=1))
+    run = tmp_path / "cache" / config_key(config)
+    run.mkdir(parents=True)
+    failed = RunRecord("digits", config.methods, 0, status="failed", reason="non-finite loss at epoch 1")
+    failed.write(run / RESULT)
+    with ProcessPoolExecutor(1) as pool, pytest.raises(ConfigError, match=r"ended failed \(non-finite loss"):
+        e2vpt.with_weights(pool, [config], tmp_path / "cache", "digits")
+    assert (run / RESULT).is_file()  # the record is kept: nothing retrained or deleted
