@@ -45,12 +45,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from jobs import recorded_time, report_command, run_jobs
+from jobs import images_per_run, recorded_time, report_command, run_jobs, seconds_per_image
 from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
 from autopeft.api import WEIGHTS_FILE
-from autopeft.data import BUILTIN_TASKS, DataConfig, from_arrays, load_task
+from autopeft.data import BUILTIN_TASKS, DataConfig, from_arrays
 from autopeft.errors import ConfigError
 from autopeft.files import write_json
 from autopeft.ground import load_ground
@@ -694,19 +694,6 @@ def summary_lines(tasks: list[dict[str, Any]]) -> list[str]:
 # --plan -----------------------------------------------------------------------------------------------------------
 
 
-def seconds_per_image(cache: Path) -> dict[str, float]:
-    """Per method, the median wall seconds per image (training image + val image / 3) of its single-method runs on
-    the backbone in the cache (2 jobs on 2 cores when they ran); SECONDS_PER_IMAGE where none is there."""
-    seen: dict[str, list[float]] = {}
-    for path in cache.glob(f"*/{RESULT}"):
-        record = read_record(path)
-        if not isinstance(record, RunRecord) or record.backbone != BACKBONE or len(record.methods) != 1:
-            continue
-        if record.status == "completed" and record.compute.images and record.compute.wall_s:
-            seen.setdefault(next(iter(record.methods)), []).append(record.compute.wall_s / record.compute.images)
-    return {m: statistics.median(seen[m]) if m in seen else SECONDS_PER_IMAGE for m in (*METHODS, "linear")}
-
-
 def read_cached(config: RunConfig, cache: Path) -> RunRecord | None:
     path = cache / config_key(config) / RESULT
     return read_record(path) if path.is_file() else None
@@ -715,14 +702,11 @@ def read_cached(config: RunConfig, cache: Path) -> RunRecord | None:
 def plan(setup: Setup, tasks: list[str], workers: int) -> str:
     """What every stage needs, what the cache already holds, and a rough CPU time (per-image costs measured on the
     cache's own runs); stages whose configs depend on results not there yet count as not cached."""
-    cost = seconds_per_image(setup.cache)
+    cost = seconds_per_image(setup.cache, BACKBONE, (*METHODS, "linear"), SECONDS_PER_IMAGE)
     rows: list[tuple[str, str, int, int, float]] = []
     for task in tasks:
-        data = load_task(DataConfig(name=task), 32)
-        n = {s: len(data.split(s)) for s in ("train", "val", "trainval", "test")}
         epochs = setup.epochs or load_ground().schedule(BACKBONE, task).epochs
-        train_images = epochs * (n["train"] + n["val"] / 3)
-        final_images = epochs * n["trainval"] + n["test"] / 3
+        train_images, final_images = images_per_run(task, epochs)
 
         def add(stage: str, method: str, configs: list[RunConfig | None], images: float, task: str = task) -> None:
             cached = sum(c is not None and is_cached(c, setup.cache) for c in configs)
@@ -751,7 +735,7 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
             add(f"{method}: unpruned best, other select seeds (train)", method, others, train_images)
             dirs = [setup.runs / task / method / f"{f:g}" for f in setup.fractions]
             done = sum((d / "config.yaml").is_file() and (d / NO_REWIND).is_file() for d in dirs)
-            prune_images = n["train"] + n["val"] / 3
+            prune_images = train_images / epochs  # one pass over train, val scored once
             rows.append(
                 (
                     task,

@@ -1,6 +1,7 @@
 """Is the search worth running? The supernet pipeline against tuned single methods, Optuna and random
 search on standalone trials, and the largest LoRA that fits, under one parameter budget and counted compute.
 
+    HF_HUB_OFFLINE=1 python scripts/search_vs_sweep.py --plan        # runs per stage, done, estimated CPU time
     HF_HUB_OFFLINE=1 python scripts/search_vs_sweep.py --workers 2   # results/search_vs_sweep.md + bench json
 
 The ground (tasks, budget, grids, seeds, schedules) is fixed in ``autopeft/ground.yaml`` and the constants
@@ -27,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jobs import recorded_time, run_jobs
+from jobs import images_per_run, recorded_time, run_jobs, seconds_per_image
 
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import ConfigError
 from autopeft.ground import load_ground
 from autopeft.records import Compute, RunRecord, SearchRecord, read_record
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_yaml, load_yaml, read_yaml
-from autopeft.runkey import changed_keys
+from autopeft.runkey import changed_keys, config_key
 from autopeft.runs import RESULT, cached_run
 from autopeft.search.candidates import standalone_order
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
@@ -66,6 +67,11 @@ SIZES: dict[str, list[dict[str, Any]]] = {  # 3 sizes (SSF: placements) per meth
 REFERENCE_LRS = {"linear": None, "full": (1e-4, 3e-4, 1e-3)}  # None: the ground's grid; full FT needs smaller lrs
 LARGEST_LORA = {"lora": {"rank": 8, "targets": ["q", "v"]}}
 PIPELINE_TOP_K = 2  # supernet finalists, each trained with every lr of the grid (3 would pass C_sweep / 3)
+SEARCHES = {"supernet pipeline": "supernet", "Optuna TPE": "tpe", "random in budget": "random"}  # run folders
+# --plan's fallbacks: seconds per image of a run (1 thread, 2 jobs on 2 cores) for a method the cache has no run of,
+# and a search's compute as a fraction of C_sweep when the JSON records none (the pipeline's design bound)
+SECONDS_PER_IMAGE = 0.010
+SEARCH_FRACTION = 1 / 3
 
 
 def backbone() -> BackboneConfig:
@@ -315,6 +321,56 @@ def _fixed(name: str, grid: dict, methods: dict, outside: bool = False) -> Strat
     (_, lr), best = best_on_val(runs)
     compute = Compute.total(r.compute for r in runs.values())
     return Strategy(name, [Choice(methods, lr, best.val_acc, best.trainable_params)], compute, outside_budget=outside)
+
+
+# --plan -----------------------------------------------------------------------------------------------------------
+
+
+def is_cached(job: tuple, cache: Path) -> bool:
+    return (cache / config_key(run_config(*job[:5])) / RESULT).is_file()
+
+
+def plan(tasks: list[str], cache: Path, root: Path, workers: int) -> str:
+    """Per task and stage: runs needed, how many are done, and a rough CPU time. Seconds per image are measured on
+    the cache's runs; a search costs the largest searched / C_sweep ratio the JSON records (SEARCH_FRACTION when
+    none) of the grid's C_sweep; finals whose choices are not recorded yet count as not done."""
+    cost = seconds_per_image(cache, BACKBONE, [*SIZES, *REFERENCE_LRS], SECONDS_PER_IMAGE)
+    known = recorded()
+    ratios = [s.compute.images / r.c_sweep.images for r in known.values() for s in r.strategies if s.name in SEARCHES]
+    fraction = max(ratios, default=SEARCH_FRACTION)
+    mean = statistics.mean(cost.values())  # a searched subnet's runs, priced as the mean single method
+    rows: list[tuple[str, str, int, int, float]] = []
+    for task in tasks:
+        train_images, final_images = images_per_run(task, load_ground().schedule(BACKBONE, task).epochs)
+        grid = [(job, is_cached(job, cache), train_images * cost[next(iter(job[1]))]) for job in grid_jobs(task, cache)]
+        left = sum(seconds for _, done, seconds in grid if not done)
+        rows.append((task, "size x lr grid (train)", len(grid), sum(done for _, done, _ in grid), left))
+        c_sweep_s = sum(seconds for job, _, seconds in grid if next(iter(job[1])) in SIZES)
+        for name, folder in SEARCHES.items():
+            done = sum((root / task / f"{folder}_seed{seed}" / RESULT).is_file() for seed in SEARCH_SEEDS)
+            left = (len(SEARCH_SEEDS) - done) * fraction * c_sweep_s
+            rows.append((task, f"{name}, 1 per search seed", len(SEARCH_SEEDS), done, left))
+        if task in known:  # the recorded choices: a run again makes the same ones
+            choices = [c for strategy in known[task].strategies for c in strategy.choices]
+            jobs = {json.dumps(job[:5]): job for c in choices for job in final_jobs(task, c, cache)}
+            todo = [job for job in jobs.values() if not is_cached(job, cache)]
+            left = sum(final_images * cost.get(next(iter(job[1])), mean) for job in todo)
+            rows.append((task, "final runs (train+val, tested)", len(jobs), len(jobs) - len(todo), left))
+        else:
+            n = len(FINAL_SEEDS) * (1 + 3 * len(SEARCH_SEEDS) + 1 + len(REFERENCE_LRS))  # upper bound: none shared
+            rows.append((task, "final runs (train+val, tested)", n, 0, n * final_images * mean))
+    total = sum(r[4] for r in rows)
+    lines = [f"{'task':<19} {'stage':<38} {'runs':>5} {'done':>5} {'CPU h':>6}"]
+    lines += [f"{t:<19} {stage:<38} {n:>5} {d:>5} {h / 3600:>6.2f}" for t, stage, n, d, h in rows]
+    lines += [
+        "",
+        f"estimated CPU time {total / 3600:.1f} h, about {total / 3600 / workers:.1f} h wall with --workers {workers} "
+        f"(1 thread each); seconds per image from the cache's runs: "
+        + ", ".join(f"{m} {s * 1000:.1f} ms" for m, s in cost.items())
+        + f"; a search at {fraction:.2f} C_sweep",
+        "(finals of searched subnets at the mean single-method cost; stages that wait on results count as not done)",
+    ]
+    return "\n".join(lines)
 
 
 # Report -----------------------------------------------------------------------------------------------------------
@@ -591,8 +647,12 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--header-only", action="store_true", help="write the report's ground and stop")
     parser.add_argument("--render", action="store_true", help="rewrite the reports from the JSON, run nothing")
+    parser.add_argument("--plan", action="store_true", help="print runs per stage, done, estimated time; run nothing")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.plan:
+        print(plan(args.tasks, args.cache, args.runs, args.workers))
+        return
     if args.header_only:
         OUT.write_text("\n".join([*header(), "No comparison run yet.", ""]))
         return

@@ -15,7 +15,7 @@ import pytest
 
 from autopeft.api import WEIGHTS_FILE
 from autopeft.errors import ConfigError
-from autopeft.records import RunRecord, SearchRecord
+from autopeft.records import Compute, RunRecord, SearchRecord
 from autopeft.runconfig import dump_yaml, load_run_config
 from autopeft.runkey import config_key
 from autopeft.runs import RESULT, cached_run
@@ -72,6 +72,24 @@ def test_search_vs_sweep_json_round_trips_through_its_task_records(script):
     assert recorded, "the committed comparison holds at least one task"
     for task in recorded:
         assert json.loads(json.dumps(asdict(svs.TaskResult.from_json(task)))) == task
+
+
+def test_search_vs_sweep_plan_counts_what_is_done(script, tmp_path):
+    svs = script("search_vs_sweep")
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    first = svs.grid_jobs("digits", cache)[0]
+    done = cache / config_key(svs.run_config(*first[:5]))
+    done.mkdir(parents=True)
+    RunRecord("digits", first[1], 0, backbone=svs.BACKBONE, compute=Compute(8000, 0, 80.0)).write(done / RESULT)
+    (runs / "digits" / "tpe_seed1").mkdir(parents=True)
+    (runs / "digits" / "tpe_seed1" / RESULT).write_text("{}")  # a search's is only looked for
+    rows = [line.split() for line in svs.plan(["digits"], cache, runs, 2).splitlines()[1:6]]
+    recorded = next(t for t in json.loads(svs.JSON.read_text()) if t["task"] == "digits")
+    finals = {json.dumps([c["methods"], c["lr"]]) for s in recorded["strategies"] for c in s["choices"]}
+    counts = [(int(r[-3]), int(r[-2])) for r in rows]  # runs, done
+    assert counts == [(51, 1), (2, 0), (2, 1), (2, 0), (3 * len(finals), 0)]
+    assert all(float(r[-1]) > 0 for r in rows)  # every stage has runs left to price
+    assert "lora 10.0 ms" in svs.plan(["digits"], cache, runs, 2)  # measured on the cached run: 80 s / 8,000 images
 
 
 def test_cnn_transfer_keeps_recorded_tasks_of_the_same_setup_only(script, tmp_path):
