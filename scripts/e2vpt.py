@@ -688,7 +688,22 @@ def summary_lines(tasks: list[dict[str, Any]]) -> list[str]:
                 f"| {task['task']} | {result['method']} | {fraction} | {cut} | {diffs[0]} | {std} | {diffs[1]} | "
                 f"{diffs[2]} | {diffs[3]} | {met} / {len(TARGET_NAMES)} |"
             )
-    return [*lines, ""]
+    return [*lines, "", *tally_lines(tasks), ""]
+
+
+def tally_lines(tasks: list[dict[str, Any]]) -> list[str]:
+    """Per target, how many task x method rows meet it and which do not; then the rows meeting all of them."""
+    rows = {f"{t['task']} {r['method']}": verdicts(t, r) for t in tasks for r in t["methods"]}
+    lines = ["Targets per task x method row (the accuracy targets on the means over the final seeds):", ""]
+    for key, name in TARGET_NAMES.items():
+        judged = {row: got[key][0] for row, got in rows.items() if key in got}
+        missed = [row for row, met in judged.items() if not met]
+        lines.append(
+            f"- {name}: {len(judged) - len(missed)} of {len(judged)} rows"
+            + (f" (missed: {', '.join(missed)})" if missed else "")
+        )
+    every = sum(all(met for met, _ in got.values()) and len(got) == len(TARGET_NAMES) for got in rows.values())
+    return [*lines, f"- all {len(TARGET_NAMES)} targets: {every} of {len(rows)} rows"]
 
 
 # --plan -----------------------------------------------------------------------------------------------------------
