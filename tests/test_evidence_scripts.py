@@ -135,3 +135,17 @@ def test_a_pruning_source_that_failed_is_refused_and_kept(script, tmp_path):
     with ProcessPoolExecutor(1) as pool, pytest.raises(ConfigError, match=r"ended failed \(non-finite loss"):
         e2vpt.with_weights(pool, [config], tmp_path / "cache", "digits")
     assert (run / RESULT).is_file()  # the record is kept: nothing retrained or deleted
+
+
+def test_reports_show_the_command_for_every_task_and_the_recorded_time(script):
+    jobs = script("jobs")
+    argv = ["--part", "evidence", "--tasks", "digits", "mnist5k", "--workers", "2", "--tasks=shapes_position"]
+    assert jobs.report_command("scripts/e2vpt.py", argv) == (
+        "HF_HUB_OFFLINE=1 python scripts/e2vpt.py --part evidence --workers 2"
+    )
+    assert jobs.recorded_time({"digits": 7200.0, "mnist5k": 5400.0}) == (
+        "Recorded run time, 1 thread per run: digits 2.0 h, mnist5k 1.5 h; 3.5 h in all."
+    )
+    assert jobs.recorded_time({"digits": None, "mnist5k": 5400.0}) == (
+        "Recorded run time, 1 thread per run: digits not recorded, mnist5k 1.5 h; 1.5 h for the tasks recorded."
+    )
