@@ -352,12 +352,13 @@ def plan(tasks: list[str], cache: Path, root: Path, workers: int) -> str:
             rows.append((task, f"{name}, 1 per search seed", len(SEARCH_SEEDS), done, left))
         if task in known:  # the recorded choices: a run again makes the same ones
             choices = [c for strategy in known[task].strategies for c in strategy.choices]
-            jobs = {json.dumps(job[:5]): job for c in choices for job in final_jobs(task, c, cache)}
+            jobs = {json.dumps(job[:5], sort_keys=True): job for c in choices for job in final_jobs(task, c, cache)}
             todo = [job for job in jobs.values() if not is_cached(job, cache)]
             left = sum(final_images * cost.get(next(iter(job[1])), mean) for job in todo)
             rows.append((task, "final runs (train+val, tested)", len(jobs), len(jobs) - len(todo), left))
         else:
-            n = len(FINAL_SEEDS) * (1 + 3 * len(SEARCH_SEEDS) + 1 + len(REFERENCE_LRS))  # upper bound: none shared
+            # the tuned single method, every search seed's choice, the largest LoRA, the references; none shared
+            n = len(FINAL_SEEDS) * (1 + len(SEARCHES) * len(SEARCH_SEEDS) + 1 + len(REFERENCE_LRS))
             rows.append((task, "final runs (train+val, tested)", n, 0, n * final_images * mean))
     total = sum(r[4] for r in rows)
     lines = [f"{'task':<19} {'stage':<38} {'runs':>5} {'done':>5} {'CPU h':>6}"]
