@@ -67,7 +67,7 @@ SIZES: dict[str, list[dict[str, Any]]] = {  # 3 sizes (SSF: placements) per meth
 REFERENCE_LRS = {"linear": None, "full": (1e-4, 3e-4, 1e-3)}  # None: the ground's grid; full FT needs smaller lrs
 LARGEST_LORA = {"lora": {"rank": 8, "targets": ["q", "v"]}}
 PIPELINE_TOP_K = 2  # supernet finalists, each trained with every lr of the grid (3 would pass C_sweep / 3)
-SEARCHES = {"supernet pipeline": "supernet", "Optuna TPE": "tpe", "random in budget": "random"}  # run folders
+SEARCHES = {"supernet pipeline": "supernet", "Optuna TPE": "tpe", "random in budget": "random"}  # name: run folder
 # --plan's fallbacks: seconds per image of a run (1 thread, 2 jobs on 2 cores) for a method the cache has no run of,
 # and a search's compute as a fraction of C_sweep when the JSON records none (the pipeline's design bound)
 SECONDS_PER_IMAGE = 0.010
@@ -274,11 +274,9 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
         )
         for sampler in ("tpe", "random")
     }
-    strategies = [
-        _tuned(grid, c_sweep),
-        *_searched("supernet pipeline", pipelines),
-    ]
-    strategies += [*_searched("Optuna TPE", sweeps["tpe"]), *_searched("random in budget", sweeps["random"])]
+    searched = {"supernet": pipelines, **sweeps}
+    strategies = [_tuned(grid, c_sweep)]
+    strategies += [s for name, folder in SEARCHES.items() for s in _searched(name, searched[folder])]
     strategies += [_fixed("largest LoRA (rank 8, q v), lr tuned", grid, LARGEST_LORA)]
     strategies += [_fixed(f"{m} (reference)", grid, {m: {}}, outside=True) for m in REFERENCE_LRS]
     jobs = [job for s in strategies for c in s.choices for job in final_jobs(task, c, cache)]
@@ -288,7 +286,7 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
         for choice in strategy.choices:
             choice.tests = [next(finals).test_acc for _ in FINAL_SEEDS]
     distinct = {json.dumps(job[:5], sort_keys=True): r.compute for job, r in zip(jobs, records, strict=True)}
-    searches = [Compute(**p["compute"]) for p in [*pipelines, *sweeps["tpe"], *sweeps["random"]]]
+    searches = [Compute(**r["compute"]) for results in searched.values() for r in results]
     run_s = Compute.total([*(r.compute for r in grid.values()), *searches, *distinct.values()]).wall_s
     per_method = {}
     for method in SIZES:
