@@ -23,7 +23,14 @@ from autopeft.runconfig import BackboneConfig, RunConfig
 NOT_IN_KEY = {"train": ("device",)}  # run-config fields that never change a run's numbers
 # Fields added after keys were first made (dotted paths): they enter the key only away from these
 # defaults, so every run cached before a field existed keeps its key (and stays reusable).
-LATER_FIELDS = {"train.amp": "auto", "train.bn": "auto", "init": None}
+LATER_FIELDS = {
+    "train.amp": "auto",
+    "train.bn": "auto",
+    "init": None,
+    "data.folds": 1,
+    "data.fold": 0,
+    "data.fold_seed": 0,
+}
 
 
 def weights_id(backbone: BackboneConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,15 +13,31 @@ import torch
 
 from autopeft.data.builtin import BUILTIN_TASKS, builtin_arrays
 from autopeft.data.cache import cached_pool, resize_arrays
+from autopeft.data.folds import assign_folds, canonical, fold_data
 from autopeft.data.formats import SPLITS, FileTask, Item, read_fgvc, read_imagefolder, read_vtab
 from autopeft.errors import ConfigError, DataError
 
-__all__ = ["BUILTIN_TASKS", "SPLITS", "DataConfig", "Split", "TaskData", "from_arrays", "load_task"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "SPLITS",
+    "DataConfig",
+    "Split",
+    "TaskData",
+    "assign_folds",
+    "canonical",
+    "fold_data",
+    "from_arrays",
+    "load_task",
+]
 
 
 @dataclass
 class DataConfig:
-    """Where a task's images come from: a built-in ``name``, or ``format`` + ``root`` (+ ``task``)."""
+    """Where a task's images come from: a built-in ``name``, or ``format`` + ``root`` (+ ``task``).
+
+    ``folds`` > 1 re-cuts train/val into stratified folds (``fold_seed``): train = train + val minus fold ``fold``,
+    val = that fold; 1 is the plain holdout split.
+    """
 
     name: str | None = None
     format: Literal["vtab", "imagefolder", "fgvc"] | None = None
@@ -28,6 +45,9 @@ class DataConfig:
     task: str | None = None
     seed: int = 0
     cache: Literal["disk", "memory"] = "disk"
+    folds: int = 1
+    fold: int = 0
+    fold_seed: int = 0
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.format is None):
@@ -36,6 +56,14 @@ class DataConfig:
             )
         if self.format is not None and not self.root:
             raise ConfigError(f"data.root: required with format '{self.format}' (the dataset folder)")
+        if self.folds < 1:
+            raise ConfigError(f"data.folds: got {self.folds}; allowed: 1 (the holdout split) or K >= 2 folds")
+        if not 0 <= self.fold < self.folds:
+            raise ConfigError(
+                f"data.fold: got {self.fold}; allowed: 0..{self.folds - 1} (with data.folds {self.folds})"
+            )
+        if self.fold_seed < 0:
+            raise ConfigError(f"data.fold_seed: got {self.fold_seed}; allowed: an integer >= 0")
 
     @property
     def label(self) -> str:
@@ -73,6 +101,7 @@ class TaskData:
     loaders: dict[str, Callable[[], dict[str, Split]]]
     disk_cache: bool = False
     _splits: dict[str, Split] = field(default_factory=dict)
+    _fingerprint: str = ""
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -81,6 +110,17 @@ class TaskData:
             group = "test" if name == "test" else "trainval"
             self._splits.update(self.loaders[group]())
         return self._splits[name]
+
+    def fingerprint(self) -> str:
+        """16 hex digits of sha256 over the name, the trainval pool and its index and labels: the data that
+        per-example ids (pool positions) refer to; the same for every fold of a task."""
+        if not self._fingerprint:
+            trainval = self.split("trainval")
+            digest = hashlib.sha256(f"{self.name}:{tuple(trainval.pool.shape)}".encode())
+            for tensor in (trainval.pool, trainval.index, trainval.labels):
+                digest.update(tensor.contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def check(self) -> None:
         """Decode every split now, so a missing or corrupt image (test included) fails before the first epoch.
@@ -97,9 +137,31 @@ class TaskData:
 
 
 def load_task(config: DataConfig, image_size: int) -> TaskData:
-    """Open the task described by ``config`` with images at ``image_size`` px."""
-    if config.name is not None:
-        return _builtin_task(config, image_size)
+    """Open the task described by ``config`` with images at ``image_size`` px (train/val re-cut into folds)."""
+    task = _builtin_task(config, image_size) if config.name is not None else _file_task(config, image_size)
+    if config.folds > 1:
+        task.loaders["trainval"] = _folded(task.loaders["trainval"], config.folds, config.fold, config.fold_seed)
+    return task
+
+
+def _folded(load: Callable[[], dict[str, Split]], folds: int, fold: int, seed: int) -> Callable[[], dict[str, Split]]:
+    """``load`` with train = train + val minus fold ``fold`` and val = that fold (train-then-val order)."""
+
+    def folded() -> dict[str, Split]:
+        splits = load()
+        train, val = splits["train"], splits["val"]
+        index, labels = torch.cat([train.index, val.index]), torch.cat([train.labels, val.labels])
+        held = torch.from_numpy(assign_folds(train.labels.numpy(), val.labels.numpy(), folds, seed) == fold)
+        return {
+            **splits,
+            "train": Split(train.pool, index[~held], labels[~held]),
+            "val": Split(train.pool, index[held], labels[held]),
+        }
+
+    return folded
+
+
+def _file_task(config: DataConfig, image_size: int) -> TaskData:
     readers = {
         "vtab": lambda: read_vtab(Path(config.root), config.task),
         "fgvc": lambda: read_fgvc(Path(config.root), config.task),
