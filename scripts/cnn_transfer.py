@@ -49,7 +49,7 @@ from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.runkey import config_key
 from autopeft.runs import RESULT, cached_run, read_run
 from autopeft.search.candidates import standalone_order
-from autopeft.stats import t_interval, verdict
+from autopeft.stats import paired_seeds, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -265,13 +265,12 @@ def _candidate(config: RunConfig, record: RunRecord) -> dict[str, Any]:
 def _paired(row: Row, baseline: Row) -> dict[str, Any]:
     """``row`` minus ``baseline`` over the seeds both ran: mean, 95% t-interval, verdict."""
     a, b = row.per_seed(), baseline.per_seed()
-    seeds = [s for s in a if s in b]
-    diffs = [a[s] - b[s] for s in seeds if a[s] is not None and b[s] is not None]
-    if len(diffs) < 2 or len(diffs) < len(seeds):
-        return {"seeds": seeds, "diffs": diffs, "mean": None, "low": None, "high": None, "verdict": "n/a"}
-    mean, half = t_interval(diffs)
-    return {"seeds": seeds, "diffs": diffs, "mean": mean, "low": mean - half, "high": mean + half,
-            "verdict": verdict(mean, half)}  # fmt: skip
+    diff, seeds = paired_seeds(a, b), [s for s in a if s in b]
+    out = {"seeds": seeds, "diffs": list(diff.diffs)}
+    if len(diff.diffs) < 2 or len(diff.diffs) < len(seeds):  # a verdict needs 2+ diffs, every seed both ran finished
+        return out | {"mean": None, "low": None, "high": None, "verdict": "n/a"}
+    mean, half = diff.mean, diff.half
+    return out | {"mean": mean, "low": mean - half, "high": mean + half, "verdict": verdict(mean, half)}
 
 
 def holds(result: TaskResult) -> bool:

@@ -55,13 +55,13 @@ from autopeft.errors import ConfigError
 from autopeft.files import write_json
 from autopeft.ground import load_ground
 from autopeft.pruning import prune_run, read_prune_run
-from autopeft.records import Compute, RunRecord, read_record
+from autopeft.records import Compute, RunRecord, SeedStats, read_record
 from autopeft.runconfig import BackboneConfig, RunConfig, load_run_config
 from autopeft.runkey import config_key
 from autopeft.runs import RESULT, build_backbone, build_model, cached_run
 from autopeft.search.candidates import standalone_order
 from autopeft.search.prune_stage import RULE, PruneCandidate, PruneStage, choose_fraction
-from autopeft.stats import t_interval, verdict
+from autopeft.stats import PairedSeeds, paired_seeds, verdict
 from autopeft.train import evaluate_with_loss, resolve_device, train_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,17 +358,9 @@ def tests(runs: list[dict[str, Any]]) -> list[float]:
     return [r["test_acc"] for r in runs if r["test_acc"] is not None]
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def paired(a: list[dict], b: list[dict]) -> tuple[float, float | None] | None:
-    """Mean of ``a - b`` over the final seeds both finished, and the half-width of its 95% t-interval."""
-    by_seed = {r["seed"]: r["test_acc"] for r in b if r["test_acc"] is not None}
-    diffs = [r["test_acc"] - by_seed[r["seed"]] for r in a if r["test_acc"] is not None and r["seed"] in by_seed]
-    return t_interval(diffs) if diffs else None
+def paired(a: list[dict], b: list[dict]) -> PairedSeeds:
+    """``a - b`` over the final seeds both finished."""
+    return paired_seeds({r["seed"]: r["test_acc"] for r in a}, {r["seed"]: r["test_acc"] for r in b})
 
 
 def compute_of(runs: list[dict[str, Any]]) -> Compute:
@@ -495,10 +487,10 @@ def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _interval(diff: tuple[float, float | None] | None) -> str:
-    if diff is None:
+def _interval(diff: PairedSeeds) -> str:
+    if diff.mean is None:
         return "-"
-    mean, half = diff
+    mean, half = diff.mean, diff.half
     return f"{mean:+.2f}" if half is None else f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
 
 
@@ -533,7 +525,7 @@ def method_lines(task: dict[str, Any], result: dict[str, Any]) -> list[str]:
     options = best["methods"][method]
     head = next(g for g in result["grid"] if g["options"] == options and g["lr"] == best["lr"])
     losses = result["unpruned_val_losses"]
-    _, std = mean_std(losses)
+    std = SeedStats.of(losses).std
     lines = [
         f"### {task['task']}: {method}",
         "",
@@ -591,11 +583,11 @@ def method_lines(task: dict[str, Any], result: dict[str, Any]) -> list[str]:
     rows.append((ARM_NAMES["linear"], task["linear"].get("finals", [])))
     pruned = finals.get("pruned")
     for name, runs in rows:
-        mean, std = mean_std(tests(runs))
+        stats = SeedStats.of(tests(runs))
         spread = (
             "-"
-            if mean is None
-            else f"{mean:.2f}" + ("" if std is None else f" +- {std:.2f}") + f" ({len(tests(runs))})"
+            if stats.mean is None
+            else f"{stats.mean:.2f}" + ("" if stats.std is None else f" +- {stats.std:.2f}") + f" ({len(stats)})"
         )
         versus = "-" if pruned is None or runs is pruned else _interval(paired(pruned, runs))
         params = f"{runs[0]['params']:,}" if runs else "-"
@@ -617,11 +609,12 @@ def verdicts(task: dict[str, Any], result: dict[str, Any]) -> dict[str, tuple[bo
         cut >= TARGET_CUT,
         f"{cut:.1%} cut" + ("" if cut >= TARGET_CUT else f", {TARGET_CUT - cut:.1%} short"),
     )
-    pruned, _ = mean_std(tests(finals.get("pruned", [])))
-    unpruned, std = mean_std(tests(finals.get("unpruned", [])))
-    if pruned is None or unpruned is None or std is None:
+    pruned = SeedStats.of(tests(finals.get("pruned", []))).mean
+    unpruned = SeedStats.of(tests(finals.get("unpruned", [])))
+    std = unpruned.std  # None below two seeds
+    if pruned is None or std is None:
         return out
-    gap = pruned - unpruned
+    gap = pruned - unpruned.mean
     out["std"] = (
         gap >= -std,
         f"pruned - unpruned {gap:+.2f}, unpruned seed std {std:.2f}"
@@ -632,12 +625,12 @@ def verdicts(task: dict[str, Any], result: dict[str, Any]) -> dict[str, tuple[bo
         ("random", finals.get("random")),
         ("linear", task["linear"].get("finals")),
     ):
-        other, _ = mean_std(tests(runs or []))
+        other = SeedStats.of(tests(runs or [])).mean
         if other is None:
             continue
         margin = pruned - other  # the stated rule: above on the mean over seeds
         diff = paired(finals["pruned"], runs)
-        resolved = "" if diff is None or diff[1] is None else f"; paired {_interval(diff)}: {verdict(*diff)}"
+        resolved = "" if diff.half is None else f"; paired {_interval(diff)}: {verdict(diff.mean, diff.half)}"
         out[arm] = (margin > 0, f"{margin:+.2f} on the mean{resolved}")
     return out
 

@@ -41,7 +41,7 @@ from autopeft.search.candidates import standalone_order
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
 from autopeft.search.prune_stage import claimed
 from autopeft.search.sweep import Where, parse_sweep, run_sweep
-from autopeft.stats import t_interval, verdict
+from autopeft.stats import paired_seeds, t_interval, verdict
 from autopeft.supernet import SPACES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,8 +216,8 @@ def best_on_val(runs: dict[tuple, RunRecord]) -> tuple[tuple, RunRecord]:
 
 def paired(strategy: list[float], baseline: list[float]) -> tuple[float, float]:
     """Mean paired difference over final seeds and the half-width of its 95% t-interval."""
-    mean, half = t_interval([a - b for a, b in zip(strategy, baseline, strict=True)])
-    return mean, math.nan if half is None else half
+    diff = paired_seeds(dict(zip(FINAL_SEEDS, strategy, strict=True)), dict(zip(FINAL_SEEDS, baseline, strict=True)))
+    return diff.mean, math.nan if diff.half is None else diff.half
 
 
 def grid_jobs(task: str, cache: Path) -> list[tuple]:
