@@ -22,6 +22,9 @@ _LAZY = {
     "save_adapter": "autopeft.api",
     "set_sizes": "autopeft.api",
     "create_backbone": "autopeft.backbones",
+    "Choice": "autopeft.choice",
+    "choose": "autopeft.choice",
+    "Evidence": "autopeft.records",
     "prune": "autopeft.pruning",
     "METHODS": "autopeft.methods",
 }

@@ -197,6 +197,17 @@ def _prune(args: argparse.Namespace) -> None:
     )
 
 
+def _choose(args: argparse.Namespace) -> None:
+    """The choice among a table's candidates: the leader, the tied set, each interval to the leader."""
+    import json
+
+    from autopeft.choice import choice_table, choose, read_table
+
+    evidence = read_table(Path(args.table))
+    choice = choose(evidence, args.alpha, args.prefer, args.adjust, args.seed)
+    print(json.dumps(choice.to_dict(), indent=2) if args.json else "\n".join(choice_table(choice, evidence)))
+
+
 def _report(args: argparse.Namespace) -> None:
     """Leaderboard tables, plots and one self-contained HTML page over finished run directories."""
     from autopeft.report import write_report
@@ -297,6 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--seed", type=int, default=0, help="random importance's seed")
     prune.add_argument("--out", required=True, help="new run directory: pruned adapter and the rewinding config")
     prune.set_defaults(run=_prune)
+    choose = commands.add_parser("choose", help="choose among candidates' val counts, with the tied set")
+    choose.add_argument("table", help="CSV with columns name, correct, n (optional params, loss)")
+    choose.add_argument("--alpha", type=float, default=0.05, help="two-sided level of each interval")
+    choose.add_argument(
+        "--prefer",
+        choices=("best", "fewest_params"),
+        default="best",
+        help="best: the leader; fewest_params: the smallest candidate tied with it",
+    )
+    choose.add_argument("--adjust", choices=("none", "holm"), default="none", help="holm: over the P - 1 comparisons")
+    choose.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    choose.add_argument("--json", action="store_true", help="print the choice as JSON")
+    choose.set_defaults(run=_choose)
     report = commands.add_parser("report", help="leaderboard tables, plots and HTML over run directories")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding a result.json")
     report.add_argument("--out", required=True, help="folder for leaderboard.{md,csv,tex,html} and the plots")

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
 
 from autopeft.config import parse_options
 from autopeft.errors import ConfigError
-from autopeft.files import write_json
-from autopeft.train import TrainConfig
+from autopeft.files import write_atomic, write_json
+
+if TYPE_CHECKING:  # records load without torch (autopeft.choose runs on records alone)
+    from autopeft.train import TrainConfig
 
 SCHEMA = 2
 EVAL_WEIGHT = 1 / 3  # a forward-only image costs about a third of a training (forward+backward) image
@@ -93,6 +98,167 @@ class Provenance:
     accelerator: str | None = None
     dtype: str | None = None
     threads: int | None = None
+
+
+EVIDENCE_SCHEMA = 1
+OUTCOMES = "val_outcomes.npz"  # a run directory's per-example val outcomes
+
+
+@dataclass(frozen=True, eq=False)
+class Outcomes:
+    """Per-example outcomes of one evaluation (``split``), as ``val_outcomes.npz`` keeps them.
+
+    ``ids`` name positions in the task's pool (the same for every fold of a task; ``fingerprint`` names the pool),
+    ``correct`` is 0/1 per seed and example ``(seeds, n)``, ``loss`` the cross-entropy alongside, ``fold`` the
+    fold each example was held out in (all 0 on a holdout split).
+    """
+
+    split: str
+    correct: np.ndarray
+    loss: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    fold: np.ndarray | None = None
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        correct = np.atleast_2d(np.asarray(self.correct, dtype=np.uint8))
+        object.__setattr__(self, "correct", correct)
+        if self.loss is not None:
+            object.__setattr__(self, "loss", np.atleast_2d(np.asarray(self.loss, dtype=np.float64)))
+        n = correct.shape[1]
+        for name in ("ids", "fold"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.int32 if name == "ids" else np.int8)
+                if value.shape != (n,):
+                    raise ValueError(f"outcomes: {name} has shape {value.shape}; correct has {n} examples")
+                object.__setattr__(self, name, value)
+        if self.loss is not None and self.loss.shape != correct.shape:
+            raise ValueError(f"outcomes: loss has shape {self.loss.shape}; correct has {correct.shape}")
+        if self.ids is not None and len(np.unique(self.ids)) != n:
+            raise ValueError("outcomes: ids repeat; each example is named once")
+
+    @property
+    def n(self) -> int:
+        return self.correct.shape[1]
+
+    def write(self, path: Path) -> None:
+        """Atomically, as ``correct`` uint8, ``loss`` float16, ``ids`` int32, ``fold`` int8 and the fingerprint."""
+        n = self.n
+        arrays = {
+            "split": np.array(self.split),
+            "fingerprint": np.array(self.fingerprint),
+            "correct": self.correct.astype(np.uint8),
+            "ids": (self.ids if self.ids is not None else np.arange(n)).astype(np.int32),
+            "fold": (self.fold if self.fold is not None else np.zeros(n)).astype(np.int8),
+        }
+        if self.loss is not None:
+            arrays["loss"] = self.loss.astype(np.float16)
+
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        write_atomic(path, save)
+
+    @classmethod
+    def read(cls, path: Path) -> Outcomes:
+        try:
+            with np.load(path) as data:
+                return cls(
+                    str(data["split"]),
+                    data["correct"],
+                    data.get("loss"),
+                    data["ids"],
+                    data["fold"],
+                    str(data["fingerprint"]),
+                )
+        except (OSError, KeyError, ValueError) as error:
+            raise ConfigError(f"{path}: not a readable outcomes file ({error})") from error
+
+
+@dataclass(frozen=True, eq=False)
+class Evidence:
+    """What comparing one candidate needs: ``n`` examples, accuracy (%) and mean loss over them, trainable
+    parameters, its accuracy per fold or seed where several ran (``values``), and the per-example val
+    ``outcomes`` when they were kept. Test outcomes never enter one: selection reads val only."""
+
+    n: int
+    accuracy: float
+    loss: float | None = None
+    params: int | None = None
+    values: tuple[float, ...] = ()
+    outcomes: Outcomes | None = None
+    schema: int = EVIDENCE_SCHEMA
+
+    @classmethod
+    def from_counts(cls, correct: int, n: int, params: int | None = None, loss: float | None = None) -> Evidence:
+        """``correct`` of ``n`` examples right, with no per-example outcomes (compared unpaired)."""
+        if not 0 <= correct <= n:
+            raise ValueError(f"evidence: correct {correct} must lie in 0..n ({n})")
+        return cls(n, 100 * correct / n if n else math.nan, loss, params)
+
+    @classmethod
+    def from_outcomes(
+        cls,
+        correct: np.ndarray | Outcomes,
+        loss: np.ndarray | None = None,
+        ids: np.ndarray | None = None,
+        params: int | None = None,
+    ) -> Evidence:
+        """From 0/1 outcomes per example (``(n,)``, or ``(seeds, n)`` for seeds on one split), or an ``Outcomes``."""
+        outcomes = correct if isinstance(correct, Outcomes) else Outcomes("val", correct, loss, ids)
+        if outcomes.split != "val":
+            raise TypeError(f"evidence: {outcomes.split} outcomes never enter an Evidence (choices read val only)")
+        per_seed = outcomes.correct.mean(axis=1) * 100
+        folds = np.unique(outcomes.fold) if outcomes.fold is not None else ()
+        values = (
+            tuple(float(outcomes.correct[:, outcomes.fold == f].mean() * 100) for f in folds)
+            if len(folds) > 1
+            else tuple(float(v) for v in per_seed)
+        )
+        return cls(
+            outcomes.n,
+            float(outcomes.correct.mean() * 100),
+            None if outcomes.loss is None else float(outcomes.loss.mean()),
+            params,
+            values if len(values) > 1 else (),
+            outcomes,
+        )
+
+    @classmethod
+    def pooled(cls, folds: Sequence[Outcomes], params: int | None = None) -> Evidence:
+        """One candidate's out-of-fold outcomes, fold ``k`` from ``folds[k]``, pooled into one Evidence."""
+        return cls.from_outcomes(pool_folds(folds), params=params)
+
+    @property
+    def failed(self) -> bool:
+        return self.n == 0 or not math.isfinite(self.accuracy)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary (no per-example arrays: those live in ``val_outcomes.npz``)."""
+        keep = ("n", "accuracy", "loss", "params", "values", "schema")
+        paired = self.outcomes is not None and self.outcomes.ids is not None
+        return {**{k: getattr(self, k) for k in keep}, "values": list(self.values), "paired": paired}
+
+
+def pool_folds(folds: Sequence[Outcomes]) -> Outcomes:
+    """Concatenate per-fold val outcomes (one candidate, fold ``k`` = ``folds[k]``) into one out-of-fold set."""
+    seeds = {part.correct.shape[0] for part in folds}
+    if len(seeds) != 1:
+        raise ValueError(f"outcomes: folds ran different numbers of seeds {sorted(seeds)}")
+    if len({part.fingerprint for part in folds}) != 1:
+        raise ValueError("outcomes: folds come from different data (their fingerprints differ)")
+    losses = [part.loss for part in folds]
+    ids = [part.ids for part in folds]
+    return Outcomes(
+        "val",
+        np.concatenate([part.correct for part in folds], axis=1),
+        None if any(x is None for x in losses) else np.concatenate(losses, axis=1),
+        None if any(x is None for x in ids) else np.concatenate(ids),
+        np.concatenate([np.full(part.n, k, dtype=np.int8) for k, part in enumerate(folds)]),
+        folds[0].fingerprint,
+    )
 
 
 @dataclass

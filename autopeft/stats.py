@@ -8,6 +8,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -65,25 +66,26 @@ def wilson(p: float, n: float, z: float) -> tuple[float, float]:
 
 def newcombe(p1: float, n1: float, p2: float, n2: float, alpha: float) -> tuple[float, float]:
     """Newcombe's hybrid-score interval of ``p1 - p2`` for independent proportions (his method 10)."""
-    from scipy.stats import norm
-
-    z = float(norm.ppf(1 - alpha / 2))
-    (l1, u1), (l2, u2) = wilson(p1, n1, z), wilson(p2, n2, z)
-    d = p1 - p2
-    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return _newcombe(p1, n1, p2, n2, NormalDist().inv_cdf(1 - alpha / 2))
 
 
 def newcombe_p(p1: float, n1: float, p2: float, n2: float) -> float:
     """The two-sided p-value of ``p1 == p2`` that Newcombe's interval inverts: the largest alpha at which the
-    interval still covers 0 (bisection; 1 when the proportions are equal)."""
+    interval still covers 0 (bisection on the interval's z; 1 when the proportions are equal)."""
     if p1 == p2:
         return 1.0
-    low, high = 1e-12, 1.0
+    low, high = 0.0, 40.0  # z: the interval covers 0 at ``high`` and not at ``low``
     for _ in range(60):
         mid = (low + high) / 2
-        lo, hi = newcombe(p1, n1, p2, n2, mid)
-        low, high = (mid, high) if lo <= 0 <= hi else (low, mid)
-    return high
+        lo, hi = _newcombe(p1, n1, p2, n2, mid)
+        low, high = (low, mid) if lo <= 0 <= hi else (mid, high)
+    return 2 * (1 - NormalDist().cdf(high))
+
+
+def _newcombe(p1: float, n1: float, p2: float, n2: float, z: float) -> tuple[float, float]:
+    (l1, u1), (l2, u2) = wilson(p1, n1, z), wilson(p2, n2, z)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
 def bootstrap_means(
