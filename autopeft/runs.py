@@ -11,13 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 
 import autopeft
 from autopeft.api import WEIGHTS_FILE, apply, count_trainable, load_adapter, save_adapter
 from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone
-from autopeft.data import TaskData, load_task
+from autopeft.data import Split, TaskData, load_task
 from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
 from autopeft.files import write_atomic, write_text
@@ -25,7 +26,17 @@ from autopeft.inject import block_count
 from autopeft.methods import REGISTRY
 from autopeft.optim import Masks
 from autopeft.progress import RunProgress, StageProgress
-from autopeft.records import Compute, FinalRow, Provenance, RetrainRecord, RunRecord, Schedule, read_record
+from autopeft.records import (
+    OUTCOMES,
+    Compute,
+    FinalRow,
+    Outcomes,
+    Provenance,
+    RetrainRecord,
+    RunRecord,
+    Schedule,
+    read_record,
+)
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, load_run_config
 from autopeft.rundir import locked
 from autopeft.runkey import config_key, key_fields, refuse_changes, row_key
@@ -33,13 +44,14 @@ from autopeft.train import (
     NonFiniteLoss,
     Normalization,
     Precision,
+    Scored,
     StepLoss,
     TrainConfig,
     evaluate,
-    evaluate_with_loss,
     make_optimizer,
     make_scheduler,
     resolve_device,
+    score,
     train_epoch,
 )
 
@@ -255,11 +267,11 @@ def fit(
                 raise NonFiniteLoss(str(err), history) from err
             if before_eval is not None:
                 before_eval()
-            val, val_loss = (
-                evaluate_with_loss(runner, val_split, norm, config.train.eval_batch_size, config.train.amp)
-                if val_split is not None
-                else (None, None)
-            )
+            val, val_loss = None, None
+            if val_split is not None:
+                scored = score(runner, val_split, norm, config.train.eval_batch_size, config.train.amp)
+                val, val_loss = scored.accuracy, scored.loss
+                _val_outcomes(scored, val_split, task, config).write(out / OUTCOMES)
             evaluated = len(val_split) if val_split is not None else 0
             history.append(
                 {
@@ -290,6 +302,18 @@ def fit(
         if progress is not None:
             progress.stop()
     return history, start
+
+
+def _val_outcomes(scored: Scored, val: Split, task: TaskData, config: RunConfig) -> Outcomes:
+    """This epoch's val outcomes, named by pool position (the same ids for every fold of the task)."""
+    return Outcomes(
+        "val",
+        scored.correct.numpy(),
+        scored.example_loss.numpy(),
+        val.index.numpy(),
+        np.full(len(val), config.data.fold),
+        task.fingerprint(),
+    )
 
 
 def _base_record(config: RunConfig, task: TaskData, model: torch.nn.Module, norm: Normalization) -> RunRecord:

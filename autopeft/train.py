@@ -298,6 +298,28 @@ def evaluate_with_loss(
 ) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean cross-entropy on ``split``; the loss separates models that tie
     on accuracy (a 200-image val split moves in 0.5-point steps)."""
+    scored = score(model, split, norm, batch_size, amp)
+    return scored.accuracy, scored.loss
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One evaluation of ``split``: accuracy (%), mean cross-entropy, and both per example, in split order."""
+
+    accuracy: float
+    loss: float
+    correct: torch.Tensor
+    example_loss: torch.Tensor
+
+
+def score(model: nn.Module, split: Split, norm: Normalization, batch_size: int = 256, amp: str = "auto") -> Scored:
+    """Evaluate ``split`` keeping its per-example outcomes (what paired comparisons of candidates need)."""
     out = logits(model, split, norm, batch_size, amp)
-    accuracy = 100.0 * (out.argmax(-1) == split.labels).float().mean().item()
-    return accuracy, F.cross_entropy(out, split.labels).item()
+    correct = out.argmax(-1) == split.labels
+    accuracy = 100.0 * correct.float().mean().item()
+    return Scored(
+        accuracy,
+        F.cross_entropy(out, split.labels).item(),
+        correct,
+        F.cross_entropy(out, split.labels, reduction="none"),
+    )

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from autopeft.backbones import create_backbone
 from autopeft.data import DataConfig, load_task
+from autopeft.records import OUTCOMES, Outcomes
 from autopeft.runconfig import load_run_config
 from autopeft.train import Normalization, evaluate
 
@@ -86,6 +87,12 @@ def test_train_writes_the_run_directory(tmp_path):
     assert lines[-1]["val_acc"] == summary["val_acc"]
     assert "test_acc" not in lines[-1], "test is read once, after training"
     assert yaml.safe_load((run / "config.yaml").read_text())["methods"]["lora"]["rank"] == 4
+    outcomes = Outcomes.read(run / OUTCOMES)  # the last epoch's val outcomes, named by pool position
+    assert outcomes.split == "val" and outcomes.correct.shape == (1, 200)
+    assert outcomes.ids.tolist() == list(range(800, 1000)) and set(outcomes.fold.tolist()) == {0}
+    assert 100 * outcomes.correct.mean() == pytest.approx(summary["val_acc"])
+    assert outcomes.loss.mean() == pytest.approx(summary["val_loss"], rel=1e-3)  # stored as float16
+    assert outcomes.fingerprint == load_task(DataConfig(name="digits"), 32).fingerprint()
 
 
 def test_same_seed_same_metrics_and_resume_after_sigkill(tmp_path):
