@@ -70,6 +70,12 @@ class Choice:
             return f"{picked}: the choice is clear"
         return f"{picked}: tied with the leader: {', '.join(self.tied[1:])}"
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Choice:
+        """The inverse of ``to_dict``."""
+        intervals = {name: Interval(**interval) for name, interval in data["intervals"].items()}
+        return cls(data["leader"], data["winner"], tuple(data["tied"]), intervals, data["rule"], dict(data["excluded"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "leader": self.leader,
@@ -219,8 +225,28 @@ def choice_table(choice: Choice, evidence: Mapping[str, Evidence | None]) -> lis
         place = ("winner" if name == choice.winner else "") + (", tied" if name in choice.tied[1:] else "")
         params = "-" if e.params is None else f"{e.params:,}"
         lines.append(f"| {name} | {e.accuracy:.2f}% | {e.n} | {params} | {versus} | {place.strip(', ')} |")
-    lines += [f"| {name} | - | - | - | excluded: {why} | |" for name, why in choice.excluded.items()]
+    for name, why in choice.excluded.items():
+        e = evidence.get(name)
+        seen = (
+            "| - | - | - |"
+            if e is None
+            else f"| {e.accuracy:.2f}% | {e.n} | {'-' if e.params is None else f'{e.params:,}'} |"
+        )
+        lines.append(f"| {name} {seen} excluded: {why} | |")
     return [*lines, "", f"Choice: {choice.summary()}.", f"Rule: {choice.rule}."]
+
+
+def versus(name: str, ours: Evidence, other: str, theirs: Evidence, alpha: float = 0.05, seed: int = 0) -> str:
+    """One line: whether ``name`` is tied with ``other``, ahead or behind, with the interval of the difference."""
+    choice = choose({name: ours, other: theirs}, alpha, seed=seed)
+    if choice.leader is None or len(choice.intervals) != 1:
+        return f"{name} versus {other}: not comparable ({', '.join(choice.excluded.values()) or 'no evidence'})"
+    trailing, interval = next(iter(choice.intervals.items()))
+    verdict = "tied" if interval.tied else f"{choice.leader} ahead"
+    return (
+        f"{name} versus {other} on the same {ours.n} val images: {verdict} ({trailing} minus {choice.leader} "
+        f"{interval.difference:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] points, {interval.test})"
+    )
 
 
 TABLE_COLUMNS = ("name", "correct", "n")

@@ -235,6 +235,13 @@ class Evidence:
     def failed(self) -> bool:
         return self.n == 0 or not math.isfinite(self.accuracy)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Evidence:
+        """The summary ``to_json`` wrote, without its outcomes."""
+        return cls(
+            data["n"], data["accuracy"], data["loss"], data["params"], tuple(data["values"]), None, data["schema"]
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The summary (no per-example arrays: those live in ``val_outcomes.npz``)."""
         keep = ("n", "accuracy", "loss", "params", "values", "schema")
@@ -259,6 +266,55 @@ def pool_folds(folds: Sequence[Outcomes]) -> Outcomes:
         np.concatenate([np.full(part.n, k, dtype=np.int8) for k, part in enumerate(folds)]),
         folds[0].fingerprint,
     )
+
+
+def stack_seeds(seeds: Sequence[Outcomes]) -> Outcomes:
+    """One candidate's val outcomes on one split under several seeds, stacked ``(seeds, n)`` (same ids)."""
+    first = seeds[0]
+    for other in seeds[1:]:
+        same = (first.ids is None) == (other.ids is None) and (
+            first.ids is None or np.array_equal(first.ids, other.ids)
+        )
+        if not same or other.fingerprint != first.fingerprint:
+            raise ValueError("outcomes: seeds scored on different examples cannot be stacked")
+    losses = [part.loss for part in seeds]
+    return Outcomes(
+        "val",
+        np.concatenate([part.correct for part in seeds]),
+        None if any(x is None for x in losses) else np.concatenate(losses),
+        first.ids,
+        first.fold,
+        first.fingerprint,
+    )
+
+
+@dataclass
+class RaceRound:
+    """One fold of the selection stage: the candidates scored on it, those dropped after it (with why), its cost."""
+
+    fold: int
+    scored: int
+    dropped: dict[str, str]
+    compute: Compute
+
+
+@dataclass
+class SelectionSummary:
+    """How a command's candidates were scored and chosen: the ``selection:`` settings, the choice
+    (``autopeft.choice.Choice.to_dict``), each candidate's evidence summary, the rounds, what it cost, and
+    whether the winner is tied with the default LoRA baseline (when that ran on the same val images)."""
+
+    mode: str
+    folds: int
+    seeds: int
+    alpha: float
+    prefer: str
+    race: bool
+    choice: dict[str, Any]
+    evidence: dict[str, dict[str, Any] | None]
+    rounds: list[RaceRound]
+    compute: Compute
+    versus_lora: str | None = None
 
 
 @dataclass
@@ -352,6 +408,7 @@ class SearchRecord(Record):
     reason: str | None = None
     compute: Compute = field(default_factory=Compute)
     provenance: Provenance = field(default_factory=Provenance)
+    selection: SelectionSummary | None = None  # engine supernet: how its winner was chosen
 
 
 @dataclass(frozen=True)
@@ -446,6 +503,7 @@ class PipelineRecord(Record):
     reason: str | None = None
     compute: dict[str, Compute] = field(default_factory=dict)  # per stage
     provenance: Provenance = field(default_factory=Provenance)
+    selection: SelectionSummary | None = None  # how the searched subnet was chosen (older records: holdout, no record)
 
 
 @dataclass

@@ -93,6 +93,7 @@ def test_search_engine_supernet_is_the_pipeline_stopped_at_its_val_winner(tmp_pa
         "result.json",
         "retrain",
         "search_time.json",
+        "selection.json",
         "supernet",
     ]
     standalone = results(out / "retrain")

@@ -29,13 +29,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autopeft.backbones import family_of
+from autopeft.choice import versus
 from autopeft.config import parse_options
-from autopeft.data import DataConfig, TaskData
+from autopeft.data import DataConfig, TaskData, canonical, fold_data
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import REGISTRY, describe_methods
 from autopeft.progress import SilentProgress, StageProgress
-from autopeft.records import Compute, FinalRow, PipelineRecord, Pruning, RunRecord, SearchRecord
+from autopeft.records import (
+    OUTCOMES,
+    Compute,
+    Evidence,
+    FinalRow,
+    Outcomes,
+    PipelineRecord,
+    Pruning,
+    RunRecord,
+    SearchRecord,
+    SelectionSummary,
+)
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
 from autopeft.rundir import claim_dir, locked
 from autopeft.runs import (
@@ -60,11 +72,13 @@ from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
 from autopeft.search.prune_stage import CHOICE, PruneChoice, PruneStage, check_stage, choose_pruning, claimed, prunes
 from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, refit_score, train_supernet
+from autopeft.selection import Selected, SelectionConfig, score_candidates, selection_lines
 from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
 ENGINES = ("evolution", *SAMPLERS)
 SEARCH_TIME = "search_time.json"  # seconds the candidate search took, over every session
+SELECTION = "selection.json"  # how the winner was chosen: the choice, each candidate's evidence, the rounds
 SCORED_BY = (
     "val loss and accuracy (%) on the supernet's features (search.scoring: refit or inherited head), ranked by loss"
 )
@@ -172,6 +186,7 @@ class PipelineConfig:
     baselines: list[str] = field(default_factory=lambda: ["linear", "lora", "adapter", "vpt", "ssf", "kv_prompt"])
     seed: int = 0
     prune: PruneStage = field(default_factory=PruneStage)  # E2VPT pruning of the winner's prompts before its final runs
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # how the top-k x lr runs are scored
 
     def __post_init__(self) -> None:
         for name in self.baselines:
@@ -301,6 +316,7 @@ class _Chosen:
     search: Compute
     lr: float  # the winner's learning rate
     winner_dir: Path  # the winner's standalone run on train
+    selection: SelectionSummary
 
     @property
     def row(self) -> RunRecord:
@@ -309,7 +325,7 @@ class _Chosen:
     @property
     def compute(self) -> dict[str, Compute]:
         """What each search stage processed and took."""
-        return {"supernet": self.supernet, "search": self.search, "retrain_top_k": _total(self.standalone)}
+        return {"supernet": self.supernet, "search": self.search, "retrain_top_k": self.selection.compute}
 
     @property
     def cost(self) -> dict[str, float]:
@@ -346,19 +362,84 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
         + (f" at lr {', '.join(f'{lr:g}' for lr in lrs)}" if config.retrain.lrs else "")
         + ", chosen on val"
     )
-    tried = [(i, c, lr) for i, c in enumerate(top, 1) for lr in lrs]
-    standalone = [
-        _train(config, method_config(space, c.subnet), out / "retrain" / _retrain_dir(i, lr, lrs), progress, lr=lr)
-        for i, c, lr in tried
-    ]
-    pick = standalone_order([(r.val_acc, r.val_loss) for r in standalone])[-1]
-    _, chosen, lr = tried[pick]
-    winner = method_config(space, chosen.subnet)
+    tried = {_retrain_dir(i, lr, lrs): (method_config(space, c.subnet), lr) for i, c in enumerate(top, 1) for lr in lrs}
+    params = {_retrain_dir(i, lr, lrs): c.params for i, c in enumerate(top, 1) for lr in lrs}
+    selected, runs = _select(config, tried, params, task, out / "retrain", progress)
+    if selected.choice.winner is None:
+        raise SearchFailed(f"every selection run failed: {selected.choice.excluded}")
+    names = list(tried)
+    pick = names.index(selected.choice.winner)
+    winner, lr = tried[selected.choice.winner]
+    evidence = selected.evidence[selected.choice.winner]
+    standalone = [runs[name][0] for name in names]  # each candidate's first run: first fold, first seed
+    if len(runs[selected.choice.winner]) > 1:  # its val: the evidence pooled over folds and seeds
+        standalone[pick] = replace(standalone[pick], val_acc=evidence.accuracy, val_loss=evidence.loss)
     final = replace(config.retrain.train, lr=lr)
     best = RunConfig(config.backbone, config.data, winner, final, final=True, seed=config.retrain.seeds[0])
     write_text(out / "best.yaml", dump_run_config(best))
-    winner_dir = out / "retrain" / _retrain_dir(tried[pick][0], lr, lrs)
-    return _Chosen(candidates, top, standalone, pick, trained, searched, lr, winner_dir)
+    summary = _summary(config.selection, selected, runs)
+    write_json(out / SELECTION, asdict(summary))
+    winner_dir = out / "retrain" / selected.choice.winner
+    return _Chosen(candidates, top, standalone, pick, trained, searched, lr, winner_dir, summary)
+
+
+def _select(
+    config: PipelineConfig,
+    tried: dict[str, tuple[dict, float]],
+    params: dict[str, int],
+    task: TaskData,
+    out: Path,
+    progress: StageProgress,
+) -> tuple[Selected, dict[str, list[RunRecord]]]:
+    """Score the selection runs as ``config.selection`` says (holdout, or per fold, per seed, raced) and choose;
+    each run is a run directory ``out/<candidate>[-fold<k>][-seed<s>]``, read back when already finished."""
+    selection = config.selection
+    progress.say(selection.describe())
+    sizes = len(task.split("train")), len(task.split("val"))
+    is_canonical = canonical(*sizes, selection.folds)
+    runs: dict[str, list[RunRecord]] = {name: [] for name in tried}
+
+    def run(name: str, fold: int) -> tuple[list[Outcomes] | None, Compute]:
+        methods, lr = tried[name]
+        data = config.data
+        if selection.mode == "kfold":
+            data = fold_data(config.data, fold, selection.folds, selection.fold_seed, is_canonical)
+        where = [out / _selection_dir(name, fold, s, data is config.data) for s in range(selection.seeds)]
+        records = [_train(config, methods, d, progress, lr=lr, data=data, offset=s) for s, d in enumerate(where)]
+        runs[name] += records
+        outcomes = [_val_outcomes(d, r) for d, r in zip(where, records, strict=True)]
+        return (None if None in outcomes else outcomes), _total(records)
+
+    return score_candidates(list(tried), run, selection, params, config.seed), runs
+
+
+def _selection_dir(name: str, fold: int, seed: int, holdout: bool) -> str:
+    """``01`` for the holdout run (a canonical fold 0 too), ``01-fold2``, ``01-fold2-seed1``, ..."""
+    return name + ("" if holdout else f"-fold{fold}") + (f"-seed{seed}" if seed else "")
+
+
+def _val_outcomes(where: Path, record: RunRecord) -> Outcomes | None:
+    """A selection run's val outcomes; None when it did not complete (its candidate is excluded)."""
+    if record.status != "completed":
+        return None
+    if not (where / OUTCOMES).is_file():
+        raise ConfigError(f"{where}: no {OUTCOMES} (trained by an older autopeft); remove the folder to retrain it")
+    return Outcomes.read(where / OUTCOMES)
+
+
+def _summary(selection: SelectionConfig, selected: Selected, runs: dict[str, list[RunRecord]]) -> SelectionSummary:
+    return SelectionSummary(
+        selection.mode,
+        selection.folds if selection.mode == "kfold" else 1,
+        selection.seeds,
+        selection.alpha,
+        selection.prefer,
+        selection.race,
+        selected.choice.to_dict(),
+        {name: None if e is None else e.to_json() for name, e in selected.evidence.items()},
+        selected.rounds,
+        _total([r for records in runs.values() for r in records]),
+    )
 
 
 def _wall_s(start: float, stages: Iterable[Compute], resumed: bool) -> float:
@@ -382,6 +463,8 @@ def _pipeline(
     for name in built.baselines:
         progress.say(f"baseline: {name} at its default size on train, scored on val")
         rows[name] = _train(config, {name: {}}, out / "baselines" / name, progress)
+    chosen.selection.versus_lora = _versus_lora(chosen, out, rows)
+    write_json(out / SELECTION, asdict(chosen.selection))
     finalists = _finalists(rows, config.retrain.final_baselines)
     progress.say(f"final: {', '.join(finalists)} on train+val, seeds {config.retrain.seeds}, test read once each")
     lrs, prunings = {"searched": chosen.lr}, {"searched": pruned}  # baselines keep the schedule's lr, unpruned
@@ -420,10 +503,21 @@ def _pipeline(
         wall_time_s=_wall_s(start, compute.values(), resume),
         compute=compute,
         provenance=provenance(run, task, norm, test_read=True),
+        selection=chosen.selection,
     )
     write_text(out / "summary.md", render_table(record) + (f"\n{note}\n" if note else ""))
     record.write(out / RESULT)
     return record
+
+
+def _versus_lora(chosen: _Chosen, out: Path, rows: dict[str, RunRecord]) -> str | None:
+    """Whether the winner is tied with the default LoRA baseline, where both were scored on the holdout val."""
+    ours, theirs = out / "retrain" / chosen.selection.choice["winner"] / OUTCOMES, out / "baselines" / "lora" / OUTCOMES
+    if "lora" not in rows or not ours.is_file() or not theirs.is_file():
+        return None
+    searched = Evidence.from_outcomes(Outcomes.read(ours), params=chosen.row.trainable_params)
+    lora = Evidence.from_outcomes(Outcomes.read(theirs), params=rows["lora"].trainable_params)
+    return versus("the searched subnet", searched, "the default LoRA baseline", lora, chosen.selection.alpha)
 
 
 def _prune(config: PipelineConfig, chosen: _Chosen, out: Path, progress: StageProgress) -> PruneChoice | None:
@@ -457,6 +551,7 @@ def _search_result(
         status=row.status,
         compute=Compute.total(chosen.compute.values()),
         provenance=provenance(built.run, built.task, built.norm, test_read=False),
+        selection=chosen.selection,
     )
     record.write(out / RESULT)
     return record
@@ -506,15 +601,18 @@ def _train(
     seed: int | None = None,
     lr: float | None = None,
     init: str | None = None,
+    data: DataConfig | None = None,
+    offset: int = 0,
 ) -> RunRecord:
     """A standalone run: on train scored on val (no test) when ``seed`` is None, else on train+val
     with that seed and the test split read once at the end; ``lr`` replaces the schedule's; ``init``: the
-    adapter it starts from (a pruned one)."""
+    adapter it starts from (a pruned one); ``data``: a fold's split; ``offset``: a selection run's other seed."""
     final = seed is not None
-    seed = config.seed if seed is None else seed
+    seed = config.seed + offset if seed is None else seed
     train = config.retrain.train if final else config.retrain.select_train()
     train = train if lr is None else replace(train, lr=lr)
-    run = RunConfig(config.backbone, config.data, methods, train, final=final, test=final, seed=seed, init=init)
+    data = config.data if data is None else data
+    run = RunConfig(config.backbone, data, methods, train, final=final, test=final, seed=seed, init=init)
     return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
 
 
@@ -592,6 +690,7 @@ def render_table(record: PipelineRecord) -> str:
         "this ranks subnets like standalone training is measured over random panels of subnets in autopeft's "
         "results/ranking.md.)",
         *([pruning_line(record.table[0].pruning)] if record.table[0].pruning else []),
+        *(["", *selection_lines(record.selection), ""] if record.selection else []),
         f"Search cost: supernet {cost['supernet']:.0f} s + search {cost['search']:.0f} s + top-{record.retrained} "
         f"selection runs {cost['retrain_top_k']:.0f} s{pruning} = {ratio} one final training run of the searched "
         f"subnet ({record.table[0].run_s or 0:.0f} s). Wall time {(record.wall_time_s or 0) / 60:.1f} min.",

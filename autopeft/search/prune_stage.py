@@ -237,9 +237,11 @@ def read_choice(path: Path) -> PruneChoice:
 
 
 def claimed(config: Any) -> dict[str, Any]:
-    """``asdict`` of a pipeline or suite config as its run directory keeps it: ``prune`` only when on, so a
-    run claimed before the step existed resumes as it was, and a disabled step changes no file."""
+    """``asdict`` of a pipeline or suite config as its run directory keeps it: ``prune`` only when on and
+    ``selection`` only away from its default, so a run claimed before either existed resumes as it was."""
     data = asdict(config)
     if not config.prune.enabled:
         del data["prune"]
+    if data.get("selection") == asdict(type(config.selection)()):
+        del data["selection"]  # the holdout default: a run claimed before selection modes existed resumes
     return data

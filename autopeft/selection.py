@@ -1,0 +1,146 @@
+"""How candidates are scored before the choice: the ``selection:`` block and the fold-by-fold (raced) scoring.
+
+``holdout`` scores every candidate once on the val split; ``kfold`` trains it once per fold of train + val
+(``autopeft.data.folds``) and pools its out-of-fold outcomes; ``seeds`` repeats each run with other seeds;
+``race`` drops a candidate after a fold once the out-of-fold examples seen so far tell it from the leader at
+``alpha / folds`` (Bonferroni over the looks). ``score_candidates`` is pure over a callback that trains or reads runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from autopeft.choice import Choice, choice_table, choose
+from autopeft.errors import ConfigError
+from autopeft.records import Compute, Evidence, Outcomes, RaceRound, SelectionSummary, stack_seeds
+
+
+@dataclass
+class SelectionConfig:
+    """``selection:``: how candidates are scored (``mode``, ``folds``, ``fold_seed``, ``seeds``), raced
+    (``race``) and chosen (``alpha``, ``prefer``); ``shortlist``: a sweep's best trials re-scored under kfold."""
+
+    mode: Literal["holdout", "kfold"] = "holdout"
+    folds: int = 5
+    fold_seed: int = 0
+    seeds: int = 1
+    alpha: float = 0.05
+    prefer: Literal["best", "fewest_params"] = "best"
+    race: bool = False
+    shortlist: int = 4
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ConfigError(f"selection.folds: got {self.folds}; allowed: an integer >= 2")
+        if self.fold_seed < 0:
+            raise ConfigError(f"selection.fold_seed: got {self.fold_seed}; allowed: an integer >= 0")
+        if self.seeds < 1 or self.shortlist < 1:
+            raise ConfigError(
+                f"selection.seeds / selection.shortlist: got {self.seeds} / {self.shortlist}; allowed: integers >= 1"
+            )
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"selection.alpha: got {self.alpha}; allowed: a level between 0 and 1 (e.g. 0.05)")
+        if self.race and self.mode != "kfold":
+            raise ConfigError(
+                "selection.race: got true with mode holdout; allowed: race with mode kfold (it races folds)"
+            )
+
+    @property
+    def rounds(self) -> int:
+        """Folds scored one after another (1 on the holdout split)."""
+        return self.folds if self.mode == "kfold" else 1
+
+    def describe(self) -> str:
+        """What the selection stage does and what it costs, for the plan and the first progress line."""
+        how = "the holdout val split" if self.mode == "holdout" else f"{self.folds} folds of train+val"
+        seeds = f", {self.seeds} seeds each" if self.seeds > 1 else ""
+        race = f", raced (a candidate drops once a fold's test at alpha {self.alpha:g}/{self.folds} excludes it)"
+        cost = self.rounds * self.seeds
+        times = f": {cost}x the selection stage's compute" + (" at most" if self.race else "") if cost > 1 else ""
+        return f"selection: scored on {how}{seeds}{race if self.race else ''}{times}"
+
+
+# candidate, fold -> its val outcomes per seed (None when a run failed) and what training them cost
+ScoreFold = Callable[[str, int], tuple[list[Outcomes] | None, Compute]]
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The selection's outcome: the choice, each candidate's evidence (over the folds it ran), the rounds."""
+
+    choice: Choice
+    evidence: dict[str, Evidence | None]
+    rounds: list[RaceRound]
+
+
+def score_candidates(
+    candidates: Sequence[str], run: ScoreFold, config: SelectionConfig, params: Mapping[str, int], seed: int = 0
+) -> Selected:
+    """Score ``candidates`` fold by fold with ``run`` (racing when ``config.race``) and choose among those left."""
+    alive, folds, rounds = list(candidates), {name: [] for name in candidates}, []
+    failed: set[str] = set()
+    for fold in range(config.rounds):
+        compute = Compute()
+        for name in alive:
+            outcomes, cost = run(name, fold)
+            compute = Compute.total([compute, cost])
+            if outcomes is None:
+                failed.add(name)
+            else:
+                folds[name].append(stack_seeds(outcomes))
+        dropped = {name: "failed" for name in alive if name in failed}
+        alive = [name for name in alive if name not in failed]
+        last = fold == config.rounds - 1
+        if config.race and not last and len(alive) > 1:
+            look = choose(_evidence(alive, folds, params), config.alpha / config.rounds, seed=seed)
+            for name in alive:
+                if name not in look.tied:
+                    interval = look.intervals[name]
+                    dropped[name] = (
+                        f"{interval.difference:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] to {look.leader}"
+                    )
+            alive = [name for name in alive if name not in dropped]
+        rounds.append(RaceRound(fold, len(alive) + len(dropped), dropped, compute))
+        if config.race and len(alive) <= 1:
+            break
+    evidence = _evidence(candidates, folds, params)
+    final = {name: (evidence[name] if name in alive else None) for name in candidates}
+    choice = choose(final, config.alpha, config.prefer, seed=seed)
+    excluded = {name: _why(name, failed, rounds) for name in candidates if name not in alive}
+    return Selected(replace(choice, excluded=excluded), evidence, rounds)
+
+
+def _evidence(names: Sequence[str], folds: Mapping[str, list[Outcomes]], params: Mapping[str, int]):
+    return {name: Evidence.pooled(folds[name], params.get(name)) if folds[name] else None for name in names}
+
+
+def _why(name: str, failed: set[str], rounds: list[RaceRound]) -> str:
+    if name in failed:
+        return "failed"
+    fold = next(r.fold for r in rounds if name in r.dropped)
+    return f"dropped by the race after fold {fold}: {rounds[fold].dropped[name]}"
+
+
+def selection_lines(summary: SelectionSummary) -> list[str]:
+    """A summary's markdown: how candidates were scored, the choice with each interval, the race, the cost."""
+    choice = Choice.from_dict(summary.choice)
+    evidence = {name: Evidence.from_json(e) for name, e in summary.evidence.items() if e is not None}
+    how = "the holdout val split" if summary.mode == "holdout" else f"{summary.folds} folds of train+val"
+    seeds = f", {summary.seeds} seeds each" if summary.seeds > 1 else ""
+    lines = [
+        f"Selection: scored on {how}{seeds}" + (", raced" if summary.race else "") + f" (prefer {summary.prefer}).",
+        "",
+    ]
+    lines += choice_table(choice, evidence)
+    for r in summary.rounds if summary.race else []:
+        dropped = "; ".join(f"{name} {why}" for name, why in r.dropped.items()) or "none"
+        lines.append(f"Race, fold {r.fold}: {r.scored} scored ({r.compute.wall_s:.0f} s), dropped: {dropped}.")
+    c = summary.compute
+    lines.append(
+        f"Selection compute: {c.train_images:,} training + {c.eval_images:,} evaluation images, {c.wall_s:.0f} s."
+    )
+    if summary.versus_lora:
+        lines.append(summary.versus_lora[0].upper() + summary.versus_lora[1:] + ".")
+    return lines
