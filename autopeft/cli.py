@@ -8,8 +8,12 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autopeft.errors import AutopeftError, BackboneError, ConfigError
+
+if TYPE_CHECKING:
+    from autopeft.records import SelectionSummary
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -122,6 +126,7 @@ def _search(args: argparse.Namespace) -> None:
             f"trainable {record.trainable_params:,}\n"
             f"{out}: candidates.csv, pareto.csv, best.yaml (test it on train+val: autopeft retrain {out})"
         )
+        _print_selection(record.selection)
         return
     where = Where(
         args.storage,
@@ -139,6 +144,15 @@ def _search(args: argparse.Namespace) -> None:
         f"{record.trials_pruned} pruned, {record.trials_failed} failed)\n"
         f"{out}: candidates.csv, pareto.csv, best.yaml (train the winner: autopeft train {out}/best.yaml)"
     )
+    _print_selection(record.selection)
+
+
+def _print_selection(summary: SelectionSummary | None) -> None:
+    """How a search's winner was chosen: the tied set and each interval (when its selection recorded one)."""
+    from autopeft.selection import selection_lines
+
+    if summary is not None:
+        print("\n" + "\n".join(selection_lines(summary)))
 
 
 def _select(args: argparse.Namespace) -> None:

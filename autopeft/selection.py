@@ -9,12 +9,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from autopeft.choice import Choice, choice_table, choose
+from autopeft.data import canonical, fold_data
 from autopeft.errors import ConfigError
-from autopeft.records import Compute, Evidence, Outcomes, RaceRound, SelectionSummary, stack_seeds
+from autopeft.records import OUTCOMES, Compute, Evidence, Outcomes, RaceRound, RunRecord, SelectionSummary, stack_seeds
+
+if TYPE_CHECKING:
+    from autopeft.runconfig import RunConfig
 
 
 @dataclass
@@ -110,6 +115,73 @@ def score_candidates(
     choice = choose(final, config.alpha, config.prefer, seed=seed)
     excluded = {name: _why(name, failed, rounds) for name in candidates if name not in alive}
     return Selected(replace(choice, excluded=excluded), evidence, rounds)
+
+
+def select_runs(
+    candidates: Mapping[str, RunConfig],
+    config: SelectionConfig,
+    params: Mapping[str, int],
+    root: Path,
+    train: Callable[[RunConfig, Path], RunRecord],
+    sizes: tuple[int, int],
+) -> tuple[Selected, dict[str, list[RunRecord]]]:
+    """Score run configs (scored on val, not final) as ``config`` says: each run trains (or is read back) by
+    ``train`` into ``root/<name>[-fold<k>][-seed<s>]``; the holdout run (a canonical fold 0 too) is ``root/<name>``.
+    ``sizes``: the task's train and val sizes (whether val is one fold)."""
+    is_canonical = canonical(*sizes, config.folds)
+    runs: dict[str, list[RunRecord]] = {name: [] for name in candidates}
+
+    def run(name: str, fold: int) -> tuple[list[Outcomes] | None, Compute]:
+        base = candidates[name]
+        data = base.data
+        if config.mode == "kfold":
+            data = fold_data(base.data, fold, config.folds, config.fold_seed, is_canonical)
+        where = [root / _run_dir(name, fold, s, data is base.data) for s in range(config.seeds)]
+        records = [train(replace(base, data=data, seed=base.seed + s), d) for s, d in enumerate(where)]
+        runs[name] += records
+        outcomes = [_val_outcomes(d, r) for d, r in zip(where, records, strict=True)]
+        return (None if None in outcomes else outcomes), Compute.total(r.compute for r in records)
+
+    seed = next(iter(candidates.values())).seed if candidates else 0
+    return score_candidates(list(candidates), run, config, params, seed), runs
+
+
+def summarize(config: SelectionConfig, selected: Selected, runs: Mapping[str, list[RunRecord]]) -> SelectionSummary:
+    """The record of a selection: its settings, the choice, each candidate's evidence, the rounds, the cost."""
+    return SelectionSummary(
+        config.mode,
+        config.rounds,
+        config.seeds,
+        config.alpha,
+        config.prefer,
+        config.race,
+        selected.choice.to_dict(),
+        {name: None if e is None else e.to_json() for name, e in selected.evidence.items()},
+        selected.rounds,
+        Compute.total(r.compute for records in runs.values() for r in records),
+    )
+
+
+def _run_dir(name: str, fold: int, seed: int, holdout: bool) -> str:
+    """``01`` for the holdout run (a canonical fold 0 too), ``01-fold2``, ``01-fold2-seed1``, ..."""
+    return name + ("" if holdout else f"-fold{fold}") + (f"-seed{seed}" if seed else "")
+
+
+def _val_outcomes(where: Path, record: RunRecord) -> Outcomes | None:
+    """A selection run's val outcomes; None when it did not complete (its candidate is excluded)."""
+    if record.status != "completed":
+        return None
+    if not (where / OUTCOMES).is_file():
+        raise ConfigError(f"{where}: no {OUTCOMES} (trained by an older autopeft); remove the folder to retrain it")
+    return Outcomes.read(where / OUTCOMES)
+
+
+def without_default_selection(claimed: dict[str, Any]) -> dict[str, Any]:
+    """A config as its run directory claims it: ``selection`` only away from its default (the holdout), so a
+    run directory claimed before selection modes existed resumes as it was."""
+    if claimed.get("selection") == asdict(SelectionConfig()):
+        return {k: v for k, v in claimed.items() if k != "selection"}
+    return claimed
 
 
 def _evidence(names: Sequence[str], folds: Mapping[str, list[Outcomes]], params: Mapping[str, int]):

@@ -210,3 +210,24 @@ def test_retrain_runs_the_best_trial_per_seed_and_reports_mean_and_std(tmp_path)
     bad = cli("retrain", str(out), "--seeds", "0", "--set", "train.epoch=2", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "train: unknown option 'epoch'" in bad.stderr and len(bad.stderr.splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_kfold_re_scores_the_shortlist_and_chooses_among_it(tmp_path):
+    out = tmp_path / "run"
+    kfold = ["--set", "selection.mode=kfold", "--set", "selection.folds=2", "--set", "selection.shortlist=2"]
+    done = cli("search", str(write(tmp_path, trials=3, pruner="none")), "--out", str(out), *kfold)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    shortlist = [r for r in rows(out / "candidates.csv")][:2]
+    names = [f"trial{int(r['round']):04d}" for r in shortlist]
+    assert sorted(p.name for p in (out / "shortlist").iterdir()) == sorted(
+        f"{n}-fold{k}" for n in names for k in (0, 1)
+    )
+    selection = result["selection"]
+    assert (selection["mode"], selection["folds"], selection["race"]) == ("kfold", 2, False)
+    assert selection["choice"]["winner"] in names and set(selection["choice"]["tied"]) <= set(names)
+    winner = selection["evidence"][selection["choice"]["winner"]]
+    assert winner["n"] == 1000 and result["val_acc"] == winner["accuracy"]  # pooled over both folds of train+val
+    assert result["best_trial"] == int(selection["choice"]["winner"].removeprefix("trial"))
+    assert json.loads((out / "selection.json").read_text()) == selection
+    assert "Selection: scored on 2 folds of train+val" in done.stdout and "| candidate |" in done.stdout

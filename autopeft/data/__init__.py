@@ -28,6 +28,7 @@ __all__ = [
     "fold_data",
     "from_arrays",
     "load_task",
+    "split_sizes",
 ]
 
 
@@ -161,13 +162,26 @@ def _folded(load: Callable[[], dict[str, Split]], folds: int, fold: int, seed: i
     return folded
 
 
-def _file_task(config: DataConfig, image_size: int) -> TaskData:
+def split_sizes(config: DataConfig) -> tuple[int, int]:
+    """Images in the task's train and val splits, from its lists alone (nothing decoded)."""
+    if config.name is not None:
+        arrays = builtin_arrays(config.name, config.seed)
+        return len(arrays["train"][1]), len(arrays["val"][1])
+    files = _read_files(config)
+    return len(files.items["train"]), len(files.items["val"])
+
+
+def _read_files(config: DataConfig) -> FileTask:
     readers = {
         "vtab": lambda: read_vtab(Path(config.root), config.task),
         "fgvc": lambda: read_fgvc(Path(config.root), config.task),
         "imagefolder": lambda: read_imagefolder(Path(config.root) / (config.task or ""), config.seed),
     }
-    files = readers[config.format]()
+    return readers[config.format]()
+
+
+def _file_task(config: DataConfig, image_size: int) -> TaskData:
+    files = _read_files(config)
     return TaskData(
         config.label,
         files.num_classes,

@@ -126,7 +126,7 @@ def optuna_sweep(
         ) from err
     candidates = study_candidates(config, prepared, study)
     tally = _accounting(study, SweepTally("optuna", _redact(url), study_name))
-    return finish_sweep(config, prepared.space, out, candidates, tally, start)
+    return finish_sweep(config, prepared.space, out, candidates, tally, start, display)
 
 
 def _open_study(

@@ -25,13 +25,14 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from autopeft.backbones import family_of
 from autopeft.choice import versus
 from autopeft.config import parse_options
-from autopeft.data import DataConfig, TaskData, canonical, fold_data
+from autopeft.data import DataConfig, TaskData
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import REGISTRY, describe_methods
@@ -72,7 +73,7 @@ from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
 from autopeft.search.prune_stage import CHOICE, PruneChoice, PruneStage, check_stage, choose_pruning, claimed, prunes
 from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, refit_score, train_supernet
-from autopeft.selection import Selected, SelectionConfig, score_candidates, selection_lines
+from autopeft.selection import SelectionConfig, select_runs, selection_lines, summarize
 from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
@@ -364,7 +365,11 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     )
     tried = {_retrain_dir(i, lr, lrs): (method_config(space, c.subnet), lr) for i, c in enumerate(top, 1) for lr in lrs}
     params = {_retrain_dir(i, lr, lrs): c.params for i, c in enumerate(top, 1) for lr in lrs}
-    selected, runs = _select(config, tried, params, task, out / "retrain", progress)
+    progress.say(config.selection.describe())
+    runs_of = {name: _run_config(config, methods, lr=lr) for name, (methods, lr) in tried.items()}
+    sizes = len(task.split("train")), len(task.split("val"))
+    train = partial(_train_or_reuse, progress=progress)
+    selected, runs = select_runs(runs_of, config.selection, params, out / "retrain", train, sizes)
     if selected.choice.winner is None:
         raise SearchFailed(f"every selection run failed: {selected.choice.excluded}")
     names = list(tried)
@@ -377,69 +382,10 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
     final = replace(config.retrain.train, lr=lr)
     best = RunConfig(config.backbone, config.data, winner, final, final=True, seed=config.retrain.seeds[0])
     write_text(out / "best.yaml", dump_run_config(best))
-    summary = _summary(config.selection, selected, runs)
+    summary = summarize(config.selection, selected, runs)
     write_json(out / SELECTION, asdict(summary))
     winner_dir = out / "retrain" / selected.choice.winner
     return _Chosen(candidates, top, standalone, pick, trained, searched, lr, winner_dir, summary)
-
-
-def _select(
-    config: PipelineConfig,
-    tried: dict[str, tuple[dict, float]],
-    params: dict[str, int],
-    task: TaskData,
-    out: Path,
-    progress: StageProgress,
-) -> tuple[Selected, dict[str, list[RunRecord]]]:
-    """Score the selection runs as ``config.selection`` says (holdout, or per fold, per seed, raced) and choose;
-    each run is a run directory ``out/<candidate>[-fold<k>][-seed<s>]``, read back when already finished."""
-    selection = config.selection
-    progress.say(selection.describe())
-    sizes = len(task.split("train")), len(task.split("val"))
-    is_canonical = canonical(*sizes, selection.folds)
-    runs: dict[str, list[RunRecord]] = {name: [] for name in tried}
-
-    def run(name: str, fold: int) -> tuple[list[Outcomes] | None, Compute]:
-        methods, lr = tried[name]
-        data = config.data
-        if selection.mode == "kfold":
-            data = fold_data(config.data, fold, selection.folds, selection.fold_seed, is_canonical)
-        where = [out / _selection_dir(name, fold, s, data is config.data) for s in range(selection.seeds)]
-        records = [_train(config, methods, d, progress, lr=lr, data=data, offset=s) for s, d in enumerate(where)]
-        runs[name] += records
-        outcomes = [_val_outcomes(d, r) for d, r in zip(where, records, strict=True)]
-        return (None if None in outcomes else outcomes), _total(records)
-
-    return score_candidates(list(tried), run, selection, params, config.seed), runs
-
-
-def _selection_dir(name: str, fold: int, seed: int, holdout: bool) -> str:
-    """``01`` for the holdout run (a canonical fold 0 too), ``01-fold2``, ``01-fold2-seed1``, ..."""
-    return name + ("" if holdout else f"-fold{fold}") + (f"-seed{seed}" if seed else "")
-
-
-def _val_outcomes(where: Path, record: RunRecord) -> Outcomes | None:
-    """A selection run's val outcomes; None when it did not complete (its candidate is excluded)."""
-    if record.status != "completed":
-        return None
-    if not (where / OUTCOMES).is_file():
-        raise ConfigError(f"{where}: no {OUTCOMES} (trained by an older autopeft); remove the folder to retrain it")
-    return Outcomes.read(where / OUTCOMES)
-
-
-def _summary(selection: SelectionConfig, selected: Selected, runs: dict[str, list[RunRecord]]) -> SelectionSummary:
-    return SelectionSummary(
-        selection.mode,
-        selection.folds if selection.mode == "kfold" else 1,
-        selection.seeds,
-        selection.alpha,
-        selection.prefer,
-        selection.race,
-        selected.choice.to_dict(),
-        {name: None if e is None else e.to_json() for name, e in selected.evidence.items()},
-        selected.rounds,
-        _total([r for records in runs.values() for r in records]),
-    )
 
 
 def _wall_s(start: float, stages: Iterable[Compute], resumed: bool) -> float:
@@ -601,18 +547,25 @@ def _train(
     seed: int | None = None,
     lr: float | None = None,
     init: str | None = None,
-    data: DataConfig | None = None,
-    offset: int = 0,
 ) -> RunRecord:
+    """A standalone run of ``_run_config`` into ``out`` (read back when finished there)."""
+    return _train_or_reuse(_run_config(config, methods, seed, lr, init), out, progress)
+
+
+def _run_config(
+    config: PipelineConfig, methods: dict, seed: int | None = None, lr: float | None = None, init: str | None = None
+) -> RunConfig:
     """A standalone run: on train scored on val (no test) when ``seed`` is None, else on train+val
     with that seed and the test split read once at the end; ``lr`` replaces the schedule's; ``init``: the
-    adapter it starts from (a pruned one); ``data``: a fold's split; ``offset``: a selection run's other seed."""
+    adapter it starts from (a pruned one)."""
     final = seed is not None
-    seed = config.seed + offset if seed is None else seed
+    seed = config.seed if seed is None else seed
     train = config.retrain.train if final else config.retrain.select_train()
     train = train if lr is None else replace(train, lr=lr)
-    data = config.data if data is None else data
-    run = RunConfig(config.backbone, data, methods, train, final=final, test=final, seed=seed, init=init)
+    return RunConfig(config.backbone, config.data, methods, train, final=final, test=final, seed=seed, init=init)
+
+
+def _train_or_reuse(run: RunConfig, out: Path, progress: StageProgress) -> RunRecord:
     return train_or_reuse(run, out, progress.run(f"{out.parent.name}/{out.name}"))
 
 

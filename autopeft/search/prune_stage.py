@@ -35,6 +35,7 @@ from autopeft.pruning import PRUNABLE, Level, check_fraction, check_segments, pr
 from autopeft.records import Compute, Pruning, SeedStats, Status
 from autopeft.runconfig import BackboneConfig, load_run_config
 from autopeft.runs import build_backbone, read_run, train_or_reuse
+from autopeft.selection import without_default_selection
 
 CHOICE = "prune.json"
 FOLDER = "prune"
@@ -242,6 +243,4 @@ def claimed(config: Any) -> dict[str, Any]:
     data = asdict(config)
     if not config.prune.enabled:
         del data["prune"]
-    if data.get("selection") == asdict(type(config.selection)()):
-        del data["selection"]  # the holdout default: a run claimed before selection modes existed resumes
-    return data
+    return without_default_selection(data)

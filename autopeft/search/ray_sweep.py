@@ -99,7 +99,7 @@ def ray_sweep(
             ray.shutdown()
     tally = SweepTally("ray", str(path), address=address or "local")
     candidates = _collect(config, prepared.space, prepared.depth, analysis, tally)
-    return finish_sweep(config, prepared.space, out, candidates, tally, start)
+    return finish_sweep(config, prepared.space, out, candidates, tally, start, display)
 
 
 def _connect(address: str | None) -> bool:

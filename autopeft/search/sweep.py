@@ -25,16 +25,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autopeft.config import parse_options
-from autopeft.data import DataConfig
+from autopeft.data import DataConfig, split_sizes
 from autopeft.errors import ConfigError, SearchFailed
-from autopeft.files import write_text
-from autopeft.progress import RunProgress, StageProgress
-from autopeft.records import Compute, RunRecord, SearchRecord
+from autopeft.files import write_json, write_text
+from autopeft.progress import RunProgress, SilentProgress, StageProgress
+from autopeft.records import Compute, RunRecord, SearchRecord, SelectionSummary
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, dump_yaml
 from autopeft.rundir import claim_dir
-from autopeft.runs import backbone_depth, machine_provenance, methods_count, train_run
+from autopeft.runs import backbone_depth, machine_provenance, methods_count, train_or_reuse, train_run
 from autopeft.search.candidates import Candidate, candidate_front, ranked, write_candidates
 from autopeft.search.optuna_search import SAMPLERS
+from autopeft.selection import SelectionConfig, select_runs, summarize, without_default_selection
 from autopeft.supernet import (
     SearchSpace,
     SubnetConfig,
@@ -69,6 +70,7 @@ class SweepConfig:
     pruner: Pruner = "median"
     retries: int = 1
     seed: int = 0
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # kfold / seeds: the shortlist re-scored
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -202,15 +204,26 @@ class SweepTally:
 
 
 def finish_sweep(
-    config: SweepConfig, space: SearchSpace, out: Path, candidates: list[Candidate], tally: SweepTally, start: float
+    config: SweepConfig,
+    space: SearchSpace,
+    out: Path,
+    candidates: list[Candidate],
+    tally: SweepTally,
+    start: float,
+    progress: StageProgress | None = None,
 ) -> SearchRecord:
-    """Write candidates.csv, pareto.csv, best.yaml and result.json; returns the search record."""
+    """Write candidates.csv, pareto.csv, best.yaml and result.json; returns the search record. Under a
+    ``selection`` with kfold or several seeds, the best ``shortlist`` trials are re-scored and chosen first."""
     completed = [c for c in candidates if not c.scored_by]
     if not completed:
         raise SearchFailed(f"search: no trial completed ({tally}); nothing to choose from")
     write_candidates(out / "candidates.csv", candidates, scored_by(config))
     write_candidates(out / "pareto.csv", candidate_front(completed), scored_by(config))
-    best = ranked(completed)[0]
+    best, val_acc, val_loss, selection = ranked(completed)[0], None, None, None
+    if config.selection.mode == "kfold" or config.selection.seeds > 1:
+        best, selection = _rescore(config, space, out, ranked(completed)[: config.selection.shortlist], progress)
+        evidence = selection.evidence[selection.choice["winner"]]
+        val_acc, val_loss = evidence["accuracy"], evidence["loss"]
     run = trial_run(config, space, best.subnet)
     write_text(out / "best.yaml", dump_run_config(replace(run, final=True, test=True)))
     wall = round(time.perf_counter() - start, 2)
@@ -221,8 +234,8 @@ def finish_sweep(
         methods=run.methods,
         train={"lr": run.train.lr, "weight_decay": run.train.weight_decay},
         trainable_params=best.params,
-        val_acc=best.score,
-        val_loss=best.loss,
+        val_acc=best.score if val_acc is None else val_acc,
+        val_loss=best.loss if val_loss is None else val_loss,
         seed=config.seed,
         epochs=config.train.epochs,
         candidates=len(candidates),
@@ -238,13 +251,38 @@ def finish_sweep(
         wall_time_s=wall,
         compute=replace(tally.compute, wall_s=wall),
         provenance=machine_provenance(test_read=False, train=config.train),
+        selection=selection,
     )
     record.write(out / "result.json")
     return record
+
+
+def _rescore(
+    config: SweepConfig, space: SearchSpace, out: Path, shortlist: list[Candidate], progress: StageProgress | None
+) -> tuple[Candidate, SelectionSummary]:
+    """The shortlist's trials scored again as ``config.selection`` says (per fold and seed, in ``out/shortlist``),
+    and the one chosen; ``selection.json`` records how."""
+    progress = progress or SilentProgress()
+    progress.say(f"shortlist: the best {len(shortlist)} trials by val, re-scored; {config.selection.describe()}")
+    trials = {f"trial{c.round:04d}": c for c in shortlist}
+    runs = {name: trial_run(config, space, c.subnet) for name, c in trials.items()}
+    params = {name: c.params for name, c in trials.items()}
+
+    def train(run: RunConfig, where: Path) -> RunRecord:
+        return train_or_reuse(run, where, progress.run(f"shortlist/{where.name}"))
+
+    sizes = split_sizes(config.data)
+    selected, records = select_runs(runs, config.selection, params, out / "shortlist", train, sizes)
+    if selected.choice.winner is None:
+        raise SearchFailed(f"search: every shortlisted trial failed when re-scored: {selected.choice.excluded}")
+    summary = summarize(config.selection, selected, records)
+    write_json(out / "selection.json", asdict(summary))
+    return trials[selected.choice.winner], summary
 
 
 def claim(out: Path, resume: bool, config: SweepConfig, engine: str) -> None:
     """Make ``out`` this sweep's run directory (after the config was checked): refuse another
     run's directory, or a resume with another config; write config.yaml."""
     again = f"autopeft search {out / 'config.yaml'} --engine {engine} --out {out} --resume"
-    claim_dir(out, resume, asdict(config), again)  # not locked: workers sharing a study share --out
+    # not locked: workers sharing a study share --out
+    claim_dir(out, resume, without_default_selection(asdict(config)), again)
