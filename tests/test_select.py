@@ -164,3 +164,24 @@ def test_pro_tuning_is_a_strategy_whose_sizes_are_kept_within_the_budget():
     suite = parse_suite({**SUITE, "strategies": ["pro_tuning"], "budget": budget}, "suite")
     assert _sizes_in_budget(suite, DataConfig(name="digits"), "pro_tuning") == ([4, 8], "")
     assert counts[4] < counts[8] < counts[16]
+
+
+def test_kfold_re_scores_each_strategys_winner_before_the_finalists(tmp_path):
+    out = tmp_path / "out"
+    suite = write(tmp_path, datasets=["digits"], strategies=["lora", "ssf"], finalists=1)
+    kfold = ["--set", "selection.mode=kfold", "--set", "selection.folds=2"]
+    done = cli("select", str(suite), "--out", str(out), *kfold)
+    assert done.returncode == 0, done.stderr
+    selection = load(out / "digits" / "selection.json")
+    assert sorted(p.name for p in (out / "digits" / "rescore").iterdir()) == [
+        "lora-fold0",
+        "lora-fold1",
+        "ssf-fold0",
+        "ssf-fold1",
+    ]
+    summary = selection["selection"]
+    assert (summary["mode"], summary["folds"]) == ("kfold", 2)
+    assert {name: e["n"] for name, e in summary["evidence"].items()} == {"lora": 1000, "ssf": 1000}
+    assert selection["chosen"] == summary["choice"]["winner"] == selection["ranking"][0]
+    assert [f["row"]["name"] for f in selection["finalists"]] == [selection["chosen"]]
+    assert "Selection: scored on 2 folds of train+val" in (out / "summary.md").read_text()

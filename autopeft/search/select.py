@@ -31,17 +31,26 @@ from typing import Any, Literal
 import optuna
 import torch
 
+from autopeft.choice import choose
 from autopeft.config import parse_options
-from autopeft.data import BUILTIN_TASKS, DataConfig
+from autopeft.data import BUILTIN_TASKS, DataConfig, split_sizes
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import describe_methods
 from autopeft.progress import SilentProgress, StageProgress
-from autopeft.records import Compute, DatasetChoice, FinalRow, SearchRecord, SelectionRecord
+from autopeft.records import (
+    Compute,
+    DatasetChoice,
+    Evidence,
+    FinalRow,
+    RunRecord,
+    SearchRecord,
+    SelectionRecord,
+    SelectionSummary,
+)
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.rundir import claim_dir, locked
 from autopeft.runs import RESULT, RunInterrupted, machine_provenance, train_or_reuse
-from autopeft.search.candidates import standalone_order
 from autopeft.search.pipeline import PipelineConfig, parse_pipeline, pruning_line, run_pipeline
 from autopeft.search.prune_stage import (
     CHOICE,
@@ -55,6 +64,7 @@ from autopeft.search.prune_stage import (
     prunes,
 )
 from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep, run_sweep
+from autopeft.selection import Selected, SelectionConfig, select_runs, selection_lines, summarize
 from autopeft.supernet import FloatRange, load_space, parse_space, suggest
 from autopeft.train import TrainConfig
 
@@ -103,6 +113,7 @@ class SuiteConfig:
     finalists: int = 2
     final: FinalStage = field(default_factory=FinalStage)
     prune: PruneStage = field(default_factory=PruneStage)  # E2VPT pruning of the chosen strategy's prompts
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # kfold / seeds: strategy winners re-scored
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -303,6 +314,7 @@ class DatasetSelection:
     chosen: str
     selected_on: str = "val"
     selection_wall_time_s: float | None = None
+    selection: SelectionSummary | None = None  # the choice among the strategies, with its tied set
 
     @property
     def choice(self) -> Finalist:
@@ -342,8 +354,9 @@ def select_dataset(
     scored = [o for o in outcomes if o.status == "completed" and o.val_acc is not None]
     if not scored:
         raise ConfigError(f"{folder.name}: no strategy finished ({'; '.join(_why(o) for o in outcomes)})")
-    order = standalone_order([(o.val_acc, o.val_loss) for o in scored])[::-1]  # best first
-    finalists = [scored[i] for i in order[: config.finalists]]
+    chosen = _choose_strategy(config, data, scored, folder / "rescore", progress)
+    ranking = _ranking(chosen)
+    finalists = [next(o for o in scored if o.name == name) for name in ranking[: config.finalists]]
     pruned = _prune(config, data, finalists[0], folder, progress)  # the first finalist is the choice
     seeds = config.final.seeds
     progress.say(
@@ -357,14 +370,52 @@ def select_dataset(
     selection = DatasetSelection(
         dataset=folder.name,
         data=data,
-        ranking=[scored[i].name for i in order],
+        ranking=ranking,
         strategies=outcomes,
         finalists=rows,
-        chosen=rows[0].row.name,  # the finalist best on val (finalists are in val order); never chosen on test
+        chosen=rows[0].row.name,  # the choice on val (finalists start with it); never chosen on test
         selection_wall_time_s=round(time.perf_counter() - start, 2),
+        selection=chosen,
     )
     write_json(folder / "selection.json", asdict(selection))
     return selection
+
+
+def _choose_strategy(
+    config: SuiteConfig, data: DataConfig, scored: list[StrategyOutcome], out: Path, progress: StageProgress
+) -> SelectionSummary:
+    """The choice among the strategies' winners: on their val counts (holdout, one seed; compared unpaired),
+    or re-scored as ``config.selection`` says (kfold or several seeds, in ``out/<strategy>[-fold<k>]...``)."""
+    selection, params = config.selection, {o.name: o.trainable_params for o in scored}
+    sizes = split_sizes(data)
+    if selection.mode == "holdout" and selection.seeds == 1:
+        evidence = {
+            o.name: Evidence.from_counts(round(o.val_acc * sizes[1] / 100), sizes[1], o.trainable_params, o.val_loss)
+            for o in scored
+        }
+        selected = Selected(choose(evidence, selection.alpha, selection.prefer), evidence, [])
+        return summarize(selection, selected, {})
+    progress.say(f"{out.parent.name}: the strategies' winners re-scored; {selection.describe()}")
+    runs = {o.name: _selection_run(config, data, o) for o in scored}
+
+    def train(run: RunConfig, where: Path) -> RunRecord:
+        return train_or_reuse(run, where, progress.run(f"rescore/{where.name}"))
+
+    selected, records = select_runs(runs, selection, params, out, train, sizes)
+    return summarize(selection, selected, records)
+
+
+def _ranking(summary: SelectionSummary) -> list[str]:
+    """The strategies best first: the winner, the rest of the tied set, then the others by their evidence."""
+    choice, evidence = summary.choice, summary.evidence
+    rest = sorted(
+        (name for name in evidence if evidence[name] is not None and name not in choice["tied"]),
+        key=lambda name: (
+            -evidence[name]["accuracy"],
+            math.inf if evidence[name]["loss"] is None else evidence[name]["loss"],
+        ),
+    )
+    return [choice["winner"], *(name for name in choice["tied"] if name != choice["winner"]), *rest]
 
 
 def _read_outcomes(path: Path) -> dict[str, StrategyOutcome]:
@@ -570,6 +621,7 @@ def render_summary(record: SelectionRecord, selections: list[DatasetSelection]) 
             f"## {s.dataset}",
             "",
             *([f"{s.chosen}: {pruning_line(pruning)}", ""] if pruning else []),
+            *([*selection_lines(s.selection), ""] if s.selection else []),
             "| strategy | params | val % | test % | compute (images) | wall s |",
             "|---|---:|---:|---:|---:|---:|",
         ]

@@ -100,7 +100,12 @@ def parse_sweep(data: Any, where: str, base: Path | None = None) -> SweepConfig:
 
 
 def dump_sweep(config: SweepConfig) -> str:
-    return dump_yaml(asdict(config))
+    """The sweep config as its run directory's config.yaml holds it."""
+    return dump_yaml(claimed_sweep(config))
+
+
+def claimed_sweep(config: SweepConfig) -> dict[str, Any]:
+    return without_default_selection(asdict(config))
 
 
 @dataclass
@@ -285,4 +290,4 @@ def claim(out: Path, resume: bool, config: SweepConfig, engine: str) -> None:
     run's directory, or a resume with another config; write config.yaml."""
     again = f"autopeft search {out / 'config.yaml'} --engine {engine} --out {out} --resume"
     # not locked: workers sharing a study share --out
-    claim_dir(out, resume, without_default_selection(asdict(config)), again)
+    claim_dir(out, resume, claimed_sweep(config), again)
