@@ -544,6 +544,7 @@ class DatasetChoice:
     row_key: str | None = None
     compute: dict[str, Compute] = field(default_factory=dict)  # per strategy, "prune" when it ran, and "final"
     pruning: Pruning | None = None
+    selection: SelectionSummary | None = None  # how the strategy was chosen, with its tied set
 
 
 @dataclass

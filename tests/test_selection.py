@@ -146,3 +146,7 @@ def test_kfold_race_drops_the_far_worse_candidate_and_resumes_without_retraining
     summary = (out / "summary.md").read_text()
     assert "Selection: scored on 3 folds of train+val, raced" in summary and "Race, fold 0: 3 scored" in summary
     assert record.table[0].val_acc == pytest.approx(selection.evidence[selection.choice["winner"]]["accuracy"])
+    report = cli("report", str(out), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    board = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert f"| digits | {out} | 3 folds, raced | {selection.choice['winner']} |" in board

@@ -105,6 +105,7 @@ def _sections(board: Leaderboard, loaded: Loaded, images: dict[str, bytes]) -> l
             images=[(n, n) for n in images if n.startswith("subnet_")],
         ),
         _pruned(board),
+        _choices(loaded),
         _costs(loaded),
     ]
     if vtab:
@@ -148,6 +149,33 @@ def _pruned(board: Leaderboard) -> Section:
     )
     header_ = ["row", "dataset", "level", "fraction", "params before", "params after", "record"]
     return Section("Pruned prompts", [note], header_, rows)
+
+
+def _choices(loaded: Loaded) -> Section:
+    """Each choice with its evidence: how candidates were scored, the winner and who it is tied with."""
+    rows = []
+    for c in sorted(loaded.choices, key=lambda c: (c.dataset, str(c.source))):
+        s, choice = c.selection, c.selection.choice
+        how = "holdout val" if s.mode == "holdout" else f"{s.folds} folds" + (", raced" if s.race else "")
+        how += f", {s.seeds} seeds" if s.seeds > 1 else ""
+        tied = [name for name in choice["tied"] if name != choice["winner"]]
+        rows.append(
+            [
+                c.dataset,
+                str(c.source),
+                how,
+                str(choice["winner"]),
+                ", ".join(tied) or "none: the choice is clear",
+                f"{s.compute.train_images:,} + {s.compute.eval_images:,}",
+            ]
+        )
+    note = (
+        "Each choice on val with its evidence (autopeft.choose): the candidates whose two-sided (1 - alpha) "
+        "interval to the leader reaches 0 are tied with it (alpha and each interval: the run directory's "
+        "selection.json); images processed by the scoring (training + evaluation)."
+    )
+    header_ = ["dataset", "run dir", "scored on", "winner", "tied with the winner", "images"]
+    return Section("How each choice was made", [note], header_, rows)
 
 
 def _costs(loaded: Loaded) -> Section:

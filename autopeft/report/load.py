@@ -17,6 +17,7 @@ from autopeft.records import (
     RunRecord,
     SearchRecord,
     SelectionRecord,
+    SelectionSummary,
     read_record,
 )
 from autopeft.report.vtab import canonical
@@ -74,11 +75,21 @@ class Missing:
     reason: str
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """How one run directory made a choice on one dataset: its selection record."""
+
+    dataset: str
+    source: Path
+    selection: SelectionSummary
+
+
 @dataclass
 class Loaded:
     entries: list[Entry] = field(default_factory=list)
     costs: list[Cost] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
+    choices: list[Chosen] = field(default_factory=list)
 
 
 def load_runs(run_dirs: list[Path]) -> Loaded:
@@ -94,10 +105,18 @@ def load_runs(run_dirs: list[Path]) -> Loaded:
         entries = _entries(record, run_dir)
         loaded.entries.extend(entries)
         loaded.costs.append(_cost(record, run_dir))
+        loaded.choices.extend(_choices(record, run_dir))
         loaded.missing.extend(Missing(e.source, f"{e.name} on {e.dataset}", e.reason) for e in entries if e.reason)
     if not loaded.entries:
         raise ConfigError(f"nothing to report: none of {', '.join(map(str, run_dirs))} holds a {RESULT}")
     return loaded
+
+
+def _choices(record: AnyRecord, source: Path) -> list[Chosen]:
+    if isinstance(record, SelectionRecord):
+        return [Chosen(d.dataset, source, d.selection) for d in record.datasets if d.selection is not None]
+    selection = getattr(record, "selection", None)  # run, and search with the supernet engine or a shortlist
+    return [] if selection is None else [Chosen(record.dataset, source, selection)]
 
 
 def method_label(methods: dict[str, Any]) -> str:

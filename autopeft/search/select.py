@@ -576,6 +576,7 @@ def _suite_record(config: SuiteConfig, selections: list[DatasetSelection], start
                 row_key=chosen.row_key,
                 compute=s.compute(),
                 pruning=chosen.pruning,
+                selection=s.selection,
             )
         )
     wall = sum(o.wall_time_s for s in selections for o in s.strategies)
