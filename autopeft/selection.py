@@ -162,6 +162,19 @@ def summarize(config: SelectionConfig, selected: Selected, runs: Mapping[str, li
     )
 
 
+def select_on_counts(
+    config: SelectionConfig, scores: Mapping[str, tuple[float, float | None, int]], n: int
+) -> SelectionSummary:
+    """The choice among candidates each scored in its own holdout run: ``name -> (val accuracy %, val loss,
+    params)`` on ``n`` val images, compared unpaired (no runs made, no compute)."""
+    evidence = {
+        name: Evidence.from_counts(round(accuracy * n / 100), n, params, loss)
+        for name, (accuracy, loss, params) in scores.items()
+    }
+    selected = Selected(choose(evidence, config.alpha, config.prefer), evidence, [])
+    return summarize(config, selected, {})
+
+
 def _run_dir(name: str, fold: int, seed: int, holdout: bool) -> str:
     """``01`` for the holdout run (a canonical fold 0 too), ``01-fold2``, ``01-fold2-seed1``, ..."""
     return name + ("" if holdout else f"-fold{fold}") + (f"-seed{seed}" if seed else "")

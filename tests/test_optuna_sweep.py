@@ -75,6 +75,9 @@ def test_sweep_writes_the_run_files_and_never_reads_test(tmp_path):
     trial_results = [json.loads(p.read_text()) for p in (out / "trials").glob("*/result.json")]
     assert trial_results and all(r["test_acc"] is None for r in trial_results)
     assert set(finished(f"sqlite:///{out / 'study.db'}")) == {int(r["round"]) for r in candidates}
+    choice = result["selection"]["choice"]  # the shortlist's tied set, from the trials' own val counts
+    assert result["selection"]["mode"] == "holdout" and choice["winner"] == f"trial{result['best_trial']:04d}"
+    assert "Newcombe" in choice["rule"] and "Selection: scored on the holdout val split" in done.stdout
 
 
 def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path):

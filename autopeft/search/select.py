@@ -31,7 +31,6 @@ from typing import Any, Literal
 import optuna
 import torch
 
-from autopeft.choice import choose
 from autopeft.config import parse_options
 from autopeft.data import BUILTIN_TASKS, DataConfig, split_sizes
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
@@ -41,7 +40,6 @@ from autopeft.progress import SilentProgress, StageProgress
 from autopeft.records import (
     Compute,
     DatasetChoice,
-    Evidence,
     FinalRow,
     RunRecord,
     SearchRecord,
@@ -64,7 +62,7 @@ from autopeft.search.prune_stage import (
     prunes,
 )
 from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep, run_sweep
-from autopeft.selection import Selected, SelectionConfig, select_runs, selection_lines, summarize
+from autopeft.selection import SelectionConfig, select_on_counts, select_runs, selection_lines, summarize
 from autopeft.supernet import FloatRange, load_space, parse_space, suggest
 from autopeft.train import TrainConfig
 
@@ -389,12 +387,9 @@ def _choose_strategy(
     selection, params = config.selection, {o.name: o.trainable_params for o in scored}
     sizes = split_sizes(data)
     if selection.mode == "holdout" and selection.seeds == 1:
-        evidence = {
-            o.name: Evidence.from_counts(round(o.val_acc * sizes[1] / 100), sizes[1], o.trainable_params, o.val_loss)
-            for o in scored
-        }
-        selected = Selected(choose(evidence, selection.alpha, selection.prefer), evidence, [])
-        return summarize(selection, selected, {})
+        return select_on_counts(
+            selection, {o.name: (o.val_acc, o.val_loss, o.trainable_params) for o in scored}, sizes[1]
+        )
     progress.say(f"{out.parent.name}: the strategies' winners re-scored; {selection.describe()}")
     runs = {o.name: _selection_run(config, data, o) for o in scored}
 

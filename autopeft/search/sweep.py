@@ -17,6 +17,7 @@ engine shares:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -35,7 +36,7 @@ from autopeft.rundir import claim_dir
 from autopeft.runs import backbone_depth, machine_provenance, methods_count, train_or_reuse, train_run
 from autopeft.search.candidates import Candidate, candidate_front, ranked, write_candidates
 from autopeft.search.optuna_search import SAMPLERS
-from autopeft.selection import SelectionConfig, select_runs, summarize, without_default_selection
+from autopeft.selection import SelectionConfig, select_on_counts, select_runs, summarize, without_default_selection
 from autopeft.supernet import (
     SearchSpace,
     SubnetConfig,
@@ -224,11 +225,16 @@ def finish_sweep(
         raise SearchFailed(f"search: no trial completed ({tally}); nothing to choose from")
     write_candidates(out / "candidates.csv", candidates, scored_by(config))
     write_candidates(out / "pareto.csv", candidate_front(completed), scored_by(config))
-    best, val_acc, val_loss, selection = ranked(completed)[0], None, None, None
+    shortlist = ranked(completed)[: config.selection.shortlist]
+    best, val_acc, val_loss = shortlist[0], None, None
     if config.selection.mode == "kfold" or config.selection.seeds > 1:
-        best, selection = _rescore(config, space, out, ranked(completed)[: config.selection.shortlist], progress)
+        best, selection = _rescore(config, space, out, shortlist, progress)
         evidence = selection.evidence[selection.choice["winner"]]
         val_acc, val_loss = evidence["accuracy"], evidence["loss"]
+    else:  # the shortlist's own val scores, each from its trial's run: compared unpaired
+        scores = {f"trial{c.round:04d}": (c.score, None if math.isnan(c.loss) else c.loss, c.params) for c in shortlist}
+        selection = select_on_counts(config.selection, scores, split_sizes(config.data)[1])
+        best = shortlist[list(scores).index(selection.choice["winner"])]
     run = trial_run(config, space, best.subnet)
     write_text(out / "best.yaml", dump_run_config(replace(run, final=True, test=True)))
     wall = round(time.perf_counter() - start, 2)
