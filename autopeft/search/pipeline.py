@@ -363,29 +363,28 @@ def _choose(config: PipelineConfig, built: _Built, out: Path, resume: bool, prog
         + (f" at lr {', '.join(f'{lr:g}' for lr in lrs)}" if config.retrain.lrs else "")
         + ", chosen on val"
     )
-    tried = {_retrain_dir(i, lr, lrs): (method_config(space, c.subnet), lr) for i, c in enumerate(top, 1) for lr in lrs}
-    params = {_retrain_dir(i, lr, lrs): c.params for i, c in enumerate(top, 1) for lr in lrs}
+    tried = {_retrain_dir(i, lr, lrs): (c, lr) for i, c in enumerate(top, 1) for lr in lrs}
+    runs_of = {name: _run_config(config, method_config(space, c.subnet), lr=lr) for name, (c, lr) in tried.items()}
+    params = {name: c.params for name, (c, _) in tried.items()}
     progress.say(config.selection.describe())
-    runs_of = {name: _run_config(config, methods, lr=lr) for name, (methods, lr) in tried.items()}
     sizes = len(task.split("train")), len(task.split("val"))
     train = partial(_train_or_reuse, progress=progress)
     selected, runs = select_runs(runs_of, config.selection, params, out / "retrain", train, sizes)
-    if selected.choice.winner is None:
+    name = selected.choice.winner
+    if name is None:
         raise SearchFailed(f"every selection run failed: {selected.choice.excluded}")
-    names = list(tried)
-    pick = names.index(selected.choice.winner)
-    winner, lr = tried[selected.choice.winner]
-    evidence = selected.evidence[selected.choice.winner]
-    standalone = [runs[name][0] for name in names]  # each candidate's first run: first fold, first seed
-    if len(runs[selected.choice.winner]) > 1:  # its val: the evidence pooled over folds and seeds
+    pick, lr, evidence = list(tried).index(name), tried[name][1], selected.evidence[name]
+    standalone = [first for first, *_ in runs.values()]  # each candidate's first run: first fold, first seed
+    if len(runs[name]) > 1:  # its val: the evidence pooled over folds and seeds
         standalone[pick] = replace(standalone[pick], val_acc=evidence.accuracy, val_loss=evidence.loss)
     final = replace(config.retrain.train, lr=lr)
-    best = RunConfig(config.backbone, config.data, winner, final, final=True, seed=config.retrain.seeds[0])
+    best = RunConfig(
+        config.backbone, config.data, runs_of[name].methods, final, final=True, seed=config.retrain.seeds[0]
+    )
     write_text(out / "best.yaml", dump_run_config(best))
     summary = summarize(config.selection, selected, runs)
     write_json(out / SELECTION, asdict(summary))
-    winner_dir = out / "retrain" / selected.choice.winner
-    return _Chosen(candidates, top, standalone, pick, trained, searched, lr, winner_dir, summary)
+    return _Chosen(candidates, top, standalone, pick, trained, searched, lr, out / "retrain" / name, summary)
 
 
 def _wall_s(start: float, stages: Iterable[Compute], resumed: bool) -> float:
