@@ -223,9 +223,10 @@ def selection_lines(summary: SelectionSummary) -> list[str]:
         dropped = "; ".join(f"{name} {why}" for name, why in r.dropped.items()) or "none"
         lines.append(f"Race, fold {r.fold}: {r.scored} scored ({r.compute.wall_s:.0f} s), dropped: {dropped}.")
     c = summary.compute
-    lines.append(
-        f"Selection compute: {c.train_images:,} training + {c.eval_images:,} evaluation images, {c.wall_s:.0f} s."
-    )
+    if c.train_images or c.eval_images:  # none when the candidates' own runs were compared, as they were scored
+        lines.append(
+            f"Selection compute: {c.train_images:,} training + {c.eval_images:,} evaluation images, {c.wall_s:.0f} s."
+        )
     if summary.versus_lora:
         lines.append(summary.versus_lora[0].upper() + summary.versus_lora[1:] + ".")
     return lines
