@@ -15,7 +15,7 @@ import pytest
 
 from autopeft.report.load import Entry
 from autopeft.report.plots import subnet_sizes
-from autopeft.report.table import pool
+from autopeft.report.table import build_leaderboard, pool
 from autopeft.report.vtab import TASKS
 from tests.test_train import cli
 
@@ -285,3 +285,34 @@ def test_chromium_screenshot_shows_table_and_plot(vtab_report: Path, tmp_path: P
         [sys.executable, str(script), str(no_plot), str(shot)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 1 and "Pareto front" in done.stderr, done.stdout + done.stderr
+
+
+def test_seeds_pool_on_a_dataset_even_where_the_name_splits_on_another() -> None:
+    """Three seeds of one lora config on digits pool into one cell although "lora" holds two
+    configurations on shapes_position (the README's pattern plus another run of the method)."""
+    seeds = [
+        Entry("lora", "digits", {}, 10, acc, None, 1, Path(f"final/lora/seed{i}"), "train", key="k1", schedule="1 ep")
+        for i, acc in enumerate([70.0, 72.0, 74.0])
+    ]
+    other = [
+        Entry(
+            "lora",
+            "shapes_position",
+            {},
+            10,
+            acc,
+            None,
+            1,
+            Path(f"other{i}"),
+            "train",
+            key=f"k{i + 2}",
+            schedule=f"{i + 1} ep",
+        )
+        for i, acc in enumerate([60.0, 65.0])
+    ]
+    board = build_leaderboard(seeds + other)
+    cells = {row.name: row.cells for row in board.rows}
+    assert set(cells) == {"lora", "lora [1 ep]", "lora [2 ep]"}
+    digits = cells["lora"]["digits"]
+    assert digits is not None and (digits.seeds, digits.mean, digits.std) == (3, 72.0, 2.0)
+    assert cells["lora [1 ep]"]["shapes_position"].mean == 60.0 and cells["lora [2 ep]"]["shapes_position"].mean == 65.0

@@ -92,19 +92,20 @@ def _ordered_datasets(names: set[str]) -> list[str]:
 
 def _grouped(entries: list[Entry]) -> dict[tuple[str, str], list[Entry]]:
     """Group by (row name, dataset), pooling only entries of one configuration (``Entry.key``). Where a
-    name holds several configurations on one dataset, each gets its own row, named with what tells
-    them apart: the schedule when that differs, else the run directory. Strategy rows ("searched",
-    "selected per dataset") hold one choice per run directory and dataset by design."""
+    name holds several configurations on one dataset, each gets its own row there, named with what
+    tells them apart: the schedule when that differs, else the run directory; on the datasets where
+    the name holds one configuration its seeds still pool into the plain row. Strategy rows
+    ("searched", "selected per dataset") hold one choice per run directory and dataset by design."""
     configs: dict[tuple[str, str], set] = {}
+    schedules: dict[tuple[str, str], set] = {}
     for e in entries:
         configs.setdefault((e.name, e.dataset), set()).add(_config(e))
-    split = {name for (name, _), keys in configs.items() if len(keys) > 1}
+        schedules.setdefault((e.name, e.dataset), set()).add(e.schedule)
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in entries:
-        name = e.name
-        if name in split:
-            schedules = {x.schedule for x in entries if x.name == name and x.dataset == e.dataset}
-            name = f"{name} [{e.schedule}]" if len(schedules) > 1 and e.schedule else f"{name} [{e.source}]"
+        name, where = e.name, (e.name, e.dataset)
+        if len(configs[where]) > 1:
+            name = f"{name} [{e.schedule}]" if len(schedules[where]) > 1 and e.schedule else f"{name} [{e.source}]"
         groups.setdefault((name, e.dataset), []).append(e)
     return groups
 
