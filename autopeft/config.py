@@ -14,7 +14,8 @@ T = TypeVar("T")
 
 
 def parse_options(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types. A class may define
+    ``unwritten_defaults(values) -> dict``: defaults, for the keys ``values`` lacks, that depend on the written ones."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -26,7 +27,8 @@ def parse_options(cls: type[T], data: Any, where: str) -> T:
             raise ConfigError(f"{where or 'config'}: unknown option '{key}'; allowed: {allowed}")
     hints = typing.get_type_hints(cls)
     values = {key: check_type(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()}
-    return cls(**values)
+    unwritten = getattr(cls, "unwritten_defaults", None)  # defaults that follow what was written
+    return cls(**(unwritten(values) | values if unwritten else values))
 
 
 def check_type(value: Any, tp: Any, where: str) -> Any:

@@ -43,6 +43,16 @@ class TrainConfig:
     # only in full fine-tuning (method full), frozen with a frozen backbone
     bn: Literal["auto", "frozen", "update"] = "auto"
 
+    @staticmethod
+    def unwritten_defaults(written: dict[str, Any]) -> dict[str, Any]:
+        """An unwritten ``warmup_epochs`` is clipped to ``epochs - 1``, so a short schedule needs no warm-up key.
+        Keys stay: configs of 4 or more epochs keep the default 3; below 3 epochs the default failed before; only
+        ``epochs: 3`` without the key (all of it warm-up before, none such in the ledger) now warms up for 2."""
+        epochs = written.get("epochs")
+        if "warmup_epochs" in written or not isinstance(epochs, int):
+            return {}
+        return {"warmup_epochs": min(TrainConfig.warmup_epochs, max(0, epochs - 1))}
+
     def __post_init__(self) -> None:
         """Range checks (types are checked by ``parse_options``); each error names its ``train.`` key."""
         at_least_one = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 from autopeft.cli import main
+from autopeft.config import parse_options
 from autopeft.errors import ConfigError
 from autopeft.runconfig import (
     BackboneConfig,
@@ -158,3 +160,16 @@ def test_cuda_index_past_the_devices_is_one_line():
         resolve_device("cuda:99")
     if cuda:
         assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize(("epochs", "warmup"), [(1, 0), (2, 1), (3, 2), (4, 3), (30, 3)])
+def test_unwritten_warmup_is_clipped_below_a_short_schedule(epochs, warmup):
+    """`train: {epochs: 2}` used to fail on train.warmup_epochs, a key the user never wrote."""
+    assert parse_options(TrainConfig, {"epochs": epochs}, "train").warmup_epochs == warmup
+    assert parse_run_config({"train": {"epochs": epochs}}, "run.yaml").train.warmup_epochs == warmup
+
+
+def test_a_written_warmup_is_kept_or_refused():
+    assert parse_options(TrainConfig, {"epochs": 3, "warmup_epochs": 3}, "train").warmup_epochs == 3
+    with pytest.raises(ConfigError, match=re.escape("train.warmup_epochs: got 3; allowed: 0..2")):
+        parse_options(TrainConfig, {"epochs": 2, "warmup_epochs": 3}, "train")
