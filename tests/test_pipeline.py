@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
+from autopeft.errors import ConfigError
 from autopeft.runconfig import load_run_config
+from autopeft.search.pipeline import parse_pipeline
 from tests.test_train import TINY, cli
 
 CONFIG = {
@@ -73,6 +77,8 @@ def test_run_writes_every_file_and_reads_test_only_in_the_final_runs(tmp_path):
     assert summary["table"][0]["run_s"] == round(one_run, 2)
     assert summary["search_cost_ratio"] == round(sum(summary["search_cost_s"].values()) / round(one_run, 2), 2)
     assert "| searched |" in done.stdout and "| linear | 0 |" in done.stdout
+    scored = re.findall(r"search: (\d+)/12 candidates scored, best so far val [\d.]+%", done.stderr)  # 6 + 1 x (3 + 3)
+    assert [int(n) for n in scored] == list(range(1, len(candidates) + 1))  # 12 planned: a line per candidate
 
 
 def test_search_engine_supernet_is_the_pipeline_stopped_at_its_val_winner(tmp_path):
@@ -226,3 +232,12 @@ def test_finalists_tried_at_several_learning_rates_carry_the_winners_lr(tmp_path
     assert result["train"]["lr"] == best.train.lr and result["val_acc"] == runs[winner]["val_acc"]
     retrain_images = sum(r["compute"]["train_images"] for r in runs.values())
     assert result["compute"]["train_images"] > retrain_images  # the supernet's training counted too
+
+
+def test_a_search_key_the_engine_does_not_read_is_refused():
+    """`search.trials` used to be accepted and silently ignored by the default evolution engine."""
+    with pytest.raises(ConfigError, match=r"run.yaml: search.trials: the evolution engine does not read it"):
+        parse_pipeline({"search": {"trials": 8}}, "run.yaml")
+    with pytest.raises(ConfigError, match=r"run.yaml: search.evolution: search.engine tpe does not read it"):
+        parse_pipeline({"search": {"engine": "tpe", "evolution": {"population": 4}}}, "run.yaml")
+    assert parse_pipeline({"search": {"engine": "tpe", "trials": 8}}, "run.yaml").search.trials == 8

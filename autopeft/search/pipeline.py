@@ -139,6 +139,14 @@ class SearchStage:
     # with a linear head fitted afresh on train (refit: one more forward pass over train per candidate)
     scoring: Literal["inherited", "refit"] = "refit"
 
+    def planned_candidates(self) -> int:
+        """How many candidates the engine scores at most (evolution: fewer where duplicates or the budget
+        leave a generation short)."""
+        if self.engine != "evolution":
+            return self.trials
+        e = self.evolution
+        return e.population + (e.generations - 1) * (e.mutations + e.crossovers)
+
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"search.engine: got {self.engine!r}; allowed: {', '.join(ENGINES)}")
@@ -207,12 +215,30 @@ def parse_pipeline(data: Any, where: str, base: Path | None = None) -> PipelineC
     space = data.get("space")
     if base is not None and isinstance(space, str) and space.endswith((".yaml", ".yml")):
         data = {**data, "space": str(base / space)}  # an absolute path stays as it is
+    _refuse_unread_search_keys(data.get("search"), where)
     defaults = asdict(PipelineConfig())
     merged = {**data, **{k: _merge(defaults[k], data[k]) for k in STAGES if isinstance(data.get(k), dict)}}
     try:
         return parse_options(PipelineConfig, merged, "")
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def _refuse_unread_search_keys(search: Any, where: str) -> None:
+    """``search.trials`` sizes only the Optuna engines and ``search.evolution`` only evolution: one written for
+    the other engine would be accepted and silently ignored."""
+    if not isinstance(search, dict):
+        return
+    engine = search.get("engine", SearchStage.engine)
+    if engine == "evolution" and "trials" in search:
+        raise ConfigError(
+            f"{where}: search.trials: the evolution engine does not read it; its size is search.evolution "
+            f"(population, generations, mutations, crossovers); trials is for search.engine {', '.join(SAMPLERS)}"
+        )
+    if engine in SAMPLERS and "evolution" in search:
+        raise ConfigError(
+            f"{where}: search.evolution: search.engine {engine} does not read it; its size is search.trials"
+        )
 
 
 def _merge(default: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -515,10 +541,19 @@ def _search(
     def cached(subnet: SubnetConfig) -> tuple[float, float]:
         return known[subnet] if subnet in known else score(subnet)
 
+    planned = stage.planned_candidates()
+    every = max(1, planned // 8)
+
     def record(candidate: Candidate) -> None:
         found.append(candidate)
         write_candidates(out / "candidates.csv", found, SCORED_BY, "loss")
         write_json(out / SEARCH_TIME, {"wall_s": before + time.perf_counter() - start})
+        if len(found) % every == 0:
+            best = ranked(found, "loss")[0]
+            progress.say(
+                f"search: {len(found)}/{planned} candidates scored, best so far val {best.score:.2f}% "
+                f"(loss {best.loss:.4f}, {best.params:,} parameters), {(time.perf_counter() - start) / 60:.1f} min"
+            )
 
     progress.say(
         f"search: {stage.engine} on val, {stage.scoring} head" + (f", budget {stage.budget:,}" if stage.budget else "")
