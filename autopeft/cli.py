@@ -47,19 +47,35 @@ def _methods(args: argparse.Namespace) -> None:
 
 
 def _datasets(args: argparse.Namespace) -> None:
-    """List the built-in offline tasks."""
+    """List the built-in offline tasks: a table on a wide terminal, a block per task elsewhere (a pipe, 80 columns),
+    so that no name or source is cut."""
+    import textwrap
+
     from rich.console import Console
     from rich.table import Table
 
     from autopeft.data import BUILTIN_TASKS, builtin_arrays
 
-    table = Table(title="built-in offline tasks (VTAB-1k protocol; use data.name in a config)")
-    for column in ("name", "classes", "chance %", "train / val / test", "what the label is", "source"):
-        table.add_column(column)
-    for name, task in BUILTIN_TASKS.items():
-        sizes = " / ".join(str(len(labels)) for _, labels in builtin_arrays(name).values())
-        table.add_row(name, str(task.num_classes), f"{task.chance:.1f}", sizes, task.description, task.source)
-    Console().print(table)
+    console = Console()
+    title = "built-in offline tasks (VTAB-1k protocol; use data.name in a config)"
+    rows = [
+        (name, str(task.num_classes), f"{task.chance:.1f}", sizes, task.description, task.source)
+        for name, task in BUILTIN_TASKS.items()
+        for sizes in [" / ".join(str(len(labels)) for _, labels in builtin_arrays(name).values())]
+    ]
+    if console.width >= 120:
+        table = Table(title=title)
+        for column in ("name", "classes", "chance %", "train / val / test", "what the label is", "source"):
+            table.add_column(column, no_wrap=column not in ("what the label is", "source"))
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    print(title)
+    for name, classes, chance, sizes, description, source in rows:
+        print(f"\n{name}: {classes} classes, chance {chance}%, train / val / test {sizes}")
+        for text in (description, f"source: {source}"):
+            print(textwrap.fill(text, console.width, initial_indent="  ", subsequent_indent="  "))
 
 
 def _train(args: argparse.Namespace) -> None:

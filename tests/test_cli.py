@@ -42,3 +42,21 @@ def test_bad_backbone_is_one_line_without_traceback():
         "autopeft: error: unknown backbone 'vit_tiny_patch16_22'; did you mean vit_tiny_patch16_224"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_datasets_shows_every_name_and_source_whole_in_a_pipe_and_on_a_wide_terminal():
+    """At 80 columns or in a pipe the table cut names to `shapes_posi…`."""
+    from autopeft.data import BUILTIN_TASKS
+
+    for columns in ("80", "160"):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": columns}
+        done = subprocess.run(
+            [sys.executable, "-m", "autopeft.cli", "datasets"], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert "…" not in done.stdout
+        flat = " ".join(done.stdout.replace("│", " ").split())  # a source may wrap over lines of a table cell
+        for name, task in BUILTIN_TASKS.items():
+            assert f" {name} " in f" {flat} ".replace(":", " ")
+            if columns == "80":
+                assert " ".join(task.source.split()) in flat
