@@ -82,9 +82,10 @@ def _train(args: argparse.Namespace) -> None:
     """Train one configuration into a run directory."""
     from autopeft.progress import TrainProgress
     from autopeft.runconfig import load_run_config
-    from autopeft.runs import train_run
+    from autopeft.runs import check_buildable, train_run
 
     config = load_run_config(args.config, args.set)
+    check_buildable(config, args.config)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     run = train_run(config, out, resume=args.resume, progress=TrainProgress(out.name))
     if run.status != "completed":

@@ -18,7 +18,7 @@ import torch
 import autopeft
 from autopeft.api import WEIGHTS_FILE, apply, count_trainable, load_adapter, save_adapter
 from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone
-from autopeft.data import Split, TaskData, load_task
+from autopeft.data import Split, TaskData, load_task, split_sizes
 from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
 from autopeft.files import write_atomic, write_text
@@ -97,6 +97,28 @@ def methods_count(backbone: BackboneConfig, methods: dict[str, Any]) -> int:
     with torch.device("meta"):
         model = build_backbone(replace(backbone, pretrained=False, checkpoint=None))
         return count_trainable(apply(model, methods))
+
+
+def check_buildable(config: RunConfig, where: str) -> None:
+    """What parsing cannot see, checked on the architecture alone before a run directory is touched: the
+    backbone exists, the method options fit it, the data is there. One error line starting with ``where``
+    (the config file) and naming the full key."""
+    try:
+        with torch.device("meta"):
+            model = build_backbone(replace(config.backbone, pretrained=False, checkpoint=None))
+    except AutopeftError as err:
+        raise type(err)(f"{where}: backbone.name: {err}") from err
+    try:
+        with torch.device("meta"):
+            apply(model, config.methods)
+    except AutopeftError as err:
+        key = "methods." if str(err).split(".", 1)[0] in REGISTRY else "methods: "
+        raise type(err)(f"{where}: {key}{err}") from err
+    try:
+        split_sizes(config.data)
+    except AutopeftError as err:
+        key = "data.name" if config.data.name is not None else "data.root"
+        raise type(err)(f"{where}: {key}: {err}") from err
 
 
 def backbone_depth(backbone: BackboneConfig) -> int:
@@ -179,6 +201,7 @@ def train_run(
     ``stopped``: a search's pruner; the test split is then never read)."""
     device = resolve_device(config.train.device)
     Precision(device, config.train.amp)  # fp16 without CUDA: one line before anything is written
+    check_buildable(config, f"the run config for {out}")
     with locked(out):
         prepare_run_dir(out, resume, config)
         write_text(out / "config.yaml", dump_run_config(config))

@@ -186,8 +186,26 @@ BAD = [
     ("broken yaml", "backbone: [unclosed\n", "config.yaml:2: not valid YAML"),
     ("unknown key", "learning_rate: 0.1\n", "config.yaml: unknown key 'learning_rate'; allowed: backbone, data"),
     ("wrong type", "train: {epochs: ten}\n", "config.yaml: train.epochs: got 'ten'; allowed: an integer"),
-    ("bad method option", TINY_YAML + "methods: {lora: {rank: -2}}\n", "lora.rank: got -2; allowed: a non-negative"),
-    ("missing data path", TINY_YAML + "data: {format: vtab, root: /x, task: cifar}\n", "/x/cifar: vtab task folder"),
+    (
+        "bad method option",
+        TINY_YAML + "methods: {lora: {rank: -2}}\n",
+        "config.yaml: methods.lora.rank: got -2; allowed",
+    ),
+    (
+        "missing data path",
+        TINY_YAML + "data: {format: vtab, root: /x, task: cifar}\n",
+        "config.yaml: data.root: /x/cifar",
+    ),
+    (
+        "unknown dataset",
+        TINY_YAML + "data: {name: digitz}\n",
+        "config.yaml: data.name: unknown built-in dataset 'digitz'",
+    ),
+    (
+        "unknown backbone",
+        TINY_YAML.replace("vit_tiny_patch16_224", "vit_tiny_patch16_22"),
+        "config.yaml: backbone.name: unknown backbone 'vit_tiny_patch16_22'",
+    ),
 ]
 
 
@@ -198,7 +216,7 @@ def test_bad_configs_exit_with_one_line(tmp_path, text, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert not (tmp_path / "run" / "result.json").exists()
+    assert not (tmp_path / "run").exists()  # nothing written: no config.yaml, no .lock
 
 
 def test_existing_run_is_never_overwritten(tmp_path):
