@@ -392,7 +392,7 @@ def _family_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], path: P
     except (KeyError, ValueError, RuntimeError, IndexError) as err:
         raise BackboneError(
             f"checkpoint {path}: timm's key mapping for {type(model).__name__} failed "
-            f"({type(err).__name__}: {_one_line(err)}); {_other_architecture(model)}"
+            f"({type(err).__name__}: {error_gist(err)}); {_other_architecture(model)}"
         ) from err
 
 
@@ -423,7 +423,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise BackboneError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {_one_line(err)})") from err
+        raise BackboneError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {error_gist(err)})") from err
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -432,9 +432,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _one_line(err: Exception) -> str:
-    """The gist of a reader's error on one line (torch's weights_only errors span several paragraphs)."""
+def error_gist(err: Exception) -> str:
+    """The gist of an error on one line. torch's ``weights_only`` refusal spans paragraphs and suggests running
+    the file's pickled code, which autopeft never does: it gets autopeft's next step instead."""
     text = str(err)
     if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        found = text.split("WeightsUnpickler error:", 1)[1].split(" was not an allowed global", 1)[0]
+        return (
+            f"{' '.join(found.split())}: the file pickles Python objects beside its tensors, and autopeft does not "
+            "run pickled code; save the tensors alone, e.g. torch.save(model.state_dict(), path) or safetensors"
+        )
     return " ".join(text.split())

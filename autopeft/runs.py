@@ -17,7 +17,7 @@ import torch
 
 import autopeft
 from autopeft.api import WEIGHTS_FILE, apply, count_trainable, load_adapter, save_adapter
-from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone
+from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone, error_gist
 from autopeft.data import Split, TaskData, load_task, split_sizes
 from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError, ConfigError
@@ -390,7 +390,10 @@ def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[dict], 
     try:
         state = torch.load(path, weights_only=True)
     except Exception as err:
-        raise ConfigError(f"{path}: checkpoint cannot be read ({type(err).__name__})") from err
+        raise ConfigError(
+            f"{path}: checkpoint cannot be read ({type(err).__name__}: {error_gist(err)}); it is damaged (a full "
+            f"disk?): delete it to start the run over, or train into a new --out"
+        ) from err
     params = dict(model.named_parameters())
     foreign = sorted(set(state["trainable"]) - set(params))
     if foreign:

@@ -198,3 +198,17 @@ def test_a_checkpoint_from_another_model_is_refused_in_one_line_and_kept(tmp_pat
     with pytest.raises(ConfigError, match=r"checkpoint holds parameter 'old\.[^']+' that this model does not have"):
         train_run(config, tmp_path / "run", resume=True)
     assert checkpoint.read_bytes() == before
+
+
+def test_a_damaged_checkpoint_is_one_line_with_the_next_step_and_kept(tmp_path):
+    config = load_run_config(write_config(tmp_path, epochs=1))
+    train_run(config, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a write cut short
+    before = checkpoint.read_bytes()
+    with pytest.raises(ConfigError) as err:
+        train_run(config, tmp_path / "run", resume=True)
+    message = str(err.value)
+    assert message.startswith(f"{checkpoint}: checkpoint cannot be read (") and "\n" not in message
+    assert message.endswith("delete it to start the run over, or train into a new --out")
+    assert checkpoint.read_bytes() == before
