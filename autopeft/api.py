@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autopeft import inject
-from autopeft.backbones import BackboneInfo, backbone_info
+from autopeft.backbones import BackboneInfo, backbone_info, backbone_name
 from autopeft.config import parse_options, per_block
 from autopeft.errors import BackboneError, ConfigError
 from autopeft.files import write_atomic, write_json
@@ -132,13 +132,6 @@ def merge(model: nn.Module) -> nn.Module:
     model.autopeft_methods = {n: o for n, o in methods.items() if n not in merged}
     model.autopeft_merged = sorted(set(getattr(model, "autopeft_merged", [])) | set(merged))
     return model
-
-
-def backbone_name(model: nn.Module) -> str:
-    recorded = getattr(model, "autopeft_backbone", None)
-    if recorded:
-        return recorded["name"]
-    return getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:

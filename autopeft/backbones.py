@@ -129,6 +129,14 @@ class BackboneInfo:
     widths: tuple[int, ...] = ()  # CNNs: the channels each block puts out
 
 
+def backbone_name(model: torch.nn.Module) -> str:
+    """The backbone name autopeft recorded on ``model``, else the timm model name it was created as (else its class)."""
+    recorded = getattr(model, "autopeft_backbone", None)
+    if recorded:
+        return recorded["name"]
+    return getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+
+
 def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneInfo:
     """Describe ``model``; raise a clear error if it is not a supported timm transformer or CNN."""
     if isinstance(model, tuple(CNN_FAMILIES)):
@@ -143,16 +151,18 @@ def backbone_info(model: torch.nn.Module, method: str = "autopeft") -> BackboneI
     blocks = all_blocks(model)
     block = unwrapped(blocks[0])
     kind = type(block).__name__
+    name = backbone_name(model)
+    where = "" if f"'{name}'" in method else f" in {name}"  # create_backbone's errors name it already
     if kind not in BLOCK_KINDS:
         raise BackboneError(
-            f"{method}: blocks of kind {kind} ({PARALLEL.get(kind, 'an unknown block layout')}) are not supported; "
-            f"allowed: timm blocks {', '.join(BLOCK_KINDS)}"
+            f"{method}: blocks of kind {kind} ({PARALLEL.get(kind, 'an unknown block layout')}){where} are not "
+            f"supported; allowed: timm blocks {', '.join(BLOCK_KINDS)}"
         )
     attn = unwrapped(block.attn)
     if isinstance(model, Eva) and not isinstance(attn, EvaAttention):
         raise BackboneError(
             f"{method}: Eva blocks with {type(attn).__name__} (rope attention with its own qkv layout, e.g. "
-            f"vit_pe_*) are not supported; allowed: Eva models with EvaAttention (eva_*, eva02_*)"
+            f"vit_pe_*){where} are not supported; allowed: Eva models with EvaAttention (eva_*, eva02_*)"
         )
     return BackboneInfo(
         width=model.embed_dim,

@@ -1,16 +1,18 @@
-"""The ``autopeft`` command."""
+"""autopeft: which parameter-efficient fine-tuning method, at which sizes and placements, is best for your
+dataset, and what it costs. 'autopeft run' is the main job; 'autopeft COMMAND --help' describes each command."""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import os
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autopeft.errors import AutopeftError, BackboneError, ConfigError
+from autopeft.errors import AutopeftError, BackboneError, ConfigError, RunInterrupted
 
 if TYPE_CHECKING:
     from autopeft.records import SelectionSummary
@@ -22,14 +24,17 @@ def _methods(args: argparse.Namespace) -> None:
 
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import autopeft
     from autopeft.backbones import family_of
     from autopeft.methods.base import with_family_defaults
-    from autopeft.runconfig import BackboneConfig
+    from autopeft.runconfig import BackboneConfig, yaml_inline
     from autopeft.runs import build_backbone
 
+    if args.num_classes < 1:
+        raise ConfigError(f"--num-classes: got {args.num_classes}; allowed: an integer >= 1")
     table = Table(title=f"methods on {args.backbone} ({args.num_classes} classes, head excluded)")
     for column in ("method", "default options", "trainable params"):
         table.add_column(column)
@@ -42,7 +47,7 @@ def _methods(args: argparse.Namespace) -> None:
             except (ConfigError, BackboneError) as err:  # a method this block kind or family cannot host
                 count = f"not on this backbone ({err})"
             options = with_family_defaults(spec, spec.options(), family_of(backbone))
-            table.add_row(name, str(asdict(options)), count)
+            table.add_row(name, escape(yaml_inline(asdict(options))), escape(count))
     Console().print(table)
 
 
@@ -197,8 +202,9 @@ def _retrain(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "retrain"
     record = retrain_run(run_dir, args.seeds, out, PipelineProgress(), args.set)
+    spread = f" +- {record.test_acc_std:.2f}" if record.test_acc_std is not None and record.seeds_completed > 1 else ""
     print(
-        f"{out}: test {_pct(record.test_acc)} +- {record.test_acc_std or 0:.2f} over seeds {args.seeds} "
+        f"{out}: test {_pct(record.test_acc)}{spread} over seeds {args.seeds} "
         f"({record.seeds_completed} completed)  trainable {record.trainable_params:,}"
     )
 
@@ -256,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True)
     methods = commands.add_parser("methods", help="list methods, default options and parameter counts")
-    methods.add_argument("--backbone", default="vit_base_patch16_224")
-    methods.add_argument("--num-classes", type=int, default=100)
+    methods.add_argument(
+        "--backbone", default="vit_base_patch16_224", help="a timm model or built-in backbone (%(default)s)"
+    )
+    methods.add_argument("--num-classes", type=int, default=100, help="classes of the head (%(default)s)")
     methods.set_defaults(run=_methods)
     commands.add_parser("datasets", help="list the built-in offline datasets").set_defaults(run=_datasets)
     train = commands.add_parser("train", help="train one configuration (methods + hyperparameters)")
@@ -311,12 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     select.set_defaults(run=_select)
     retrain = commands.add_parser("retrain", help="retrain a finished search's best.yaml on train+val per seed")
     retrain.add_argument("run_dir", help="a run directory of autopeft search, run or select that holds best.yaml")
-    retrain.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one final run per seed")
+    retrain.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED", help="one final run per seed (0 1 2)"
+    )
     retrain.add_argument("--out", help="where the seed runs go (default RUN_DIR/retrain)")
     retrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of best.yaml")
     retrain.set_defaults(run=_retrain)
     export = commands.add_parser("export", help="export a finished run's weights")
-    export.add_argument("run_dir")
+    export.add_argument("run_dir", help="a finished run directory (autopeft train, or a final run of run/select)")
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")
     export.add_argument("--merge", action="store_true", help="fold LoRA/SSF into the backbone (plain timm weights)")
     export.set_defaults(run=_export)
@@ -363,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in TORCH_FREE:
+            _import_torch()
         if args.threads is not None:
             _threads(args.threads)
         args.run(args)
@@ -370,8 +382,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"autopeft: error: {one_line(err)}", file=sys.stderr)
-        return 130 if isinstance(err, KeyboardInterrupt) else 2
+        return 130 if isinstance(err, (KeyboardInterrupt, RunInterrupted)) else 2
     return 0
+
+
+TORCH_FREE = ("choose",)  # commands that never import torch
+
+
+def _import_torch() -> None:
+    """Import torch with Ctrl-C held back until it is loaded: a Ctrl-C inside torch's C start-up aborts the
+    process or is swallowed there (leaving numpy half imported); held back, it arrives after as KeyboardInterrupt."""
+    block = getattr(signal, "pthread_sigmask", None)
+    if block is None:  # no signal masks on this platform
+        import torch
+
+        return
+    block(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401
+    finally:
+        block(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _threads(count: int) -> None:

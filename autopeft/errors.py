@@ -23,3 +23,7 @@ class SearchFailed(AutopeftError):
 
 class DataError(AutopeftError, ValueError):
     """A dataset file, line or image is missing or invalid."""
+
+
+class RunInterrupted(AutopeftError):
+    """Ctrl-C during training; the last epoch checkpoint is on disk (the command exits 130, as for SIGINT)."""

@@ -132,6 +132,11 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=YamlDumper, sort_keys=False)
 
 
+def yaml_inline(data: Any) -> str:
+    """``data`` on one line in YAML's spelling (``{rank: 8, alpha: null, targets: [q, v]}``), as a config holds it."""
+    return yaml.dump(data, Dumper=YamlDumper, sort_keys=False, default_flow_style=True, width=10**6).strip()
+
+
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's contents ({} when empty); a missing file or bad YAML is one ConfigError line."""
     path = Path(path)

@@ -20,7 +20,7 @@ from autopeft.api import WEIGHTS_FILE, apply, count_trainable, load_adapter, sav
 from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone, error_gist
 from autopeft.data import Split, TaskData, load_task, split_sizes
 from autopeft.data.transforms import input_config
-from autopeft.errors import AutopeftError, ConfigError
+from autopeft.errors import AutopeftError, ConfigError, RunInterrupted
 from autopeft.files import write_atomic, write_text
 from autopeft.inject import block_count
 from autopeft.methods import REGISTRY
@@ -58,10 +58,6 @@ from autopeft.train import (
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
-
-
-class RunInterrupted(AutopeftError):
-    """Ctrl-C during training; the last epoch checkpoint is on disk."""
 
 
 def build_model(config: RunConfig, with_methods: bool = True) -> tuple[torch.nn.Module, TaskData, Normalization]:

@@ -60,3 +60,31 @@ def test_datasets_shows_every_name_and_source_whole_in_a_pipe_and_on_a_wide_term
             assert f" {name} " in f" {flat} ".replace(":", " ")
             if columns == "80":
                 assert " ".join(task.source.split()) in flat
+
+
+def test_options_are_described_and_spelled_as_a_config_spells_them():
+    from autopeft.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    undescribed = [
+        f"{name} {action.dest}"
+        for name, sub in commands.items()
+        for action in sub._actions
+        if action.dest != "help" and not action.help
+    ]
+    assert undescribed == []
+    top = run_cli("--help")
+    assert "``" not in top.stdout and "COMMAND --help" in top.stdout
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    methods = subprocess.run(
+        [sys.executable, "-m", "autopeft.cli", "methods", "--backbone", "vit_tiny_patch16_224"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert "{rank: 8, alpha: null, targets: [q, v], dropout: 0.0}" in methods.stdout  # YAML, not a Python repr
+    assert "{length: 5, shared: true}" in methods.stdout
+    bad = run_cli("methods", "--num-classes", "0")
+    assert (
+        bad.returncode == 2 and bad.stderr.strip() == "autopeft: error: --num-classes: got 0; allowed: an integer >= 1"
+    )

@@ -23,7 +23,10 @@ BAD_OPTIONS = [
     ({"lora": {"rank": -1}}, "lora.rank: got -1; allowed: a non-negative integer"),
     ({"lora": {"rank": 2.5}}, "lora.rank: got 2.5; allowed: an integer or a list of (an integer)"),
     ({"lora": {"rank": [4, 4]}}, "lora.rank: per-block list has 2 entries; allowed: exactly 3"),
-    ({"lora": {"targets": ["q", "out"]}}, "lora.targets: got ['q', 'out']; allowed: a list of ('q' or 'k'"),
+    (
+        {"lora": {"targets": ["q", "out"]}},
+        "lora.targets: 'out' is not a target of a transformer; allowed there: q, k, v, qkv, proj, fc1, fc2",
+    ),
     ({"lora": {"targets": ["qkv", "q"]}}, "lora.targets: 'qkv' (fused) cannot be combined"),
     ({"lora": {"alpha": 0}}, "lora.alpha: got 0.0; allowed: a positive number"),
     ({"adapter": {"dim": "8"}}, "adapter.dim: got '8'; allowed: an integer"),
@@ -33,7 +36,10 @@ BAD_OPTIONS = [
     ({"vpt": {"mode": "shallow", "length": [1, 2, 3]}}, "vpt.length: a per-block list needs mode 'deep'"),
     ({"vpt": {"length": [1, -2, 3]}}, "vpt.length: got -2; allowed: a non-negative integer"),
     ({"ssf": {"enabled": 2}}, "ssf.enabled: got 2; allowed: 0..1"),
-    ({"ssf": {"sites": ["qkv", "mlp"]}}, "ssf.sites: got ['qkv', 'mlp']; allowed: a list of ('patch_embed'"),
+    (
+        {"ssf": {"sites": ["qkv", "mlp"]}},
+        "ssf.sites: 'mlp' is not a site of a transformer; allowed there: patch_embed, norm1,",
+    ),
     ({"kv_prompt": {"shared": "yes"}}, "kv_prompt.shared: got 'yes'; allowed: true or false"),
     ({"bitfit": {"lr": 1}}, "bitfit: unknown option 'lr'; allowed: none"),
     ({"lora": "rank=8"}, "lora: expected a mapping of options, got 'rank=8'"),

@@ -218,7 +218,7 @@ def test_prompts_are_refused_with_one_line_where_the_blocks_are_unsupported(name
         with pytest.raises(BackboneError) as err:
             autopeft.apply(model, {method: {}})
         assert str(err.value).startswith(f"{method}: {message}") and "\n" not in str(err.value)
-        assert "not supported; allowed: " in str(err.value)
+        assert "not supported; allowed: " in str(err.value) and name in str(err.value)  # the model is named
 
 
 def test_swin_demo_runs_the_supernet_pipeline_end_to_end(tmp_path):

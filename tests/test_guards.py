@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from autopeft.cli import one_line
-from autopeft.errors import ConfigError
+from autopeft.errors import ConfigError, RunInterrupted
 from autopeft.runconfig import load_run_config
 from autopeft.rundir import LOCK, locked
 from autopeft.runkey import changed_keys
-from autopeft.runs import RunInterrupted, train_run
+from autopeft.runs import train_run
 from tests.test_train import cli, write_config
 
 
@@ -169,6 +169,35 @@ class CtrlCInFirstEpoch:
     def epoch(self, metrics) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def test_ctrl_c_during_training_exits_130_with_the_resume_command(tmp_path):
+    """Ctrl-C inside an epoch became RunInterrupted and exited 2, as a bad config does."""
+    out = tmp_path / "r"
+    command = [
+        sys.executable,
+        "-m",
+        "autopeft.cli",
+        "train",
+        str(write_config(tmp_path, epochs=200)),
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    for _ in range(1200):  # until the first epoch's checkpoint is written
+        if (out / "checkpoint.pt").is_file() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr.strip().splitlines()[-1]
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_can_be_resumed(tmp_path):

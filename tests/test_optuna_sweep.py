@@ -209,6 +209,7 @@ def test_retrain_runs_the_best_trial_per_seed_and_reports_mean_and_std(tmp_path)
     assert missing.returncode == 2 and "best.yaml missing" in missing.stderr
     shorter = cli("retrain", str(out), "--seeds", "0", "--set", "train.epochs=2", "--out", str(tmp_path / "shorter"))
     assert shorter.returncode == 0, shorter.stderr
+    assert " +- " in done.stdout and " +- " not in shorter.stdout  # one seed has no spread to print
     assert json.loads((tmp_path / "shorter" / "seed0" / "result.json").read_text())["epochs"] == 2 != seeds[0]["epochs"]
     bad = cli("retrain", str(out), "--seeds", "0", "--set", "train.epoch=2", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "train: unknown option 'epoch'" in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,6 @@ from autopeft.methods.base import (
     tensor_kwargs,
 )
 
-Target = Literal["q", "k", "v", "qkv", "proj", "fc1", "fc2", "conv1", "conv2", "conv3", "conv_pw", "conv_pwl"]
 QKV_PARTS = ("q", "k", "v")
 TRANSFORMER_TARGETS = (*QKV_PARTS, "qkv", "proj", "fc1", "fc2")
 # Per CNN family: the layers a target names (ConvNeXt's MLP Linears or 1x1 convolutions, ResNet's convolutions,
@@ -40,11 +38,12 @@ CNN_DEFAULTS = {"convnext": ["fc1", "fc2"], "resnet": ["conv1", "conv2"], "effic
 
 @dataclass
 class LoRAOptions:
-    """``targets`` null: the family's (q, v on transformers; ``CNN_DEFAULTS``)."""
+    """``targets`` null: the family's (q, v on transformers; ``CNN_DEFAULTS``). Which targets a backbone has
+    depends on its family (``TRANSFORMER_TARGETS``, ``CNN_TARGETS``), so they are checked where it is known."""
 
     rank: int | list[int] = 8
     alpha: float | None = None
-    targets: list[Target] | None = None
+    targets: list[str] | None = None
     dropout: float = 0.0
 
     def __post_init__(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +26,6 @@ from autopeft.methods.base import (
     tensor_kwargs,
 )
 
-Site = Literal[
-    "patch_embed", "norm1", "qkv", "proj", "norm2", "fc1", "fc2", "merging", "norm",
-    "stem", "convs", "norms", "downsample", "head",
-]  # fmt: skip
 BLOCK_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
 MERGING_PARTS = ("norm", "reduction")  # a Swin patch merging: LayerNorm(4c), then Linear(4c, 2c)
 ALL_SITES = ("patch_embed", *BLOCK_SITES, "merging", "norm")  # a transformer's
@@ -42,10 +37,11 @@ CNN_SITE_KINDS = {"convs": WEIGHT_LAYERS, "norms": NORMS}
 
 @dataclass
 class SSFOptions:
-    """``sites`` null: the family's (every transformer site, or every CNN site)."""
+    """``sites`` null: the family's (every transformer site, or every CNN site); which sites a backbone has
+    depends on its family (``ALL_SITES``, ``CNN_SITES``), so they are checked where it is known."""
 
     enabled: bool | int | list[bool | int] = 1
-    sites: list[Site] | None = None
+    sites: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.sites is not None and not self.sites:

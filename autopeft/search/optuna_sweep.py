@@ -23,10 +23,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autopeft.errors import ConfigError, SearchFailed
+from autopeft.errors import ConfigError, RunInterrupted, SearchFailed
 from autopeft.progress import StageProgress
 from autopeft.records import Compute, SearchRecord
-from autopeft.runs import CHECKPOINT, RunInterrupted
+from autopeft.runs import CHECKPOINT
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
 from autopeft.search.sweep import (

@@ -26,10 +26,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from autopeft.errors import ConfigError
+from autopeft.errors import ConfigError, RunInterrupted
 from autopeft.progress import StageProgress
 from autopeft.records import Compute, SearchRecord
-from autopeft.runs import RunInterrupted
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
 from autopeft.search.sweep import (

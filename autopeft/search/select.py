@@ -33,7 +33,7 @@ import torch
 
 from autopeft.config import parse_options
 from autopeft.data import BUILTIN_TASKS, DataConfig, split_sizes
-from autopeft.errors import BudgetError, ConfigError, SearchFailed
+from autopeft.errors import BudgetError, ConfigError, RunInterrupted, SearchFailed
 from autopeft.files import write_json, write_text
 from autopeft.methods import describe_methods
 from autopeft.progress import SilentProgress, StageProgress
@@ -48,7 +48,7 @@ from autopeft.records import (
 )
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.rundir import claim_dir, locked
-from autopeft.runs import RESULT, RunInterrupted, machine_provenance, train_or_reuse
+from autopeft.runs import RESULT, machine_provenance, train_or_reuse
 from autopeft.search.pipeline import PipelineConfig, parse_pipeline, pruning_line, run_pipeline
 from autopeft.search.prune_stage import (
     CHOICE,
