@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -146,6 +147,9 @@ def test_a_two_node_cluster_runs_every_trial_across_both_nodes(tmp_path, cluster
     assert len(result["nodes"]) == 2
     with (out / "candidates.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
+    ended = re.findall(r"search: trial (\d)/4 finished: val [\d.]+%", done.stderr)
+    assert sorted(ended) == ["1", "2", "3", "4"]  # a line per trial in place of Tune's tables (~90 lines for 2)
+    assert "Trial status" not in done.stdout + done.stderr and "Configuration for experiment" not in done.stdout
     assert (out / "best.yaml").is_file() and (out / "pareto.csv").is_file()
 
 

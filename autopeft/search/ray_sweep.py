@@ -10,6 +10,7 @@ run again from its last epoch (``retries`` times). Results and checkpoints live 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -64,6 +65,11 @@ def ray_sweep(
     path = Path(storage_path or out / "ray").resolve() / EXPERIMENT
     if resume and not tune.Tuner.can_restore(str(path)):
         raise ConfigError(f"--resume: {path} holds no Ray Tune experiment; nothing was changed")
+    # Tune's own output goes (TrialLines says a line per trial): its new output engine prints an experiment box
+    # at any verbosity, and it warns on every checkpoint of a short trial that snapshots come often
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = _connect(address)
     try:
         if display is not None:
@@ -87,7 +93,8 @@ def ray_sweep(
                     storage_path=str(path.parent),
                     failure_config=tune.FailureConfig(max_failures=config.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    verbose=1,
+                    verbose=0,
+                    callbacks=[TrialLines(config.trials, display)] if display is not None else None,
                 ),
             )
         tuner.fit()
@@ -101,14 +108,33 @@ def ray_sweep(
     return finish_sweep(config, prepared.space, out, candidates, tally, start, display)
 
 
+class TrialLines(tune.Callback):
+    """One line per finished or failed trial, in place of Tune's status tables."""
+
+    def __init__(self, trials: int, display: StageProgress) -> None:
+        self.trials, self.display, self.ended = trials, display, 0
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self.ended += 1
+        result = trial.last_result or {}
+        score = f"val {result[METRIC]:.2f}%" if METRIC in result else "no val score"
+        self.display.say(
+            f"search: trial {self.ended}/{self.trials} finished: {score}, {result.get('params', 0):,} parameters"
+        )
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self.ended += 1
+        self.display.say(f"search: trial {self.ended}/{self.trials} failed (its error is in {trial.local_path})")
+
+
 def _connect(address: str | None) -> bool:
     """Join the cluster at ``address`` or start a local Ray;
     True when this process started Ray (and so shuts it down)."""
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         return True
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ConfigError(f"--address {address}: no Ray cluster reachable ({err})") from err
     return False
