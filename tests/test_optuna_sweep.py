@@ -115,6 +115,11 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path):
         history = [json.loads(line) for line in (out / "trials" / f"{trial.number:04d}" / "metrics.jsonl").open()]
         assert [h["epoch"] for h in history] == [1, 2, 3]
     assert len(rows(out / "candidates.csv")) == 5
+    whole = tmp_path / "whole"  # the same sweep uninterrupted proposes the same trials in the same order
+    assert cli("search", str(config), "--out", str(whole)).returncode == 0
+    uninterrupted = finished(f"sqlite:///{whole / 'study.db'}")
+    proposed = [after[n][2] for n in sorted(after)]
+    assert proposed == [uninterrupted[n][2] for n in sorted(uninterrupted)]  # a restarted sampler repeated trial 0
 
 
 def two_workers(tmp_path: Path, storage: str, trials: int = 6) -> None:

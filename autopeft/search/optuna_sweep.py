@@ -14,6 +14,7 @@ a new number, continuing from their last epoch checkpoint, at most ``retries`` t
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import time
@@ -106,7 +107,7 @@ def optuna_sweep(
     backend = open_storage(url)
     if storage is not None:  # a shared study: workers may share one run directory too
         claim(out, resume or (out / "config.yaml").is_file(), config, "optuna")
-    study = _open_study(config, backend, study_name, resume, url)
+    study, seed = _open_study(config, backend, study_name, resume, url)
     if resume:
         _retry_unfinished(study, config.retries)
     say = display.say if display is not None else (lambda message: None)
@@ -114,6 +115,7 @@ def optuna_sweep(
     try:
         while _finished(study) < config.trials:
             _check_failures(study, config.trials)
+            study.sampler = make_sampler(config.sampler, proposal_seed(seed, study))
             trial = study.ask()
             if _surplus(study, trial, config.trials):
                 trial.set_user_attr(SURPLUS, True)
@@ -131,16 +133,16 @@ def optuna_sweep(
 
 def _open_study(
     config: SweepConfig, backend: optuna.storages.BaseStorage, name: str, resume: bool, url: str
-) -> optuna.Study:
-    """Create the study, or join it when it exists. The first worker's sampler is seeded with
-    ``config.seed``; a worker joining a running study draws its own seed, so that two workers
-    never propose the same sequence."""
+) -> tuple[optuna.Study, int]:
+    """Create the study, or join it when it exists; with the seed its proposals derive from (``proposal_seed``).
+    The first worker's is ``config.seed``, and a resumed one keeps it; a worker joining a running study draws
+    its own, so that two workers never propose the same sequence."""
     exists = name in {s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
     if resume and not exists:
         raise ConfigError(f"--resume: {_redact(url)} holds no study {name!r}; nothing was changed")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize", "minimize"] if config.pareto else ["maximize"]
-    seed = config.seed if not exists or resume else None
+    seed = config.seed if not exists or resume else random.SystemRandom().randrange(2**31)
     study = optuna.create_study(
         storage=backend,
         study_name=name,
@@ -151,7 +153,15 @@ def _open_study(
     )
     if len(study.directions) != len(directions):
         raise ConfigError(f"study {name!r} exists with other objectives; pareto must match the study's")
-    return study
+    return study, seed
+
+
+def proposal_seed(seed: int, study: optuna.Study) -> int:
+    """The sampler's seed for the study's next proposal: a function of ``seed`` and how many proposals the study
+    already holds (its trials, less the retries of killed ones, which repeat a proposal), so that a resumed sweep
+    proposes what the uninterrupted one would have, where a sampler seeded once restarts its stream on resume."""
+    proposals = sum(1 for t in study.get_trials(deepcopy=False) if RETRY_OF not in t.user_attrs)
+    return (seed * 1_000_003 + proposals) % 2**32
 
 
 def _counted(trial: optuna.trial.FrozenTrial) -> bool:
