@@ -27,3 +27,7 @@ class DataError(AutopeftError, ValueError):
 
 class RunInterrupted(AutopeftError):
     """Ctrl-C during training; the last epoch checkpoint is on disk (the command exits 130, as for SIGINT)."""
+
+
+class RunLocked(ConfigError):
+    """Another live autopeft process holds the run directory's lock."""

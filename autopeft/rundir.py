@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autopeft.errors import ConfigError
+from autopeft.errors import ConfigError, RunLocked
 from autopeft.files import write_text
 from autopeft.runconfig import dump_yaml, load_yaml, read_yaml
 from autopeft.runkey import refuse_changes
@@ -36,7 +36,7 @@ def locked(out: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise ConfigError(
+            raise RunLocked(
                 f"{out}: another autopeft command is writing this run directory ({holder}); wait for it to "
                 f"finish or choose another --out"
             ) from None

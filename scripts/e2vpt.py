@@ -51,7 +51,7 @@ from timing import Timed, floor_step, run_interleaved, train_step
 import autopeft
 from autopeft.api import WEIGHTS_FILE
 from autopeft.data import BUILTIN_TASKS, DataConfig, from_arrays
-from autopeft.errors import ConfigError
+from autopeft.errors import ConfigError, RunLocked
 from autopeft.files import write_json
 from autopeft.ground import load_ground
 from autopeft.pruning import prune_run, read_prune_run
@@ -147,9 +147,7 @@ def train_job(job: tuple[RunConfig, Path]) -> RunRecord:
     while True:
         try:
             return cached_run(config, cache)
-        except ConfigError as err:
-            if "another autopeft command is writing" not in str(err):
-                raise
+        except RunLocked:
             time.sleep(LOCK_WAIT_S)
 
 
