@@ -132,8 +132,9 @@ def _search(args: argparse.Namespace) -> None:
     on the optuna or the ray engine."""
     from autopeft.progress import PipelineProgress
     from autopeft.runconfig import apply_overrides, read_yaml
+    from autopeft.search.engines import run_sweep
     from autopeft.search.pipeline import parse_pipeline, run_pipeline
-    from autopeft.search.sweep import Where, parse_sweep, run_sweep
+    from autopeft.search.sweep import Where, parse_sweep
 
     data = apply_overrides(read_yaml(args.config) if args.config else {}, args.set)
     base = Path(args.config).resolve().parent if args.config else None

@@ -38,9 +38,10 @@ from autopeft.runconfig import BackboneConfig, RunConfig, dump_yaml, load_yaml, 
 from autopeft.runkey import changed_keys, config_key
 from autopeft.runs import RESULT, cached_run
 from autopeft.search.candidates import standalone_order
+from autopeft.search.engines import run_sweep
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
 from autopeft.search.prune_stage import claimed
-from autopeft.search.sweep import Where, parse_sweep, run_sweep
+from autopeft.search.sweep import Where, parse_sweep
 from autopeft.stats import paired_seeds, t_interval, verdict
 from autopeft.supernet import SPACES
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopeft.files import write_atomic
-from autopeft.report.html import to_html
+from autopeft.report.html import Section, to_html
 from autopeft.report.load import Loaded, load_runs
 from autopeft.report.plots import Point, pareto_plot, subnet_plot
 from autopeft.report.table import (
@@ -32,17 +31,6 @@ VTAB_LEGEND = (
     "group means (as in papers); M19 = plain mean over the 19 tasks (as in V-PETL Bench); 'Mean (k VTAB tasks)' "
     "when not all 19 are in the report."
 )
-
-
-@dataclass
-class Section:
-    """One part of the report, rendered as Markdown and as HTML."""
-
-    title: str
-    notes: list[str] = field(default_factory=list)
-    header: list[str] = field(default_factory=list)
-    rows: list[list[str]] = field(default_factory=list)
-    images: list[tuple[str, str]] = field(default_factory=list)
 
 
 def write_report(run_dirs: list[Path], out: Path) -> list[Path]:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass, field
 from html import escape
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from autopeft.report.build import Section
+
+@dataclass
+class Section:
+    """One part of the report, rendered as Markdown and as HTML."""
+
+    title: str
+    notes: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)
+
 
 HEADER_COLOR = "#27374d"
 CSS = f"""

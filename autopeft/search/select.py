@@ -49,6 +49,7 @@ from autopeft.records import (
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.rundir import claim_dir, locked
 from autopeft.runs import RESULT, machine_provenance, train_or_reuse
+from autopeft.search.engines import run_sweep
 from autopeft.search.pipeline import PipelineConfig, parse_pipeline, pruning_line, run_pipeline
 from autopeft.search.prune_stage import (
     CHOICE,
@@ -61,7 +62,7 @@ from autopeft.search.prune_stage import (
     claimed,
     prunes,
 )
-from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep, run_sweep
+from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep
 from autopeft.selection import SelectionConfig, select_on_counts, select_runs, selection_lines, summarize
 from autopeft.supernet import FloatRange, load_space, parse_space, suggest
 from autopeft.train import TrainConfig

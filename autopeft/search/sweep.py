@@ -175,24 +175,6 @@ class Where:
     max_concurrent: int = 0
 
 
-ENGINES = ("optuna", "ray")
-
-
-def run_sweep(
-    engine: str, config: SweepConfig, out: Path, where: Where, resume: bool, progress: StageProgress | None
-) -> SearchRecord:
-    """The sweep on ``engine`` (one of ENGINES): the one entry point of both engines."""
-    if engine == "optuna":
-        from autopeft.search.optuna_sweep import optuna_sweep
-
-        return optuna_sweep(config, out, where, resume, progress)
-    if engine == "ray":
-        from autopeft.search.ray_sweep import ray_sweep
-
-        return ray_sweep(config, out, where, resume, progress)
-    raise ConfigError(f"engine: got {engine!r}; allowed: {', '.join(ENGINES)}")
-
-
 @dataclass
 class SweepTally:
     """How a sweep's trials ended, and what they processed (summed over every trial's epochs)."""
