@@ -246,6 +246,13 @@ def _choose(args: argparse.Namespace) -> None:
     print(json.dumps(choice.to_dict(), indent=2) if args.json else "\n".join(choice_table(choice, evidence)))
 
 
+def _config(args: argparse.Namespace) -> None:
+    """The option reference: keys, types, defaults in YAML spelling, help."""
+    from autopeft.docs import markdown_reference, text_reference
+
+    print(markdown_reference() if args.markdown else text_reference(args.topic), end="")
+
+
 def _report(args: argparse.Namespace) -> None:
     """Leaderboard tables, plots and one self-contained HTML page over finished run directories."""
     from autopeft.report import write_report
@@ -363,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     choose.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     choose.add_argument("--json", action="store_true", help="print the choice as JSON")
     choose.set_defaults(run=_choose)
+    config = commands.add_parser("config", help="every option of a command's config file: type, default, help")
+    config.add_argument(
+        "topic",
+        nargs="?",
+        choices=("train", "run", "search", "select", "methods"),
+        help="whose options (default: every command's)",
+    )
+    config.add_argument("--markdown", action="store_true", help="the whole reference as Markdown (docs/config.md)")
+    config.set_defaults(run=_config)
     report = commands.add_parser("report", help="leaderboard tables, plots and HTML over run directories")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding a result.json")
     report.add_argument("--out", required=True, help="folder for leaderboard.{md,csv,tex,html} and the plots")

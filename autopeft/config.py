@@ -11,6 +11,13 @@ from typing import Any, Literal, TypeVar, Union
 from autopeft.errors import ConfigError
 
 T = TypeVar("T")
+HELP = "help"  # the field metadata key of an option's help text
+
+
+def option(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, help: str) -> Any:
+    """A config field with its help text (``default``, or ``factory`` for a mutable default). ``autopeft config``
+    and docs/config.md read the text from the field's metadata."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={HELP: help})
 
 
 def parse_options(cls: type[T], data: Any, where: str) -> T:

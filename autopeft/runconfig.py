@@ -134,7 +134,8 @@ def dump_yaml(data: Any) -> str:
 
 def yaml_inline(data: Any) -> str:
     """``data`` on one line in YAML's spelling (``{rank: 8, alpha: null, targets: [q, v]}``), as a config holds it."""
-    return yaml.dump(data, Dumper=YamlDumper, sort_keys=False, default_flow_style=True, width=10**6).strip()
+    listed = yaml.dump([data], Dumper=YamlDumper, sort_keys=False, default_flow_style=True, width=10**6).strip()
+    return listed[1:-1]  # inside a list, so that a lone scalar gets no document end marker
 
 
 def read_yaml(path: str | Path) -> Any:
