@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from autopeft.backbones import family_of_name
-from autopeft.config import check_type, parse_options
+from autopeft.config import check_type, option, parse_options
 from autopeft.data import DataConfig
 from autopeft.errors import ConfigError
 from autopeft.methods import REGISTRY
@@ -21,14 +21,31 @@ from autopeft.train import TrainConfig
 
 @dataclass
 class BackboneConfig:
-    """``pretrained``: the shipped weights (demo backbones), ``checkpoint`` if given, else timm's Hub
-    download; ``false`` starts from random weights. ``options`` go to ``timm.create_model``."""
+    """The pretrained model the methods are applied to: its name, its weights and its timm options."""
 
-    name: str = "vit_demo_fmnist"
-    checkpoint: str | None = None
-    pretrained: bool = True
-    drop_path: float = 0.0
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = option(
+        "vit_demo_fmnist",
+        help="A timm model name, or a backbone built into autopeft (vit_demo_fmnist, swin_demo, "
+        "efficientnet_lite0_imagenet).",
+    )
+    checkpoint: str | None = option(
+        None,
+        help="A local weights file (.safetensors, .pth/.pt or .npz) loaded into the backbone in place of the shipped "
+        "or Hub weights; needs pretrained: true. null: no file.",
+    )
+    pretrained: bool = option(
+        True,
+        help="Start from trained weights: checkpoint if given, else the weights shipped with a built-in backbone, "
+        "else timm's Hugging Face Hub download; false starts from random weights (seeded by the run's seed).",
+    )
+    drop_path: float = option(
+        0.0, help="Stochastic depth rate (timm's drop_path_rate) while training, from 0 to 1; 0 turns it off."
+    )
+    options: dict[str, Any] = option(
+        factory=dict,
+        help="Extra keyword arguments for timm.create_model (e.g. img_size); for a built-in backbone they override "
+        "its architecture's settings.",
+    )
 
     def __post_init__(self) -> None:
         if self.checkpoint and not self.pretrained:
@@ -37,20 +54,37 @@ class BackboneConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one training run needs; YAML keys equal these field names.
+    """Everything one training run needs; YAML keys equal these field names."""
 
-    ``init``: a saved adapter folder to start from (``autopeft prune`` writes one): its weights, head
-    included, and its prompts' segment masks; its methods must equal ``methods``.
-    """
-
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="digits"))
-    methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {"lora": {}})
-    train: TrainConfig = field(default_factory=TrainConfig)
-    final: bool = False
-    test: bool = True
-    seed: int = 0
-    init: str | None = None
+    backbone: BackboneConfig = option(factory=BackboneConfig, help="The backbone section: model and weights.")
+    data: DataConfig = option(
+        factory=lambda: DataConfig(name="digits"), help="The data section: which task's images to train on."
+    )
+    methods: dict[str, dict[str, Any]] = option(
+        factory=lambda: {"lora": {}},
+        help="The PEFT methods applied together, method name -> its options (autopeft config methods lists them); "
+        "options left out take their defaults for the backbone's family.",
+    )
+    train: TrainConfig = option(factory=TrainConfig, help="The train section: optimizer, schedule and precision.")
+    final: bool = option(
+        False,
+        help="Train on train + val together and score no val (a final model); false trains on train and scores val "
+        "after every epoch.",
+    )
+    test: bool = option(
+        True,
+        help="Score the test split once after the last epoch (never for a run stopped early); false never reads it.",
+    )
+    seed: int = option(
+        0,
+        help="Seed of the model's initialisation (head, method weights, a random-init backbone) and of the batch order "
+        "and augmentation; the data has its own data.seed.",
+    )
+    init: str | None = option(
+        None,
+        help="A saved adapter folder to start from (autopeft prune writes one): its weights, head included, and its "
+        "prompts' segment masks; its methods must equal methods. null: start from fresh method weights.",
+    )
 
     def __post_init__(self) -> None:
         # every option spelled out, as saved and reported (the backbone family's defaults filled in)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from autopeft.choice import Choice, choice_table, choose
+from autopeft.config import option
 from autopeft.data import canonical, fold_data
 from autopeft.errors import ConfigError
 from autopeft.records import OUTCOMES, Compute, Evidence, Outcomes, RaceRound, RunRecord, SelectionSummary, stack_seeds
@@ -27,14 +28,42 @@ class SelectionConfig:
     """``selection:``: how candidates are scored (``mode``, ``folds``, ``fold_seed``, ``seeds``), raced
     (``race``) and chosen (``alpha``, ``prefer``); ``shortlist``: a sweep's best trials re-scored under kfold."""
 
-    mode: Literal["holdout", "kfold"] = "holdout"
-    folds: int = 5
-    fold_seed: int = 0
-    seeds: int = 1
-    alpha: float = 0.05
-    prefer: Literal["best", "fewest_params"] = "best"
-    race: bool = False
-    shortlist: int = 4
+    mode: Literal["holdout", "kfold"] = option(
+        "holdout",
+        help="holdout: each candidate trained on train and scored once on the val split; kfold: trained once per "
+        "fold of train+val and scored on its out-of-fold examples, pooled (folds times the compute).",
+    )
+    folds: int = option(
+        5,
+        help="kfold only: the number of folds K (an integer >= 2), stratified by label; when val is exactly one "
+        "fold of train+val, fold 0 is the val split itself (the holdout run).",
+    )
+    fold_seed: int = option(0, help="kfold only: the seed of the examples' assignment to folds (an integer >= 0).")
+    seeds: int = option(
+        1,
+        help="Runs per candidate (and fold), with the run's seed plus 0, 1, ...; their outcomes are pooled "
+        "(an integer >= 1; each seed adds the cost of one more run).",
+    )
+    alpha: float = option(
+        0.05,
+        help="The level (0 < alpha < 1) of the (1 - alpha) interval on each candidate's val accuracy minus the "
+        "leader's: a candidate whose interval reaches 0 is tied with the leader; race tests at alpha / folds.",
+    )
+    prefer: Literal["best", "fewest_params"] = option(
+        "best",
+        help="The winner: best, the leader (highest val accuracy, lower loss breaking ties); fewest_params, the "
+        "candidate tied with the leader that has the fewest trainable parameters.",
+    )
+    race: bool = option(
+        False,
+        help="kfold only: true drops a candidate after a fold once the out-of-fold examples seen so far tell it "
+        "from the leader at alpha / folds, saving its remaining folds.",
+    )
+    shortlist: int = option(
+        4,
+        help="autopeft search (a sweep) only: the best trials by val compared at the choice, re-scored as mode and "
+        "seeds say under kfold or seeds > 1 (an integer >= 1).",
+    )
 
     def __post_init__(self) -> None:
         if self.folds < 2:

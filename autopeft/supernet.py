@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from autopeft.api import apply, count_trainable
-from autopeft.config import parse_options
+from autopeft.config import option, parse_options
 from autopeft.errors import BudgetError, ConfigError
 from autopeft.inject import block_count
 from autopeft.methods import REGISTRY, elastic_modules
@@ -52,9 +52,9 @@ class MethodSpace:
 class FloatRange:
     """A searched float hyperparameter, sampled on a log scale unless ``log`` is false."""
 
-    low: float
-    high: float
-    log: bool = True
+    low: float = option(help="The range's lower end, > 0.")
+    high: float = option(help="The range's upper end, at least low.")
+    log: bool = option(True, help="Sample between low and high on a log scale (true) or uniformly (false).")
 
 
 @dataclass
@@ -152,18 +152,18 @@ def _parse_method(name: str, spec: Any, where: str) -> MethodSpace:
         raise ConfigError(f"{where}.sizes: got {space.sizes}; allowed: distinct non-negative integers")
     if name == "ssf" and not set(space.sizes) <= {0, 1}:
         raise ConfigError(f"{where}.sizes: got {space.sizes}; allowed for ssf: 0 (off) and 1 (on)")
-    for option in (*space.options, *space.search):
-        if option == size_option:
-            raise ConfigError(f"{where}: '{option}' is the size; give it as sizes")
+    for key in (*space.options, *space.search):
+        if key == size_option:
+            raise ConfigError(f"{where}: '{key}' is the size; give it as sizes")
     both = set(space.options) & set(space.search)
     if both:
         raise ConfigError(f"{where}: {sorted(both)} both fixed (options) and searched (search); keep one")
     parse_options(REGISTRY[name].options, space.options, where)  # fixed options must be valid as they are
-    for option, values in space.search.items():
+    for key, values in space.search.items():
         if not values:
-            raise ConfigError(f"{where}.search.{option}: give at least one value")
+            raise ConfigError(f"{where}.search.{key}: give at least one value")
         for value in values:
-            parse_options(REGISTRY[name].options, {**space.options, option: value}, f"{where}.search")
+            parse_options(REGISTRY[name].options, {**space.options, key: value}, f"{where}.search")
     return space
 
 
@@ -224,12 +224,12 @@ def check_shareable(space: SearchSpace) -> None:
             f"drop 'train' from the space (standalone trials that search them belong to `autopeft search`)"
         )
     for method, spec in space.methods.items():
-        for option in spec.search:
-            odd = [v for v in spec.search[option] if isinstance(v, bool) or not isinstance(v, int | float)]
-            if (method, option) in RUNTIME_OPTIONS and odd:
+        for key in spec.search:
+            odd = [v for v in spec.search[key] if isinstance(v, bool) or not isinstance(v, int | float)]
+            if (method, key) in RUNTIME_OPTIONS and odd:
                 raise ConfigError(
-                    f"supernet: {method}.search.{option}: got {odd[0]!r}; allowed: numbers (the supernet sets a "
-                    f"searched {option} at run time; a learnable one changes the module structure: fix it under "
+                    f"supernet: {method}.search.{key}: got {odd[0]!r}; allowed: numbers (the supernet sets a "
+                    f"searched {key} at run time; a learnable one changes the module structure: fix it under "
                     f"options, or search it with standalone trials in `autopeft search`)"
                 )
         structural = [o for o in spec.search if (method, o) not in RUNTIME_OPTIONS]
@@ -311,8 +311,8 @@ class Supernet:
                 )
             for module in self.modules[method]:
                 module.set_block_sizes(sizes)
-                for option, value in options.items():
-                    setattr(module, RUNTIME_OPTIONS[(method, option)], value)
+                for key, value in options.items():
+                    setattr(module, RUNTIME_OPTIONS[(method, key)], value)
         self.subnet = subnet
 
     def count(self, subnet: SubnetConfig) -> int:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from autopeft.config import option
 from autopeft.data import Split
 from autopeft.data.transforms import augment, normalize
 from autopeft.errors import ConfigError
@@ -24,24 +25,62 @@ from autopeft.optim import MaskedAdamW, Masks
 class TrainConfig:
     """Training hyperparameters (the ``train`` section of a run config)."""
 
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: int = 3
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    flip: bool = False
-    shift: int = 0
-    eval_batch_size: int = 256
-    compile: bool = False
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    device: str = "auto"  # "auto" = cuda when available, else cpu; or cpu, cuda, cuda:N, mps
-    # BatchNorm running statistics while training: frozen (layers in eval mode) or update; auto: update
-    # only in full fine-tuning (method full), frozen with a frozen backbone
-    bn: Literal["auto", "frozen", "update"] = "auto"
+    epochs: int = option(
+        30, help="Passes over the training split, at least 1; the learning-rate schedule spans them all."
+    )
+    batch_size: int = option(
+        64, help="Training images per optimizer step, at least 1; an epoch's last, smaller batch is kept."
+    )
+    optimizer: Literal["adamw", "sgd"] = option(
+        "adamw", help="adamw (AdamW) or sgd (SGD with train.momentum); a supernet's masked steps need adamw."
+    )
+    lr: float = option(
+        1e-3,
+        help="Peak learning rate (> 0), reached after the linear warm-up, then decayed to zero by a cosine, stepped "
+        "per batch.",
+    )
+    weight_decay: float = option(
+        1e-4,
+        help="Weight decay (>= 0) of the trainable parameters of 2 or more dimensions; 1-D ones (biases, norms, "
+        "scales) get none.",
+    )
+    momentum: float = option(0.9, help="SGD's momentum, 0 <= momentum < 1; unused with adamw.")
+    warmup_epochs: int = option(
+        3,
+        help="Epochs of linear learning-rate warm-up before the cosine decay, 0..epochs; when not written, 3 clipped "
+        "to epochs - 1.",
+    )
+    label_smoothing: float = option(
+        0.0, help="Label smoothing of the cross-entropy loss, 0 <= label_smoothing < 1; 0 turns it off."
+    )
+    grad_clip: float | None = option(
+        None,
+        help="Clip the norm of all trainable gradients together to this value (> 0) before each step; null: no "
+        "clipping.",
+    )
+    flip: bool = option(False, help="Augment training images with random horizontal flips (each with probability 0.5).")
+    shift: int = option(
+        0,
+        help="Augment training images with a random shift of up to this many pixels each way (zero padded, one "
+        "offset per batch); 0 turns it off.",
+    )
+    eval_batch_size: int = option(256, help="Images per batch when scoring the val and test splits, at least 1.")
+    compile: bool = option(False, help="Train and score val through torch.compile(model) instead of the eager model.")
+    amp: Literal["auto", "bf16", "fp16", "off"] = option(
+        "auto",
+        help="Mixed precision: auto is bf16 autocast on CUDA and fp32 elsewhere; bf16 autocasts on any device; fp16 "
+        "(CUDA only) autocasts and scales the loss; off is fp32.",
+    )
+    device: str = option(
+        "auto",
+        help="Where to train: auto (cuda when available, else cpu), cpu, cuda, cuda:N (GPU N, counted from 0) or "
+        "mps; it is left out of the run's cache key.",
+    )
+    bn: Literal["auto", "frozen", "update"] = option(
+        "auto",
+        help="BatchNorm running statistics while training: frozen (layers in eval mode) or update; auto updates them "
+        "only in full fine-tuning (method full) and keeps them frozen otherwise.",
+    )
 
     @staticmethod
     def unwritten_defaults(written: dict[str, Any]) -> dict[str, Any]:

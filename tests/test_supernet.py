@@ -8,11 +8,13 @@ import re
 import optuna
 import pytest
 import torch
+import yaml
 
 import autopeft
 from autopeft.errors import BudgetError, ConfigError
 from autopeft.supernet import SubnetConfig, Supernet, method_config, parse_space, suggest
 from tests.conftest import DEPTH, randomise_trainable, tiny_vit
+from tests.test_train import cli
 
 SPACE = {
     "methods": {
@@ -192,7 +194,6 @@ def test_subnet_config_round_trips_through_plain_data():
         ({"methods": {"lora": {"sizes": [0, 2], "options": {"rank": 4}}}}, "'rank' is the size"),
         ({"methods": {"ssf": {"sizes": [0, 2]}}}, "allowed for ssf: 0 (off) and 1 (on)"),
         ({"methods": {"lora": {"sizes": [2, 2]}}}, "distinct non-negative integers"),
-        ({"methods": {"lora": {"sizes": [2], "options": {"targets": ["x"]}}}}, "lora.targets"),
         ({"methods": {"lora": {"sizes": [2]}}, "train": {"momentum": {"low": 0.1, "high": 1}}}, "train.momentum"),
         ({"methods": {"lora": {"sizes": [2]}}, "train": {"lr": {"low": 1, "high": 0.1}}}, "0 < low <= high"),
         ({"methods": {"lora": {"sizes": [2]}}, "bogus": 1}, "unknown option 'bogus'"),
@@ -203,6 +204,20 @@ def test_bad_spaces_fail_with_one_clear_line(space, problem):
     with pytest.raises(ConfigError, match="space") as err:
         parse_space(space, "space.yaml")
     assert problem in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_target_the_backbone_lacks_is_refused_before_the_run_directory(tmp_path):
+    """Targets depend on the backbone family, so a space is checked against it when the supernet is built."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump({"space": {"methods": {"lora": {"sizes": [0, 2], "options": {"targets": ["x"]}}}}})
+    )
+    done = cli("run", str(config), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.strip() == (
+        "autopeft: error: lora.targets: 'x' is not a target of a transformer; "
+        "allowed there: q, k, v, qkv, proj, fc1, fc2"
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from autopeft.config import option
 from autopeft.data.builtin import BUILTIN_TASKS, builtin_arrays
 from autopeft.data.cache import cached_pool, resize_arrays
 from autopeft.data.folds import assign_folds, canonical, fold_data
@@ -34,21 +35,46 @@ __all__ = [
 
 @dataclass
 class DataConfig:
-    """Where a task's images come from: a built-in ``name``, or ``format`` + ``root`` (+ ``task``).
+    """Where a task's images come from: a built-in ``name``, or ``format`` + ``root`` (+ ``task``); ``folds`` may
+    re-cut its train/val split into folds."""
 
-    ``folds`` > 1 re-cuts train/val into stratified folds (``fold_seed``): train = train + val minus fold ``fold``,
-    val = that fold; 1 is the plain holdout split.
-    """
-
-    name: str | None = None
-    format: Literal["vtab", "imagefolder", "fgvc"] | None = None
-    root: str | None = None
-    task: str | None = None
-    seed: int = 0
-    cache: Literal["disk", "memory"] = "disk"
-    folds: int = 1
-    fold: int = 0
-    fold_seed: int = 0
+    name: str | None = option(
+        None,
+        help="A built-in offline task (autopeft datasets lists them); null when format and root give the data. "
+        "Give exactly one of name and format.",
+    )
+    format: Literal["vtab", "imagefolder", "fgvc"] | None = option(
+        None,
+        help="The layout of the dataset folder: vtab (VTAB-1k list files of <path> <label> lines), imagefolder "
+        "(class subfolders, optionally under train/val/test) or fgvc (train/val/test JSON files); null with a name.",
+    )
+    root: str | None = option(None, help="The dataset folder, required with format; null with a built-in name.")
+    task: str | None = option(
+        None, help="The task's subfolder of root (e.g. one VTAB-1k task); null: root itself holds the task."
+    )
+    seed: int = option(
+        0,
+        help="Seed (>= 0) of the data itself: a built-in task's images and splits, and the val/test split carved "
+        "from an imagefolder dataset that lacks those folders; vtab and fgvc lists ignore it.",
+    )
+    cache: Literal["disk", "memory"] = option(
+        "disk",
+        help="disk keeps the decoded images of a dataset folder in .autopeft-cache inside the task folder, so later "
+        "runs skip decoding; memory decodes in every run and writes nothing. Built-in tasks are always in memory.",
+    )
+    folds: int = option(
+        1,
+        help="1 keeps the task's own train/val split; K >= 2 re-cuts train + val into K folds stratified by label: "
+        "val is fold data.fold, train the other folds.",
+    )
+    fold: int = option(
+        0,
+        help="Which fold is val, 0..folds-1 (only 0 when folds is 1); fold 0 is the task's own val split when that "
+        "is exactly one K-th of train + val (VTAB-1k's val200 at 5 folds).",
+    )
+    fold_seed: int = option(
+        0, help="Seed (>= 0) of the stratified assignment of images to folds, used when folds >= 2."
+    )
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.format is None):

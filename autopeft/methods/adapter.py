@@ -13,7 +13,7 @@ from torch import nn
 
 from autopeft import inject
 from autopeft.backbones import CNN_FAMILIES, POST_NORM, TRANSFORMER, BackboneInfo, block_geometry
-from autopeft.config import per_block
+from autopeft.config import option, per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import (
     EVERYTHING,
@@ -34,12 +34,29 @@ TRANSFORMER_SITES, CNN_SITES = ("mlp", "attn"), ("block",)
 
 @dataclass
 class AdapterOptions:
-    """``sites`` null: the family's (``mlp`` on transformers, ``block`` on CNNs)."""
+    """Bottleneck adapters' options."""
 
-    dim: int | list[int] = 8
-    position: Position = "parallel"
-    sites: list[Literal["mlp", "attn", "block"]] | None = None
-    scale: Scale = 0.1
+    dim: int | list[int] = option(
+        8,
+        help="The bottleneck width (hidden channels) of each adapter: one integer for every block, or a list with "
+        "one entry per block; 0 leaves a block without adapters.",
+    )
+    position: Position = option(
+        "parallel",
+        help="parallel (AdaptFormer): the adapter reads the residual stream entering the sub-layer (CNNs: the "
+        "block's input); sequential (Houlsby/Pfeiffer): the sub-layer's output (CNNs: the block's). Either way its "
+        "output is added to the sub-layer's (the block's) output.",
+    )
+    sites: list[Literal["mlp", "attn", "block"]] | None = option(
+        None,
+        help="Where adapters go: transformers take mlp and/or attn (beside each block's sub-layer), CNNs block "
+        "(beside each whole block, a Conv-Adapter). null: the family's default (mlp on transformers, block on CNNs).",
+    )
+    scale: Scale = option(
+        0.1,
+        help="The adapter output's multiplier: a fixed number, learnable (a learned scale per channel, initialized "
+        "to 1) or learnable_scalar (one learned scale).",
+    )
 
     def __post_init__(self) -> None:
         if self.sites is not None and (not self.sites or len(set(self.sites)) != len(self.sites)):

@@ -16,7 +16,7 @@ from torch import nn
 
 from autopeft import inject
 from autopeft.backbones import BackboneInfo
-from autopeft.config import per_block
+from autopeft.config import option, per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import MethodSpec, register, tensor_kwargs
 from autopeft.methods.prompts import PromptWrapper
@@ -24,8 +24,16 @@ from autopeft.methods.prompts import PromptWrapper
 
 @dataclass
 class KVPromptOptions:
-    length: int | list[int] = 5
-    shared: bool = True
+    """Key-value prompts' options (transformer backbones only)."""
+
+    length: int | list[int] = option(
+        5,
+        help="Prompt tokens prepended to each attention's keys and values (on Swin, in every window): one integer "
+        "for every block, or a list with one entry per block; 0 adds none.",
+    )
+    shared: bool = option(
+        True, help="true: one prompt tensor serves as both keys and values; false: separate key and value prompts."
+    )
 
 
 class PromptedAttention(PromptWrapper):

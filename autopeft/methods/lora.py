@@ -13,7 +13,7 @@ from torch import nn
 
 from autopeft import inject
 from autopeft.backbones import TRANSFORMER, BackboneInfo
-from autopeft.config import per_block
+from autopeft.config import option, per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import (
     ElasticWrapper,
@@ -38,13 +38,31 @@ CNN_DEFAULTS = {"convnext": ["fc1", "fc2"], "resnet": ["conv1", "conv2"], "effic
 
 @dataclass
 class LoRAOptions:
-    """``targets`` null: the family's (q, v on transformers; ``CNN_DEFAULTS``). Which targets a backbone has
-    depends on its family (``TRANSFORMER_TARGETS``, ``CNN_TARGETS``), so they are checked where it is known."""
+    """LoRA's options. Which targets a backbone has depends on its family (``TRANSFORMER_TARGETS``,
+    ``CNN_TARGETS``), so they are checked where it is known."""
 
-    rank: int | list[int] = 8
-    alpha: float | None = None
-    targets: list[str] | None = None
-    dropout: float = 0.0
+    rank: int | list[int] = option(
+        8,
+        help="The rank r of each low-rank update: one integer for every block, or a list with one entry per block; "
+        "0 leaves a block without LoRA.",
+    )
+    alpha: float | None = option(
+        None,
+        help="The scaling numerator: an update is scaled by alpha / rank (a positive number). null: scale 1, as "
+        "alpha = rank.",
+    )
+    targets: list[str] | None = option(
+        None,
+        help="The layers adapted in each block. Transformers: q, k, v (slices of the fused qkv), qkv (the whole "
+        "fused projection, not with q/k/v), proj, fc1, fc2; CNNs: fc1, fc2 (convnext), conv1, conv2, conv3 "
+        "(resnet), conv_pw, conv_pwl (efficientnet, mobilenetv3). null: the family's default (q, v; fc1, fc2; "
+        "conv1, conv2; conv_pw, conv_pwl).",
+    )
+    dropout: float = option(
+        0.0,
+        help="Dropout probability on LoRA's input, 0 <= dropout < 1 (0: none); q, k, v and qkv targets on a "
+        "fused qkv with separate q/v biases (EVA, BEiT) take 0 only.",
+    )
 
     def __post_init__(self) -> None:
         targets = self.targets if self.targets is not None else []

@@ -20,7 +20,7 @@ from torch import nn
 
 from autopeft import inject
 from autopeft.backbones import TRANSFORMER, BackboneInfo
-from autopeft.config import per_block
+from autopeft.config import option, per_block
 from autopeft.errors import BackboneError, ConfigError
 from autopeft.methods.adapter import Bottleneck
 from autopeft.methods.base import NOTHING, Index, MethodSpec, register, tensor_kwargs
@@ -32,15 +32,24 @@ STAGES = 4  # a one-stage backbone is cut into this many stages by default, as R
 
 @dataclass
 class ProTuningOptions:
-    """``dim``: the prompt block's hidden channels, per block (a stage's prompt block takes the entry of the stage's
-    first block); ``stages``: the stages (numbered from 0) followed by a prompt block, null = every stage but the
-    last (each prompt goes into the next stage); ``group``: blocks per stage of a one-stage backbone, null =
-    ``ceil(depth / 4)`` (the last stage keeps the remainder); backbones with stages of their own (Swin, CNNs) take
-    null only."""
+    """Pro-tuning's options: prompt blocks after stages, each prompt added to the next stage's input."""
 
-    dim: int | list[int] = 16
-    stages: list[int] | None = None
-    group: int | None = None
+    dim: int | list[int] = option(
+        16,
+        help="The prompt block's hidden channels: one integer, or a list with one entry per block, a stage's "
+        "prompt block taking the entry of the stage's first block; 0 leaves that stage without one.",
+    )
+    stages: list[int] | None = option(
+        None,
+        help="The stages (numbered from 0) followed by a prompt block, each prompt going into the next stage, so "
+        "not the last. null: every stage but the last.",
+    )
+    group: int | None = option(
+        None,
+        help="Blocks per stage (1 to depth - 1) when a one-stage backbone (plain ViTs, EVA, BEiT, relative-position "
+        "ViTs) is cut into stages, the last keeping the remainder. null: ceil(depth / 4); backbones with stages of "
+        "their own (Swin, CNNs) take null only.",
+    )
 
     def __post_init__(self) -> None:
         if self.group is not None and self.group < 1:

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from autopeft import inject
 from autopeft.backbones import CNN_FAMILIES, TRANSFORMER, BackboneInfo
-from autopeft.config import per_block
+from autopeft.config import option, per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import (
     EVERYTHING,
@@ -37,11 +37,21 @@ CNN_SITE_KINDS = {"convs": WEIGHT_LAYERS, "norms": NORMS}
 
 @dataclass
 class SSFOptions:
-    """``sites`` null: the family's (every transformer site, or every CNN site); which sites a backbone has
-    depends on its family (``ALL_SITES``, ``CNN_SITES``), so they are checked where it is known."""
+    """SSF's options. Which sites a backbone has depends on its family (``ALL_SITES``, ``CNN_SITES``), so they
+    are checked where it is known."""
 
-    enabled: bool | int | list[bool | int] = 1
-    sites: list[str] | None = None
+    enabled: bool | int | list[bool | int] = option(
+        1,
+        help="Whether SSF is on in a block: 1 or true (on), 0 or false (off), for every block or as a list with one "
+        "entry per block. patch_embed, norm, stem and head are on while any block is; merging and downsample "
+        "with the first block of the stage they open.",
+    )
+    sites: list[str] | None = option(
+        None,
+        help="The operations followed by a scale and shift. Transformers: patch_embed, norm1, qkv, proj, norm2, "
+        "fc1, fc2, merging (Swin's patch merging), norm (the final norm); CNNs: stem, convs, norms, downsample, "
+        "head. null: every site of the backbone's family.",
+    )
 
     def __post_init__(self) -> None:
         if self.sites is not None and not self.sites:

@@ -26,7 +26,7 @@ from torch import nn
 
 from autopeft import inject
 from autopeft.backbones import BackboneInfo
-from autopeft.config import per_block
+from autopeft.config import option, per_block
 from autopeft.errors import ConfigError
 from autopeft.methods.base import MethodSpec, register, tensor_kwargs
 from autopeft.methods.prompts import PromptWrapper
@@ -36,9 +36,21 @@ SHARED_BIASES = ("shared_rel_pos_bias", "shared_rel_pos")  # BEiT's and relative
 
 @dataclass
 class VPTOptions:
-    length: int | list[int] = 10
-    mode: Literal["deep", "shallow"] = "deep"
-    dropout: float = 0.1
+    """VPT's options (transformer backbones only)."""
+
+    length: int | list[int] = option(
+        10,
+        help="Prompt tokens per block (on Swin, inside every window): one integer for every block, or (deep only) "
+        "a list with one entry per block; 0 adds none. Shallow takes one integer: the prompts entering block 0.",
+    )
+    mode: Literal["deep", "shallow"] = option(
+        "deep",
+        help="deep: every block gets its own prompts in place of the previous block's; shallow: prompts enter "
+        "once, before the first block, and travel through every block.",
+    )
+    dropout: float = option(
+        0.1, help="Dropout probability on the prompt tokens during training, 0 <= dropout < 1 (0: none)."
+    )
 
     def __post_init__(self) -> None:
         if self.mode == "shallow" and isinstance(self.length, list):

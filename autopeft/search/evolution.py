@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from autopeft.config import option
 from autopeft.errors import ConfigError
 from autopeft.search.candidates import Candidate, Scorer, ranked
 from autopeft.supernet import SubnetConfig, Supernet
@@ -26,12 +27,33 @@ class EvolutionConfig:
     """Population size, parents kept, children per generation, generations, per-gene mutation rate.
     (The seed is the search stage's, given to ``evolve``.)"""
 
-    population: int = 50
-    parents: int = 10
-    mutations: int = 25
-    crossovers: int = 25
-    generations: int = 20
-    mutation_prob: float = 0.1
+    population: int = option(
+        50,
+        help="Candidates of the first generation, drawn uniformly among the distinct subnets within the budget "
+        "(fewer when too few are found).",
+    )
+    parents: int = option(
+        10,
+        help="The best candidates by val loss each generation keeps as parents of the next, carried over "
+        "unchanged (1 to population).",
+    )
+    mutations: int = option(
+        25,
+        help="Mutated children per generation: a random parent with each gene redrawn at mutation_prob (a "
+        "duplicate or over-budget child is drawn again).",
+    )
+    crossovers: int = option(
+        25,
+        help="Crossover children per generation: each gene taken from one of two random parents with even odds "
+        "(none with fewer than two parents).",
+    )
+    generations: int = option(
+        20,
+        help="Generations, the first (the initial population) included; 1 scores the initial population only.",
+    )
+    mutation_prob: float = option(
+        0.1, help="The probability (0 to 1) that a mutation redraws a gene, uniformly among its choices."
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.parents <= self.population:

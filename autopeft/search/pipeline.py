@@ -24,14 +24,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from autopeft.backbones import family_of
 from autopeft.choice import versus
-from autopeft.config import parse_options
+from autopeft.config import option, parse_options
 from autopeft.data import DataConfig, TaskData
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
@@ -94,12 +94,39 @@ class SupernetStage:
     overriding ``train.epochs`` and ``train.lr``. The defaults are the variant and length that ranked
     subnets best near the budget cap in scripts/bench_ranking.py (results/ranking.md)."""
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=2e-3, warmup_epochs=1))
-    sampling: Sampling = "sandwich"
-    random_subnets: int = 2  # sandwich: random in-budget subnets per step, beside the largest and smallest
-    distill: bool = False  # sandwich: subnets after the largest learn its predictions (ranked worse there)
-    masked: bool = True  # slices no subnet of a step used stay where they are (MaskedAdamW)
-    cost: float | None = 3.0
+    train: TrainConfig = option(
+        factory=lambda: TrainConfig(epochs=6, lr=2e-3, warmup_epochs=1),
+        help="The supernet's training schedule (on train); with supernet.cost set, its epochs, warm-up and lr "
+        "are replaced as cost says.",
+    )
+    sampling: Sampling = option(
+        "sandwich",
+        help="Which subnets a training step runs: uniform (one, every gene drawn uniformly, budget ignored), budget "
+        "(one, drawn uniformly within search.budget) or sandwich (the largest in-budget subnet, the smallest "
+        "non-empty one and random_subnets random in-budget ones, their gradients accumulated).",
+    )
+    random_subnets: int = option(
+        2,
+        help="sandwich only: random in-budget subnets per step, beside the largest and the smallest (an integer "
+        ">= 0); each costs one more forward+backward pass of every batch.",
+    )
+    distill: bool = option(
+        False,
+        help="sandwich only: true makes every subnet after the largest learn the largest's predictions (in-place "
+        "distillation) instead of the labels; it ranked subnets worse in results/ranking.md.",
+    )
+    masked: bool = option(
+        True,
+        help="true: slices of shared tensors that no subnet of a step used stay where they are (MaskedAdamW, "
+        "needs supernet.train.optimizer adamw); false: the plain optimizer moves every trainable tensor.",
+    )
+    cost: float | None = option(
+        3.0,
+        help="Supernet training length as a multiple of one final run's training images (retrain.train on "
+        "train+val), counting every pass of every subnet: it sets the epochs (warm-up a tenth of them, at least "
+        "one) and the final run's lr, overriding supernet.train's; a positive number, or null for supernet.train "
+        "as written.",
+    )
 
     def __post_init__(self) -> None:
         if self.random_subnets < 0:
@@ -124,20 +151,39 @@ class SupernetStage:
 class SearchStage:
     """Candidate search on val with inherited weights: ``evolution`` or an Optuna sampler."""
 
-    engine: str = "evolution"
-    evolution: EvolutionConfig = field(
-        default_factory=lambda: EvolutionConfig(population=16, parents=4, mutations=8, crossovers=8, generations=4)
+    engine: str = option(
+        "evolution",
+        help="The search engine: evolution (autopeft.search.evolution) or an Optuna sampler: tpe, nsga2, gp or random.",
     )
-    trials: int = 64  # Optuna engines
-    pareto: bool = True  # Optuna engines: val accuracy up and trainable parameters down
-    # most trainable parameters (head excluded) a candidate may have; "baselines": the largest single
-    # baseline of the run at its default size (the searched subnet is never larger than what it is compared
-    # with); null: no budget
-    budget: int | Literal["baselines"] | None = "baselines"
-    seed: int = 0  # the engine's random state (evolution or Optuna sampler)
-    # how a candidate is scored on val: the supernet's weights and shared head (inherited), or its features
-    # with a linear head fitted afresh on train (refit: one more forward pass over train per candidate)
-    scoring: Literal["inherited", "refit"] = "refit"
+    evolution: EvolutionConfig = option(
+        factory=lambda: EvolutionConfig(population=16, parents=4, mutations=8, crossovers=8, generations=4),
+        help="The evolution engine's sizes and mutation rate; read only by engine evolution (written with an Optuna "
+        "engine it is refused).",
+    )
+    trials: int = option(
+        64,
+        help="Optuna engines only: trials run, each one sampled subnet (over the budget: pruned; a subnet seen "
+        "before is not scored again); written with engine evolution it is refused.",
+    )
+    pareto: bool = option(
+        True,
+        help="Optuna engines only: true optimizes two objectives, val loss down and trainable parameters down; "
+        "false, val loss alone.",
+    )
+    budget: int | Literal["baselines"] | None = option(
+        "baselines",
+        help="The most trainable parameters (head excluded) a candidate, and a budget or sandwich supernet step's "
+        "subnets, may have: an integer; baselines: the count of the largest of the run's baselines at its default "
+        "size (no budget when that is 0), so the searched subnet is never larger than what it is compared with; "
+        "null: no budget.",
+    )
+    seed: int = option(0, help="The engine's random state (the evolution's or the Optuna sampler's seed).")
+    scoring: Literal["inherited", "refit"] = option(
+        "refit",
+        help="How a candidate is scored on val: inherited, with the supernet's weights and shared head; refit, on "
+        "its supernet features with a linear head fitted afresh on train (one more forward pass over train per "
+        "candidate).",
+    )
 
     def planned_candidates(self) -> int:
         """How many candidates the engine scores at most (evolution: fewer where duplicates or the budget
@@ -157,12 +203,36 @@ class RetrainStage:
     """Top-k candidates standalone on train for ``select_epochs`` (a short proxy of ``train``'s
     schedule), chosen on val; the winner on train+val per seed with the full ``train`` schedule."""
 
-    top_k: int = 8
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-3, warmup_epochs=0))
-    select_epochs: int | None = 1  # None: the full train.epochs
-    lrs: list[float] | None = None  # every top-k candidate trained at each of these; None: train.lr only
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    final_baselines: Literal["all", "best"] = "all"  # best: only the best baseline on val gets final runs
+    top_k: int = option(
+        8,
+        help="How many of the search's best candidates (by val loss) are trained standalone on train and "
+        "compared on val (an integer >= 1).",
+    )
+    train: TrainConfig = option(
+        factory=lambda: TrainConfig(epochs=3, lr=3e-3, warmup_epochs=0),
+        help="The schedule of the final runs on train+val, of the winner and of the baselines; the selection "
+        "runs on train use it cut to select_epochs.",
+    )
+    select_epochs: int | None = option(
+        1,
+        help="Epochs of the selection runs on train (the top-k and the baselines, scored on val), a short proxy "
+        "of retrain.train (warm-up cut to fit); an integer >= 1, or null for the full train.epochs.",
+    )
+    lrs: list[float] | None = option(
+        None,
+        help="Learning rates every top-k candidate is trained at in the selection runs, the winner's final runs "
+        "keeping its own (baselines keep train.lr); a non-empty list of numbers > 0, or null for train.lr only.",
+    )
+    seeds: list[int] = option(
+        factory=lambda: [0, 1],
+        help="Seeds of the final runs on train+val, one run of each finalist per seed, test read once each "
+        "(mean +- std over them); at least one.",
+    )
+    final_baselines: Literal["all", "best"] = option(
+        "all",
+        help="Which baselines get final runs beside the winner: all, or best (only the baseline best on val; the "
+        "others show val only).",
+    )
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or not self.seeds:
@@ -186,16 +256,36 @@ class RetrainStage:
 class PipelineConfig:
     """``autopeft run``'s config; the defaults are the embedded offline demo."""
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="digits"))
-    space: str | dict[str, Any] = "demo"
-    supernet: SupernetStage = field(default_factory=SupernetStage)
-    search: SearchStage = field(default_factory=SearchStage)
-    retrain: RetrainStage = field(default_factory=RetrainStage)
-    baselines: list[str] = field(default_factory=lambda: ["linear", "lora", "adapter", "vpt", "ssf", "kv_prompt"])
-    seed: int = 0
-    prune: PruneStage = field(default_factory=PruneStage)  # E2VPT pruning of the winner's prompts before its final runs
-    selection: SelectionConfig = field(default_factory=SelectionConfig)  # how the top-k x lr runs are scored
+    backbone: BackboneConfig = option(factory=BackboneConfig, help="The timm backbone every run fine-tunes.")
+    data: DataConfig = option(
+        factory=lambda: DataConfig(name="digits"), help="The dataset and its splits (default: the built-in digits)."
+    )
+    space: str | dict[str, Any] = option(
+        "demo",
+        help="The search space: a named space (a file of autopeft/search_spaces/, e.g. demo, noah, vtab1k, full, "
+        "cnn), a YAML path (relative to the config file's folder) or an inline mapping of methods and sizes.",
+    )
+    supernet: SupernetStage = option(factory=SupernetStage, help="The supernet training stage.")
+    search: SearchStage = option(factory=SearchStage, help="The candidate search on val with the supernet.")
+    retrain: RetrainStage = option(
+        factory=RetrainStage, help="The top-k selection runs on train and the final runs on train+val."
+    )
+    baselines: list[str] = option(
+        factory=lambda: ["linear", "lora", "adapter", "vpt", "ssf", "kv_prompt"],
+        help="Methods each trained alone at its default size and compared with the searched subnet (names of "
+        "autopeft's methods); those the backbone cannot take (vpt, kv_prompt on a CNN) are left out.",
+    )
+    seed: int = option(
+        0,
+        help="The seed of the supernet training and of the runs on train (selection runs, baselines); the final "
+        "runs use retrain.seeds.",
+    )
+    prune: PruneStage = option(
+        factory=PruneStage, help="E2VPT pruning of the winner's prompts, chosen on val, before its final runs."
+    )
+    selection: SelectionConfig = option(
+        factory=SelectionConfig, help="How the top-k x lr selection runs are scored and the winner chosen."
+    )
 
     def __post_init__(self) -> None:
         for name in self.baselines:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from autopeft.api import apply
-from autopeft.config import parse_options
+from autopeft.config import option, parse_options
 from autopeft.errors import ConfigError
 from autopeft.files import write_json
 from autopeft.methods.prompts import prompt_wrappers
@@ -48,18 +48,36 @@ RULE = (
 
 @dataclass
 class PruneStage:
-    """The ``prune`` section of `autopeft run` and `autopeft select` (off by default). ``fractions``: the
-    candidate shares of each layer's tokens (or segments) to remove; ``level`` and ``segments`` as in
-    ``autopeft.prune``; ``tolerance``: how far a pruned model's val loss may rise above the unpruned one's when
-    the unpruned run has a single seed (with two or more, their std of the val loss is used instead)."""
+    """The ``prune`` section of `autopeft run` and `autopeft select` (off by default); ``level`` and ``segments``
+    as in ``autopeft.prune``."""
 
-    enabled: bool = False
-    fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    level: Level = "token"
-    segments: int = 8
-    # the median seed std of val loss over 61 subnets trained standalone with 2 seeds in results/ranking.md's
-    # runs: 0.013 on digits, 0.052 on mnist5k
-    tolerance: float = 0.02
+    enabled: bool = option(
+        False,
+        help="true: the chosen subnet's (run) or strategy's (select) vpt and kv_prompt prompts are pruned at each "
+        "of fractions, and the fraction chosen on val starts its final runs; a choice without prompts is skipped.",
+    )
+    fractions: list[float] = option(
+        factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        help="The candidate shares of each layer's prompt tokens (or segments) to remove, each pruned model "
+        "rewound on train and scored on val; a non-empty list of distinct numbers, each with 0 < fraction < 1.",
+    )
+    level: Level = option(
+        "token",
+        help="What is removed: token (whole prompt tokens), segment (equal parts of each token, see segments) or "
+        "both (tokens, then segments of the kept tokens).",
+    )
+    segments: int = option(
+        8,
+        help="segment and both levels: the equal parts each prompt token is cut into; it must divide the width of "
+        "every prompt tensor (checked before the run); unused at level token.",
+    )
+    tolerance: float = option(
+        0.02,
+        help="How far a pruned model's val loss (mean cross-entropy) may rise above the unpruned run's and the "
+        "fraction still qualify, when that run has a single seed (with two or more, their std of the val loss is "
+        "used instead); a number >= 0. The default lies between the median seed std of val loss over 61 subnets "
+        "trained standalone with 2 seeds in results/ranking.md's runs: 0.013 on digits, 0.052 on mnist5k.",
+    )
 
     def __post_init__(self) -> None:
         if not self.fractions or len(set(self.fractions)) != len(self.fractions):

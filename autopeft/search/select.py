@@ -31,7 +31,7 @@ from typing import Any, Literal
 import optuna
 import torch
 
-from autopeft.config import parse_options
+from autopeft.config import option, parse_options
 from autopeft.data import BUILTIN_TASKS, DataConfig, split_sizes
 from autopeft.errors import BudgetError, ConfigError, RunInterrupted, SearchFailed
 from autopeft.files import write_json, write_text
@@ -87,32 +87,80 @@ MIN_SEEDS = 3
 
 @dataclass
 class FinalStage:
-    """The finalists' runs on train+val: ``train``'s schedule with the learning rate and weight
-    decay each strategy was selected with, once per seed."""
+    """The finalists' runs on train+val, once per seed, with the test split read once per run."""
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=3e-3, warmup_epochs=0))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train: TrainConfig = option(
+        factory=lambda: TrainConfig(epochs=5, lr=3e-3, warmup_epochs=0),
+        help="The finalists' training schedule; each strategy's lr and weight_decay replace this schedule's with "
+        "the values it was selected with.",
+    )
+    seeds: list[int] = option(
+        factory=lambda: [0, 1, 2],
+        help="The seeds each finalist is retrained with, one train+val run per seed (at least 3 distinct seeds: "
+        "results are reported as mean +- std).",
+    )
 
 
 @dataclass
 class SuiteConfig:
-    """``autopeft select``'s suite. ``datasets``: built-in names or DataConfig mappings.
-    ``sweep``: SweepConfig keys for every single-method sweep (its space is built per method);
-    ``supernet``: ``autopeft run`` pipeline overrides for the supernet strategy."""
+    """``autopeft select``'s suite: the datasets, the candidate strategies and how each dataset's choice is made."""
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    datasets: list[str | dict[str, Any]] = field(default_factory=lambda: ["digits"])
-    data: dict[str, Any] | None = None  # set once: a name in datasets is then this mapping's task
-    strategies: list[str] = field(default_factory=lambda: ["lora", "adapter", "vpt", "ssf", "kv_prompt", SUPERNET])
-    budget: int | None = None  # most trainable parameters (head excluded) for every strategy
-    engine: Literal["optuna", "ray"] = "optuna"  # the single-method sweeps' engine
-    lr: FloatRange = field(default_factory=lambda: FloatRange(low=1e-3, high=1e-2))  # searched by every sweep
-    sweep: dict[str, Any] = field(default_factory=lambda: {"trials": 6})
-    supernet: dict[str, Any] = field(default_factory=dict)
-    finalists: int = 2
-    final: FinalStage = field(default_factory=FinalStage)
-    prune: PruneStage = field(default_factory=PruneStage)  # E2VPT pruning of the chosen strategy's prompts
-    selection: SelectionConfig = field(default_factory=SelectionConfig)  # kfold / seeds: strategy winners re-scored
+    backbone: BackboneConfig = option(
+        factory=BackboneConfig, help="The timm backbone every strategy fine-tunes, on every dataset."
+    )
+    datasets: list[str | dict[str, Any]] = option(
+        factory=lambda: ["digits"],
+        help="The datasets to select a strategy for: built-in names, or data mappings (the keys of a run config's "
+        "data section); each gets its own folder, so their names must differ.",
+    )
+    data: dict[str, Any] | None = option(
+        None,
+        help="A data mapping set once for the suite: each name in datasets is then this mapping's task (e.g. a "
+        "VTAB-1k root with one task per name). null: a name in datasets is a built-in dataset.",
+    )
+    strategies: list[str] = option(
+        factory=lambda: ["lora", "adapter", "vpt", "ssf", "kv_prompt", SUPERNET],
+        help="The candidate strategies, each once: single methods (lora, adapter, vpt, kv_prompt, ssf, pro_tuning; "
+        "each a sweep over its sizes and the lr) or supernet (the mixed supernet search of autopeft run).",
+    )
+    budget: int | None = option(
+        None,
+        help="The most trainable parameters (head excluded) of every strategy's candidates; a strategy with none "
+        "within it is skipped. null: no limit.",
+    )
+    engine: Literal["optuna", "ray"] = option(
+        "optuna", help="The engine of the single-method sweeps (the supernet strategy runs its own search)."
+    )
+    lr: FloatRange = option(
+        factory=lambda: FloatRange(low=1e-3, high=1e-2),
+        help="The learning-rate range every single-method sweep searches; the supernet strategy's top candidates "
+        "are tried at its ends and their geometric mean (unless supernet.retrain.lrs says otherwise).",
+    )
+    sweep: dict[str, Any] = option(
+        factory=lambda: {"trials": 6},
+        help="Sweep config keys (as autopeft search takes) for every single-method sweep; backbone, data, budget "
+        "and space (built per method: its sizes and the lr range) are set by select.",
+    )
+    supernet: dict[str, Any] = option(
+        factory=dict,
+        help="Pipeline config overrides (as autopeft run takes) for the supernet strategy; backbone, data, "
+        "baselines, prune and search.budget are set by select, and retrain defaults to the sweeps' schedule.",
+    )
+    finalists: int = option(
+        2,
+        help="How many of the best strategies on val (at least 1) are retrained on train+val per seed; the best "
+        "of them on val is the dataset's choice.",
+    )
+    final: FinalStage = option(factory=FinalStage, help="The finalists' runs on train+val.")
+    prune: PruneStage = option(
+        factory=PruneStage,
+        help="E2VPT pruning of the chosen strategy's prompts on train (off by default), the fraction chosen on val.",
+    )
+    selection: SelectionConfig = option(
+        factory=SelectionConfig,
+        help="How the strategies' winners are compared: with kfold or several seeds they are re-scored first, "
+        "else compared on their val scores.",
+    )
 
     def __post_init__(self) -> None:
         if not self.datasets:

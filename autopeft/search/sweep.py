@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from autopeft.config import parse_options
+from autopeft.config import option, parse_options
 from autopeft.data import DataConfig, split_sizes
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
@@ -55,23 +55,61 @@ METRIC = "val_acc"
 
 @dataclass
 class SweepConfig:
-    """``autopeft search``'s config. ``train`` is every trial's schedule; a space that searches
-    ``lr`` or ``weight_decay`` overrides them per trial. ``pruner`` stops weak trials early
-    (single objective only): an Optuna pruner on the optuna engine, ASHA on ray (``none``
-    switches both off). ``retries``: how often a trial whose process died is run again."""
+    """``autopeft search``'s config: standalone trials drawn from ``space``, trained on train and scored on val."""
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="digits"))
-    space: str | dict[str, Any] = "full"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-3, warmup_epochs=0))
-    trials: int = 16
-    sampler: str = "tpe"
-    pareto: bool = False  # True: val accuracy up and trainable parameters down
-    budget: int | None = None  # most trainable parameters (head excluded) a trial may have
-    pruner: Pruner = "median"
-    retries: int = 1
-    seed: int = 0
-    selection: SelectionConfig = field(default_factory=SelectionConfig)  # kfold / seeds: the shortlist re-scored
+    backbone: BackboneConfig = option(factory=BackboneConfig, help="The timm backbone every trial fine-tunes.")
+    data: DataConfig = option(
+        factory=lambda: DataConfig(name="digits"),
+        help="The dataset: trials train on its train split and are scored on val; the test split is never read.",
+    )
+    space: str | dict[str, Any] = option(
+        "full",
+        help="The search space: a built-in name (cnn, demo, full, noah, suite_demo, vtab1k), a YAML file (a relative "
+        "path is read from the config file's folder) or an inline mapping of methods and train ranges.",
+    )
+    train: TrainConfig = option(
+        factory=lambda: TrainConfig(epochs=3, lr=3e-3, warmup_epochs=0),
+        help="Every trial's training schedule; a space that searches lr or weight_decay overrides them per trial.",
+    )
+    trials: int = option(
+        16,
+        help="Trials to finish (completed or pruned; at least 1); on the optuna engine a trial over the budget "
+        "does not count.",
+    )
+    sampler: str = option(
+        "tpe",
+        help="The Optuna sampler that proposes trials (on ray too, through OptunaSearch): tpe, nsga2, gp or random.",
+    )
+    pareto: bool = option(
+        False,
+        help="true: two objectives, val accuracy up and trainable parameters down (needs pruner none); "
+        "false: val accuracy only.",
+    )
+    budget: int | None = option(
+        None,
+        help="The most trainable parameters (head excluded) a trial may have; larger ones are pruned unscored "
+        "(optuna engine only; the ray engine refuses a budget). null: no limit.",
+    )
+    pruner: Pruner = option(
+        "median",
+        help="Stops weak trials early on their val accuracy per epoch (single objective only): the named Optuna "
+        "pruner on the optuna engine, ASHA on ray for any value but none; none: every trial runs all its epochs.",
+    )
+    retries: int = option(
+        1,
+        help="How often a trial whose process died is run again from its checkpoint (>= 0): through Tune's "
+        "max_failures on ray; on optuna, when the sweep is resumed with --resume.",
+    )
+    seed: int = option(
+        0,
+        help="Seeds the sampler's proposals (a worker joining a running shared study draws its own) and every "
+        "trial's training run (initialization, data order).",
+    )
+    selection: SelectionConfig = option(
+        factory=SelectionConfig,
+        help="How the winner is chosen among the best trials: with kfold or several seeds the shortlist is "
+        "re-scored first, else its trials' own val scores are compared.",
+    )
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
