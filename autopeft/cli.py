@@ -269,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(commands)
+    _add_search_commands(commands)
+    _add_result_commands(commands)
+    return parser
+
+
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
+    """methods, datasets, train and run."""
     methods = commands.add_parser("methods", help="list methods, default options and parameter counts")
     methods.add_argument(
         "--backbone", default="vit_base_patch16_224", help="a timm model or built-in backbone (%(default)s)"
@@ -288,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.add_argument("--resume", action="store_true", help="continue an interrupted pipeline in --out")
     run.set_defaults(run=_run)
+
+
+def _add_search_commands(commands: argparse._SubParsersAction) -> None:
+    """search, select and retrain."""
     search = commands.add_parser("search", help="search on val: a supernet, or a sweep of standalone trials")
     search.add_argument(
         "config",
@@ -333,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--out", help="where the seed runs go (default RUN_DIR/retrain)")
     retrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of best.yaml")
     retrain.set_defaults(run=_retrain)
+
+
+def _add_result_commands(commands: argparse._SubParsersAction) -> None:
+    """export, prune, choose, config and report."""
     export = commands.add_parser("export", help="export a finished run's weights")
     export.add_argument("run_dir", help="a finished run directory (autopeft train, or a final run of run/select)")
     export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")
@@ -383,7 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding a result.json")
     report.add_argument("--out", required=True, help="folder for leaderboard.{md,csv,tex,html} and the plots")
     report.set_defaults(run=_report)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,7 @@ def train_run(
         record = _base_record(config, task, model, norm)
         start = time.perf_counter()
         try:
-            history, start = fit(model, task, norm, config, out, resume, progress, after_epoch=stop_after)
+            history, start = fit(model, task, norm, config, out, FitHooks(resume, progress, after_epoch=stop_after))
         except NonFiniteLoss as err:
             return _finish(out, replace(record, status="failed", reason=str(err)), err.history, task, start)
         save_adapter(model, out)
@@ -241,36 +241,44 @@ def read_run(out: Path) -> RunRecord:
     return record
 
 
+@dataclass(frozen=True)
+class FitHooks:
+    """How a caller drives ``fit`` beyond its run config. ``resume``: continue from the checkpoint in the run
+    directory. ``progress`` follows the epochs and steps. A supernet passes ``step_loss`` (its subnets' forward
+    and backward per batch), ``active`` (the masks of what each step may move: a MaskedAdamW) and
+    ``before_eval`` (the subnet val scores). ``after_epoch`` sees each epoch's history line once its checkpoint
+    is written; a True return ends training there (a search's pruner)."""
+
+    resume: bool = False
+    progress: RunProgress | None = None
+    step_loss: StepLoss | None = None
+    active: Callable[[], Masks] | None = None
+    before_eval: Callable[[], None] | None = None
+    after_epoch: Callable[[dict[str, Any]], bool | None] | None = None
+
+
 def fit(
     model: torch.nn.Module,
     task: TaskData,
     norm: Normalization,
     config: RunConfig,
     out: Path,
-    resume: bool = False,
-    progress: RunProgress | None = None,
-    step_loss: StepLoss | None = None,
-    active: Callable[[], Masks] | None = None,
-    before_eval: Callable[[], None] | None = None,
-    after_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
+    hooks: FitHooks = FitHooks(),
 ) -> tuple[list[dict[str, Any]], float]:
     """Train on train (trainval when ``config.final``), val accuracy per epoch, a checkpoint in
     ``out`` after every epoch; returns the per-epoch history and the start time (perf_counter,
-    shifted back by the time already spent before a resume).
-
-    A supernet passes ``step_loss`` (its subnets' forward and backward per batch), ``active`` (the
-    masks of what each step may move: a MaskedAdamW) and ``before_eval`` (the subnet val scores);
-    ``after_epoch`` sees each epoch's history line once its checkpoint is written; a True return
-    ends training there.
-    Raises NonFiniteLoss (with ``.history``) or RunInterrupted.
+    shifted back by the time already spent before a resume). Raises NonFiniteLoss (with ``.history``)
+    or RunInterrupted.
     """
+    progress, step_loss, after_epoch = hooks.progress, hooks.step_loss, hooks.after_epoch
     out.mkdir(parents=True, exist_ok=True)
     train_split = task.split("trainval" if config.final else "train")
     val_split = None if config.final else task.split("val")
-    optimizer = make_optimizer(model, config.train, active)
+    optimizer = make_optimizer(model, config.train, hooks.active)
     scheduler = make_scheduler(optimizer, config.train, -(-len(train_split) // config.train.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
-    history, elapsed = _restore(out / CHECKPOINT, model, optimizer, scheduler, generator) if resume else ([], 0.0)
+    restored = _restore(out / CHECKPOINT, model, optimizer, scheduler, generator) if hooks.resume else ([], 0.0)
+    history, elapsed = restored
     start = time.perf_counter() - elapsed
     if progress is not None:
         progress.start(config.train.epochs, len(train_split), len(history))
@@ -284,8 +292,8 @@ def fit(
                 )
             except NonFiniteLoss as err:
                 raise NonFiniteLoss(str(err), history) from err
-            if before_eval is not None:
-                before_eval()
+            if hooks.before_eval is not None:
+                hooks.before_eval()
             val, val_loss = None, None
             if val_split is not None:
                 scored = score(runner, val_split, norm, config.train.eval_batch_size, config.train.amp)

@@ -31,7 +31,7 @@ from autopeft.data.transforms import normalize
 from autopeft.optim import Masks
 from autopeft.progress import RunProgress
 from autopeft.runconfig import RunConfig
-from autopeft.runs import fit
+from autopeft.runs import FitHooks, fit
 from autopeft.supernet import SubnetConfig, Supernet
 from autopeft.train import Normalization, Precision, check_finite, evaluate_with_loss
 
@@ -107,12 +107,7 @@ def train_supernet(
     largest (in-budget) subnet's. Checkpoints (trainable weights only) go to ``out`` after every
     epoch. Returns the per-epoch history and the training time in seconds (across resumes)."""
     supernet = steps.supernet
-    history, start = fit(
-        supernet.model,
-        task,
-        norm,
-        config,
-        out,
+    hooks = FitHooks(
         resume,
         progress,
         step_loss=steps,
@@ -120,6 +115,7 @@ def train_supernet(
         before_eval=lambda: supernet.set_subnet(steps.top),
         after_epoch=after_epoch,
     )
+    history, start = fit(supernet.model, task, norm, config, out, hooks)
     return history, time.perf_counter() - start
 
 
