@@ -416,7 +416,7 @@ class Pruning:
     """E2VPT pruning of a row's prompts before its final runs (``autopeft.search.prune_stage``): the level,
     the fraction chosen on val (None: no fraction passed the rule, the prompts stay whole), trainable
     parameters before and after (head excluded), what choosing it processed (pruning passes, rewinding runs)
-    and the ``prune.json`` that holds every candidate and the rule."""
+    and the ``prune_choice.json`` that holds every candidate and the rule."""
 
     level: str
     fraction: float | None

@@ -67,11 +67,11 @@ def test_run_prunes_the_winner_on_val_and_its_final_runs_hold_only_the_kept_prom
     tested = []  # test-split evaluations, with whether the prune stage had finished by then
     evaluate = runs.evaluate
     monkeypatch.setattr(
-        runs, "evaluate", lambda *a: tested.append((tmp_path / "on" / "prune.json").is_file()) or evaluate(*a)
+        runs, "evaluate", lambda *a: tested.append((tmp_path / "on" / "prune_choice.json").is_file()) or evaluate(*a)
     )
     record = run(tmp_path / "on", PRUNE)
     out = tmp_path / "on"
-    choice = json.loads((out / "prune.json").read_text())
+    choice = json.loads((out / "prune_choice.json").read_text())
     assert tested == [True]  # the one final run's test read, after the choice; none during it
     winner = load_run_config(out / "best.yaml").methods["kv_prompt"]["length"]
     winner = winner if isinstance(winner, list) else [winner] * 2
@@ -105,7 +105,7 @@ def test_run_prunes_the_winner_on_val_and_its_final_runs_hold_only_the_kept_prom
     off = tmp_path / "off"  # off by default: no prune files, the same selection, final runs as before
     plain = run(off)
     assert "prune" not in yaml.safe_load((off / "config.yaml").read_text())
-    assert not (off / "prune.json").exists() and not (off / "prune").exists()
+    assert not (off / "prune_choice.json").exists() and not (off / "prune").exists()
     assert (off / "candidates.csv").read_text() == (out / "candidates.csv").read_text()
     assert (off / "best.yaml").read_text() == (out / "best.yaml").read_text()
     assert set(plain.compute) == {"supernet", "search", "retrain_top_k", "baselines", "final"}
@@ -123,24 +123,32 @@ def test_a_resumed_run_keeps_finished_rewinds_and_never_redoes_a_finished_stage(
     out = tmp_path / "run"
     run(out, PRUNE)
     first = json.loads((out / "result.json").read_text())["table"]
-    choice = json.loads((out / "prune.json").read_text())
+    choice = json.loads((out / "prune_choice.json").read_text())
     pruned, trained = [], []
     prune_run, train_run = prune_stage.prune_run, runs.train_run
     monkeypatch.setattr(prune_stage, "prune_run", lambda src, o, *a: pruned.append(o.name) or prune_run(src, o, *a))
     monkeypatch.setattr(runs, "train_run", lambda c, o, *a, **k: trained.append(o) or train_run(c, o, *a, **k))
-    for name in ("prune.json", "result.json", "summary.md"):  # killed while pruning at 0.5, before the final runs
+    for name in (
+        "prune_choice.json",
+        "result.json",
+        "summary.md",
+    ):  # killed while pruning at 0.5, before the final runs
         (out / name).unlink()
     for path in sorted((out / "prune" / "0.5").rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     run(out, PRUNE, resume=True)
     assert pruned == ["0.5"] and trained == [out / "prune" / "0.5"]  # 0.25's rewind and the final run reused
-    assert untimed(json.loads((out / "prune.json").read_text())) == untimed(choice)
+    assert untimed(json.loads((out / "prune_choice.json").read_text())) == untimed(choice)
     assert untimed(json.loads((out / "result.json").read_text())["table"]) == untimed(first)
     pruned.clear()
     (out / "result.json").unlink()  # killed after the prune stage: it is read back, nothing is redone
+    (out / "prune_choice.json").rename(out / "prune.json")  # as a run directory written before the rename has it
     run(out, PRUNE, resume=True)
     assert pruned == [] and trained == [out / "prune" / "0.5"]
-    assert untimed(json.loads((out / "result.json").read_text())["table"]) == untimed(first)
+    table = json.loads((out / "result.json").read_text())["table"]
+    assert table[0]["pruning"]["record"] == str(out / "prune.json")  # the old file was read, not replaced
+    table[0]["pruning"]["record"] = first[0]["pruning"]["record"]
+    assert untimed(table) == untimed(first) and not (out / "prune_choice.json").exists()
 
 
 def untimed(data):
@@ -163,7 +171,7 @@ def test_select_prunes_the_chosen_strategy_before_its_final_runs(tmp_path):
     out = tmp_path / "out"
     record = run_select(parse_suite(suite, "suite"), out)
     folder = out / "digits"
-    choice = json.loads((folder / "prune.json").read_text())
+    choice = json.loads((folder / "prune_choice.json").read_text())
     unpruned = json.loads((folder / "prune" / "unpruned" / "result.json").read_text())
     assert choice["source"] == str(folder / "prune" / "unpruned") and unpruned["test_acc"] is None
     assert choice["fraction"] == 0.5 and choice["params_before"] == unpruned["trainable_params"]

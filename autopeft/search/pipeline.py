@@ -9,7 +9,7 @@ their own run directories.
       config.yaml  result.json  summary.md  candidates.csv  pareto.csv  best.yaml  search_time.json
       supernet/        checkpoint.pt  metrics.jsonl
       retrain/<k>/     top-k candidates standalone on train, scored on val (no test)
-      prune.json  prune/<fraction>/   with prune.enabled: the winner's prompts pruned, rewound on train,
+      prune_choice.json  prune/<fraction>/   with prune.enabled: the winner's prompts pruned, rewound on train,
                        scored on val (no test); the fraction chosen (``autopeft.search.prune_stage``)
       baselines/<m>/   each single method at its default size on train, scored on val (no test)
       final/<row>/seed<s>/   the winner (from its pruned adapter when pruned) and each baseline on
@@ -71,7 +71,15 @@ from autopeft.search.candidates import (
 )
 from autopeft.search.evolution import EvolutionConfig, evolve
 from autopeft.search.optuna_search import SAMPLERS, optuna_search
-from autopeft.search.prune_stage import CHOICE, PruneChoice, PruneStage, check_stage, choose_pruning, claimed, prunes
+from autopeft.search.prune_stage import (
+    PruneChoice,
+    PruneStage,
+    check_stage,
+    choice_file,
+    choose_pruning,
+    claimed,
+    prunes,
+)
 from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, refit_score, train_supernet
 from autopeft.selection import SelectionConfig, select_runs, selection_lines, summarize
 from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
@@ -582,7 +590,8 @@ def _versus_lora(chosen: _Chosen, out: Path, rows: dict[str, RunRecord]) -> str 
 
 
 def _prune(config: PipelineConfig, chosen: _Chosen, out: Path, progress: StageProgress) -> PruneChoice | None:
-    """With ``prune.enabled`` and a winner with prompts: its fraction chosen on val (``prune.json``), else None."""
+    """With ``prune.enabled`` and a winner with prompts: its fraction chosen on val (``prune_choice.json``), or
+    None."""
     if not prunes(config.prune, chosen.row.methods, "the searched subnet", progress):
         return None
     return choose_pruning(chosen.winner_dir, config.prune, out, progress)
@@ -718,7 +727,7 @@ def _final_row(
         methods, params, init, pruning = val_run.methods, val_run.trainable_params, None, None
     else:
         methods, params, init = pruned.methods, pruned.params_after, pruned.init
-        pruning = pruned.summary(out / CHOICE)
+        pruning = pruned.summary(choice_file(out))
     seeds = config.retrain.seeds if final else []
     runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s, lr, init) for s in seeds]
     return FinalRow.of_runs(name, methods, params, val_run.val_acc, runs, pruning)

@@ -9,7 +9,7 @@ start from that fraction's pruned adapter (the run config's ``init``, which the 
 is never read before the final runs.
 
     out/
-      prune.json          the rule, every candidate and the choice (``PruneChoice``), written last
+      prune_choice.json   the rule, every candidate and the choice (``PruneChoice``), written last
       prune/<fraction>/   ``autopeft prune``'s directory (pruned/, prune.json), then the rewinding run in it
       prune/unpruned/     select only: the chosen strategy trained once on train with its selection schedule
 """
@@ -37,7 +37,8 @@ from autopeft.runconfig import BackboneConfig, load_run_config
 from autopeft.runs import build_backbone, read_run, train_or_reuse
 from autopeft.selection import without_default_selection
 
-CHOICE = "prune.json"
+CHOICE = "prune_choice.json"
+OLD_CHOICE = "prune.json"  # the name it had before, shared with ``autopeft prune``'s record of one pruning
 FOLDER = "prune"
 UNPRUNED = "unpruned"  # select's reference run, in out/prune/
 RULE = (
@@ -109,7 +110,7 @@ class PruneCandidate:
 
 @dataclass(frozen=True)
 class PruneChoice:
-    """``prune.json``: the rule, the unpruned train-split run it was applied to (``source``: its val loss and
+    """``prune_choice.json``: the rule, the unpruned train-split run it was applied to (``source``: its val loss and
     accuracy, its seed std when it has several seeds), the tolerance and loss limit used, every candidate, the
     chosen fraction (None: not pruned) with the methods and adapter the final runs start from, and what the
     stage processed (select's unpruned run included). Importance and rewinding read train, scores val; the
@@ -134,7 +135,7 @@ class PruneChoice:
     test_read: bool = False
 
     def summary(self, record: Path) -> Pruning:
-        """The choice as a final row carries it (``record``: where this prune.json is)."""
+        """The choice as a final row carries it (``record``: where this prune_choice.json is)."""
         return Pruning(self.level, self.fraction, self.params_before, self.params_after, str(record), self.compute)
 
 
@@ -142,7 +143,7 @@ def choose_fraction(
     unpruned: Sequence[float], candidates: Sequence[PruneCandidate], tolerance: float
 ) -> tuple[float | None, float | None]:
     """The rule that chooses the fraction, fixed before any candidate is scored (``RULE``, written to
-    prune.json): with ``m`` the mean val loss of the unpruned prompts over the run's seeds (``unpruned``) and
+    prune_choice.json): with ``m`` the mean val loss of the unpruned prompts over the run's seeds (``unpruned``) and
     ``s`` its seed std, or ``tolerance`` when the run has a single seed, choose the largest fraction whose
     rewound val loss is at most ``m + s``; a failed rewind never qualifies, and when no fraction does, the
     prompts are not pruned (None). Returns the fraction and the limit ``m + s`` (None without an unpruned loss)."""
@@ -189,11 +190,11 @@ def choose_pruning(
     source: Path, stage: PruneStage, out: Path, progress: StageProgress, spent: Compute | None = None
 ) -> PruneChoice:
     """Prune the finished train-split run ``source`` at every fraction of ``stage``, rewind each on train and
-    score it on val in ``out/prune/<fraction>``, choose by ``choose_fraction``; write ``out/prune.json`` and
+    score it on val in ``out/prune/<fraction>``, choose by ``choose_fraction``; write ``out/prune_choice.json`` and
     return it. ``spent``: what was run for the stage before (select's unpruned run), counted in its compute.
     A stage finished before is read back; an interrupted one keeps its finished rewinds and resumes the rest."""
-    if (out / CHOICE).is_file():
-        return read_choice(out / CHOICE)
+    if choice_file(out).is_file():
+        return read_choice(choice_file(out))
     unpruned = read_run(source)
     shown = ", ".join(f"{f:g}" for f in stage.fractions)
     progress.say(
@@ -250,8 +251,15 @@ def _candidate(source: Path, fraction: float, stage: PruneStage, out: Path, prog
     )
 
 
+def choice_file(folder: Path) -> Path:
+    """Where ``folder``'s pruning choice is: ``prune_choice.json``, or ``prune.json`` in a folder written before
+    the rename (the name ``autopeft prune``'s own record keeps)."""
+    old = folder / OLD_CHOICE
+    return old if old.is_file() and not (folder / CHOICE).is_file() else folder / CHOICE
+
+
 def read_choice(path: Path) -> PruneChoice:
-    """A ``prune.json`` written by ``choose_pruning``."""
+    """A pruning choice written by ``choose_pruning``."""
     return parse_options(PruneChoice, json.loads(path.read_text()), str(path))
 
 

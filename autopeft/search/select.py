@@ -12,7 +12,7 @@ and the finalist best on val is the dataset's choice. Test accuracy never takes 
       <dataset>/
         <strategy>/              the strategy's sweep or pipeline run directory (val only)
         strategies.json          each finished strategy's val outcome (what a resume reuses)
-        prune.json  prune/       with prune.enabled: the chosen strategy's prompts pruned on train, the
+        prune_choice.json  prune/  with prune.enabled: the chosen strategy's prompts pruned on train, the
                                  fraction chosen on val (``autopeft.search.prune_stage``)
         final/<strategy>/seed<s>/   `autopeft train` run directories on train+val, test read once
         selection.json           the dataset's record, written last: a finished dataset is never redone
@@ -52,12 +52,12 @@ from autopeft.runs import RESULT, machine_provenance, train_or_reuse
 from autopeft.search.engines import run_sweep
 from autopeft.search.pipeline import PipelineConfig, parse_pipeline, pruning_line, run_pipeline
 from autopeft.search.prune_stage import (
-    CHOICE,
     FOLDER,
     UNPRUNED,
     PruneChoice,
     PruneStage,
     check_stage,
+    choice_file,
     choose_pruning,
     claimed,
     prunes,
@@ -559,7 +559,7 @@ def _prune(
 ) -> PruneChoice | None:
     """With ``prune.enabled`` and a chosen strategy with prompts: its methods trained once more on train as
     the strategy was scored on val (``_selection_run``; the sweeps' trial directories are engine-specific), the
-    unpruned reference, then the fraction chosen on val (``<dataset>/prune.json``); else None."""
+    unpruned reference, then the fraction chosen on val (``<dataset>/prune_choice.json``); else None."""
     if not prunes(config.prune, outcome.methods, f"{folder.name}: the chosen strategy {outcome.name}", progress):
         return None
     source = folder / FOLDER / UNPRUNED
@@ -589,11 +589,11 @@ def _final(
 ) -> Finalist:
     """The strategy's methods on train+val once per seed (``final.train`` with the strategy's lr and
     weight decay), test read once per run; mean +- std over the seeds. ``pruned``: they start from the pruned
-    adapter chosen on val (its prune.json is in the dataset folder, ``out``'s grandparent)."""
+    adapter chosen on val (its prune_choice.json is in the dataset folder, ``out``'s grandparent)."""
     methods, params, init, pruning = outcome.methods, outcome.trainable_params, None, None
     if pruned is not None:
         methods, params, init = pruned.methods, pruned.params_after, pruned.init
-        pruning = pruned.summary(out.parent.parent / CHOICE)
+        pruning = pruned.summary(choice_file(out.parent.parent))
     train = replace(config.final.train, **outcome.train)
     runs = []
     for seed in config.final.seeds:
