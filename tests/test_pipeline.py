@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,5 @@ def test_a_search_key_the_engine_does_not_read_is_refused():
     with pytest.raises(ConfigError, match=r"run.yaml: search.evolution: search.engine tpe does not read it"):
         parse_pipeline({"search": {"engine": "tpe", "evolution": {"population": 4}}}, "run.yaml")
     assert parse_pipeline({"search": {"engine": "tpe", "trials": 8}}, "run.yaml").search.trials == 8
+    saved = asdict(parse_pipeline({}, "run.yaml"))  # a run directory's config.yaml spells out every key
+    assert parse_pipeline(saved, "config.yaml") == parse_pipeline({}, "run.yaml")

@@ -323,17 +323,20 @@ def parse_pipeline(data: Any, where: str, base: Path | None = None) -> PipelineC
 
 
 def _refuse_unread_search_keys(search: Any, where: str) -> None:
-    """``search.trials`` sizes only the Optuna engines and ``search.evolution`` only evolution: one written for
-    the other engine would be accepted and silently ignored."""
+    """``search.trials`` sizes only the Optuna engines and ``search.evolution`` only evolution: one set away from
+    its default for the other engine would be accepted and silently ignored. (At their defaults they pass: a run
+    directory's config.yaml spells out every key.)"""
     if not isinstance(search, dict):
         return
-    engine = search.get("engine", SearchStage.engine)
-    if engine == "evolution" and "trials" in search:
+    engine, defaults = search.get("engine", SearchStage.engine), SearchStage()
+    if engine == "evolution" and search.get("trials", defaults.trials) != defaults.trials:
         raise ConfigError(
             f"{where}: search.trials: the evolution engine does not read it; its size is search.evolution "
             f"(population, generations, mutations, crossovers); trials is for search.engine {', '.join(SAMPLERS)}"
         )
-    if engine in SAMPLERS and "evolution" in search:
+    evolution = search.get("evolution", {})
+    written = evolution.items() if isinstance(evolution, dict) else []
+    if engine in SAMPLERS and any(getattr(defaults.evolution, k, None) != v for k, v in written):
         raise ConfigError(
             f"{where}: search.evolution: search.engine {engine} does not read it; its size is search.trials"
         )
