@@ -193,6 +193,42 @@ def search(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def test_a_killed_sweep_leaves_no_ray_process_behind(tmp_path):
+    """kill -9 of a sweep on a local Ray: Ray's own fate sharing ends its head processes, and the watchdog the
+    agents the raylet started (they outlived the command by about a minute)."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "autopeft.cli",
+        "search",
+        str(write(tmp_path)),
+        "--engine",
+        "ray",
+        "--out",
+        str(out),
+    ]
+    sweep = subprocess.Popen(
+        [*command, "--set", "train.epochs=500"],
+        env={**os.environ, **ENV, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline, started = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not any(p.name() == "raylet" for p in started):
+        time.sleep(0.5)
+        with contextlib.suppress(psutil.Error):
+            started = psutil.Process(sweep.pid).children(recursive=True)
+    time.sleep(10)  # the trials and the raylet's agents are up
+    started = psutil.Process(sweep.pid).children(recursive=True)
+    assert any("Agent" in " ".join(p.cmdline()) or p.name().startswith("ray::") for p in started)
+    sweep.kill()
+    sweep.wait()
+    time.sleep(8)
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [p.cmdline()[:1] for p in left]
+
+
 def test_an_unreachable_address_fails_in_seconds_with_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     started = time.monotonic()

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from autopeft.errors import ConfigError, RunInterrupted
 from autopeft.progress import StageProgress
 from autopeft.records import Compute, SearchRecord
+from autopeft.search import ray_reaper
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
 from autopeft.search.sweep import (
@@ -70,7 +72,7 @@ def ray_sweep(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = _connect(address)
+    watchdog = _connect(address)
     try:
         if display is not None:
             display.say(f"search: ray tune, {config.trials} trials on {address or 'a local Ray'}, results in {path}")
@@ -101,8 +103,9 @@ def ray_sweep(
         analysis = tune.ExperimentAnalysis(str(path))
         _check_finished(analysis, config.trials, out)
     finally:
-        if started:
+        if watchdog is not None:
             ray.shutdown()
+            ray_reaper.stop(watchdog)
     tally = SweepTally("ray", str(path), address=address or "local")
     candidates = _collect(config, prepared.space, prepared.depth, analysis, tally)
     return finish_sweep(config, prepared.space, out, candidates, tally, start, display)
@@ -127,17 +130,17 @@ class TrialLines(tune.Callback):
         self.display.say(f"search: trial {self.ended}/{self.trials} failed (its error is in {trial.local_path})")
 
 
-def _connect(address: str | None) -> bool:
-    """Join the cluster at ``address`` or start a local Ray;
-    True when this process started Ray (and so shuts it down)."""
+def _connect(address: str | None) -> subprocess.Popen | None:
+    """Join the cluster at ``address`` or start a local Ray; for a local Ray, which this process shuts down,
+    the watchdog that kills its processes should this process die first."""
     if address is None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        return True
+        return ray_reaper.start()
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ConfigError(f"--address {address}: no Ray cluster reachable ({err})") from err
-    return False
+    return None
 
 
 def _slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
