@@ -390,6 +390,12 @@ def _save_checkpoint(out, model, optimizer, scheduler, generator, history, elaps
     write_text(out / METRICS, "".join(json.dumps(line) + "\n" for line in history))
 
 
+def saved_history(out: Path) -> list[dict[str, Any]]:
+    """The epoch history in ``out``'s checkpoint (empty without one): the epochs a resume continues after."""
+    path = out / CHECKPOINT
+    return torch.load(path, weights_only=True)["history"] if path.is_file() else []
+
+
 def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[dict], float]:
     try:
         state = torch.load(path, weights_only=True)

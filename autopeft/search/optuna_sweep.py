@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from autopeft.errors import ConfigError, RunInterrupted, SearchFailed
 from autopeft.progress import StageProgress
 from autopeft.records import Compute, SearchRecord
-from autopeft.runs import CHECKPOINT
+from autopeft.runs import CHECKPOINT, saved_history
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
 from autopeft.search.sweep import (
@@ -107,7 +107,7 @@ def optuna_sweep(
     backend = open_storage(url)
     if storage is not None:  # a shared study: workers may share one run directory too
         claim(out, resume or (out / "config.yaml").is_file(), config, "optuna")
-    study, seed = _open_study(config, backend, study_name, resume, url)
+    study, seed = _open_study(config, backend, study_name, resume, url, shared=storage is not None)
     if resume:
         _retry_unfinished(study, config.retries)
     say = display.say if display is not None else (lambda message: None)
@@ -132,13 +132,14 @@ def optuna_sweep(
 
 
 def _open_study(
-    config: SweepConfig, backend: optuna.storages.BaseStorage, name: str, resume: bool, url: str
+    config: SweepConfig, backend: optuna.storages.BaseStorage, name: str, resume: bool, url: str, shared: bool
 ) -> tuple[optuna.Study, int]:
     """Create the study, or join it when it exists; with the seed its proposals derive from (``proposal_seed``).
     The first worker's is ``config.seed``, and a resumed one keeps it; a worker joining a running study draws
-    its own, so that two workers never propose the same sequence."""
+    its own, so that two workers never propose the same sequence. Resuming a run directory whose own study was
+    never created (killed while starting) creates it; a shared storage without the study is refused."""
     exists = name in {s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
-    if resume and not exists:
+    if resume and shared and not exists:
         raise ConfigError(f"--resume: {_redact(url)} holds no study {name!r}; nothing was changed")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize", "minimize"] if config.pareto else ["maximize"]
@@ -160,8 +161,13 @@ def proposal_seed(seed: int, study: optuna.Study) -> int:
     """The sampler's seed for the study's next proposal: a function of ``seed`` and how many proposals the study
     already holds (its trials, less the retries of killed ones, which repeat a proposal), so that a resumed sweep
     proposes what the uninterrupted one would have, where a sampler seeded once restarts its stream on resume."""
-    proposals = sum(1 for t in study.get_trials(deepcopy=False) if RETRY_OF not in t.user_attrs)
+    proposals = sum(1 for t in study.get_trials(deepcopy=False) if _proposed(t) and RETRY_OF not in t.user_attrs)
     return (seed * 1_000_003 + proposals) % 2**32
+
+
+def _proposed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` got its whole subnet (a trial killed while it was being suggested did not)."""
+    return "params" in trial.user_attrs or OVER_BUDGET in trial.user_attrs
 
 
 def _counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -189,12 +195,20 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, trials: int) -> bool:
 
 def _retry_unfinished(study: optuna.Study, retries: int) -> None:
     """Fail every RUNNING trial (its worker is gone) and enqueue its parameters again, to
-    continue from its checkpoint, unless it already was retried ``retries`` times."""
+    continue from its checkpoint, unless it already was retried ``retries`` times. A trial killed before its
+    subnet was whole is not retried: the next proposal makes it again (``proposal_seed`` does not count it).
+    A retry killed as early is retried with its original's parameters, from the folder it had not yet taken."""
+    trials = study.get_trials(deepcopy=False)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
         attempts = int(trial.user_attrs.get("attempt", 0))
-        if attempts < retries:
-            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, "attempt": attempts + 1})
+        if attempts >= retries or not (_proposed(trial) or RETRY_OF in trial.user_attrs):
+            continue
+        source = trial
+        while not _proposed(source):  # a retry killed early: its original holds the parameters and the folder
+            source = trials[source.user_attrs[RETRY_OF]]
+        folder = trial.number if _proposed(trial) else trial.user_attrs[RETRY_OF]
+        study.enqueue_trial(source.params, user_attrs={RETRY_OF: folder, "attempt": attempts + 1})
 
 
 def _run(
@@ -221,6 +235,10 @@ def _run(
             trial.set_user_attr(key, trial.user_attrs.get(key, 0) + metrics[key])
         return not config.pareto and trial.should_prune()
 
+    if resume:  # the epochs trained before the kill, reported to the retry too (their images stay counted)
+        for line in saved_history(folder):
+            trial.report(line[METRIC], line["epoch"])
+            trial.set_user_attr("val_loss", line["val_loss"])
     bar = display.run(f"trial {trial.number}") if display is not None else None
     run = run_trial(config, space, subnet, folder, report, resume, bar)
     if run.status == "stopped":
