@@ -273,9 +273,9 @@ def test_a_search_killed_at_seeded_moments_ends_as_the_uninterrupted_one(tmp_pat
         time.sleep(rng.uniform(0.5, 3.0) if target == 0 else rng.uniform(0.0, 0.2))
         process.send_signal(signal.SIGKILL)
         process.wait()
-    assert not (out / "result.json").is_file()
-    done = cli("search", str(config), "--out", str(out), "--resume")
-    assert done.returncode == 0, done.stderr
+    if not (out / "result.json").is_file():  # (a last kill may come after the record was written)
+        done = cli("search", str(config), "--out", str(out), "--resume")
+        assert done.returncode == 0, done.stderr
     uninterrupted, resumed = (finished(f"sqlite:///{d / 'study.db'}") for d in (whole, out))
     assert [resumed[n][2] for n in sorted(resumed)] == [uninterrupted[n][2] for n in sorted(uninterrupted)]
     assert [r["subnet"] for r in rows(out / "candidates.csv")] == [r["subnet"] for r in rows(whole / "candidates.csv")]
