@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ from autopeft.rundir import locked
 from autopeft.search.optuna_sweep import open_storage
 from autopeft.search.sweep import SweepConfig, params_of, prepare
 from autopeft.supernet import method_config, suggest
+from tests.killpoints import kill_and_resume
 from tests.test_pipeline import cli_command, env
 from tests.test_train import TINY, cli
 
@@ -244,38 +244,13 @@ def test_kfold_re_scores_the_shortlist_and_chooses_among_it(tmp_path):
     assert "Selection: scored on 2 folds of train+val" in done.stdout and "| candidate |" in done.stdout
 
 
-def epochs_done(out: Path) -> int:
-    """Epochs the sweep's trials have finished (written to their metrics.jsonl) so far."""
-    return sum(len(path.read_text().splitlines()) for path in out.glob("trials/*/metrics.jsonl"))
-
-
 def test_a_search_killed_at_seeded_moments_ends_as_the_uninterrupted_one(tmp_path):
-    """Five SIGKILLs at seeded moments (one while starting up, four at seeded epoch counts plus up to 0.2 s, so
-    in training, checkpoint and record writes), each resumed: the same proposals in the same order, each trained
-    to its last epoch once, and the lock free."""
+    """Five SIGKILLs at seeded moments, each resumed: the same proposals in the same order, each trained to its
+    last epoch once, and the lock free."""
     config = write(tmp_path, trials=4, pruner="none", retries=5, train={**SWEEP["train"], "epochs": 8})
-    whole = tmp_path / "whole"
+    whole, out = tmp_path / "whole", tmp_path / "killed"
     assert cli("search", str(config), "--out", str(whole)).returncode == 0
-    out, rng = tmp_path / "killed", random.Random(5)
-    for target in [0, *sorted(rng.sample(range(1, 4 * 8), 4))]:
-        resume = ["--resume"] if (out / "config.yaml").is_file() else []
-        process = subprocess.Popen(
-            cli_command("search", str(config), "--out", str(out), *resume),
-            env=env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.time() + 120
-        while target and epochs_done(out) < target:
-            assert process.poll() is None and time.time() < deadline, process.communicate()[1]
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.5, 3.0) if target == 0 else rng.uniform(0.0, 0.2))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    if not (out / "result.json").is_file():  # (a last kill may come after the record was written)
-        done = cli("search", str(config), "--out", str(out), "--resume")
-        assert done.returncode == 0, done.stderr
+    kill_and_resume(["search", str(config)], out, epochs=4 * 8, seed=5)
     uninterrupted, resumed = (finished(f"sqlite:///{d / 'study.db'}") for d in (whole, out))
     assert [resumed[n][2] for n in sorted(resumed)] == [uninterrupted[n][2] for n in sorted(uninterrupted)]
     assert [r["subnet"] for r in rows(out / "candidates.csv")] == [r["subnet"] for r in rows(whole / "candidates.csv")]

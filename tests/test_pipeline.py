@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import re
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from autopeft.errors import ConfigError
 from autopeft.runconfig import load_run_config
 from autopeft.rundir import locked
 from autopeft.search.pipeline import parse_pipeline
+from tests.killpoints import epochs_done, kill_and_resume
 from tests.test_train import TINY, cli
 
 CONFIG = {
@@ -249,40 +249,20 @@ def test_a_search_key_the_engine_does_not_read_is_refused():
 
 
 def test_run_killed_at_seeded_moments_ends_as_the_uninterrupted_one(tmp_path):
-    """Five SIGKILLs at seeded moments (one while starting up, four at seeded epoch counts over every stage plus
-    up to 0.2 s), each resumed: the same table, candidates and choice, every run trained once, the lock free."""
-    config = write(tmp_path)
-    assert cli("run", str(config), "--out", str(tmp_path / "whole")).returncode == 0
-    out, rng = tmp_path / "killed", random.Random(3)
-    epochs = lambda: sum(len(p.read_text().splitlines()) for p in out.rglob("metrics.jsonl"))  # noqa: E731
-    for target in [0, *sorted(rng.sample(range(1, 18), 4))]:
-        resume = ["--resume"] if (out / "config.yaml").is_file() else []
-        process = subprocess.Popen(
-            cli_command("run", str(config), "--out", str(out), *resume),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env(),
-        )
-        deadline = time.time() + 120
-        while target and epochs() < target:
-            assert process.poll() is None and time.time() < deadline, process.communicate()[1]
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.5, 3.0) if target == 0 else rng.uniform(0.0, 0.2))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    if not (out / "result.json").is_file():  # (a last kill may come after the record was written)
-        done = cli("run", str(config), "--out", str(out), "--resume")
-        assert done.returncode == 0, done.stderr
-    first, second = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "killed"))
+    """Five SIGKILLs at seeded moments over every stage, each resumed: the same table, candidates and choice,
+    every run trained once, the lock free."""
+    config, whole, out = write(tmp_path), tmp_path / "whole", tmp_path / "killed"
+    assert cli("run", str(config), "--out", str(whole)).returncode == 0
+    kill_and_resume(["run", str(config)], out, epochs=18, seed=3)
+    first, second = (json.loads((d / "result.json").read_text()) for d in (whole, out))
     assert untimed(first["table"]) == untimed(second["table"]) and first["methods"] == second["methods"]
     for name in ("candidates.csv", "best.yaml"):
-        assert (tmp_path / "whole" / name).read_text() == (out / name).read_text()
-    chosen = (json.loads((d / "selection.json").read_text())["choice"] for d in (tmp_path / "whole", out))
+        assert (whole / name).read_text() == (out / name).read_text()
+    chosen = (json.loads((d / "selection.json").read_text())["choice"] for d in (whole, out))
     assert next(chosen) == next(chosen)
     for metrics in out.rglob("metrics.jsonl"):  # every run trained each epoch once
         trained = [json.loads(line)["epoch"] for line in metrics.open()]
         assert trained == list(range(1, len(trained) + 1)), metrics
-    assert epochs() == sum(len(p.read_text().splitlines()) for p in (tmp_path / "whole").rglob("metrics.jsonl"))
+    assert epochs_done(out) == epochs_done(whole)
     with locked(out):
         pass

@@ -17,8 +17,10 @@ import yaml
 import autopeft
 from autopeft.backbones import create_backbone
 from autopeft.data import DataConfig
+from autopeft.rundir import locked
 from autopeft.search.candidates import standalone_order
 from autopeft.search.select import METHOD_SIZES, _sizes_in_budget, parse_suite
+from tests.killpoints import epochs_done, kill_and_resume
 from tests.test_pipeline import cli_command, env
 from tests.test_train import TINY, cli
 
@@ -185,3 +187,22 @@ def test_kfold_re_scores_each_strategys_winner_before_the_finalists(tmp_path):
     assert selection["chosen"] == summary["choice"]["winner"] == selection["ranking"][0]
     assert [f["row"]["name"] for f in selection["finalists"]] == [selection["chosen"]]
     assert "Selection: scored on 2 folds of train+val" in (out / "summary.md").read_text()
+
+
+def test_select_killed_at_seeded_moments_ends_as_the_uninterrupted_one(tmp_path):
+    """Five SIGKILLs at seeded moments over sweeps, supernet and final runs, each resumed: the same choice and
+    test accuracies per dataset, every epoch trained once, the lock free."""
+    suite = write(tmp_path, datasets=["digits"], strategies=["lora", "supernet"])
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    assert cli("select", str(suite), "--out", str(whole)).returncode == 0
+    kill_and_resume(["select", str(suite)], out, epochs=epochs_done(whole), seed=4)
+    first, second = load(whole / "result.json"), load(out / "result.json")
+    keys = ("dataset", "chosen", "val_acc", "test_acc", "test_acc_std", "methods")
+    assert [{k: d[k] for k in keys} for d in first["datasets"]] == [{k: d[k] for k in keys} for d in second["datasets"]]
+    assert load(whole / "digits" / "selection.json")["ranking"] == load(out / "digits" / "selection.json")["ranking"]
+    for metrics in out.rglob("metrics.jsonl"):  # every run trained each epoch once
+        trained = [json.loads(line)["epoch"] for line in metrics.open()]
+        assert trained == list(range(1, len(trained) + 1)), metrics
+    assert epochs_done(out) == epochs_done(whole)
+    with locked(out):
+        pass
