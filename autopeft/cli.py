@@ -8,14 +8,16 @@ import errno
 import os
 import signal
 import sys
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autopeft.errors import AutopeftError, BackboneError, ConfigError, RunInterrupted
+from autopeft.jobs import Job, make
 
 if TYPE_CHECKING:
-    from autopeft.records import SelectionSummary
+    pass
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -29,9 +31,9 @@ def _methods(args: argparse.Namespace) -> None:
 
     import autopeft
     from autopeft.backbones import family_of
+    from autopeft.build import build_backbone
     from autopeft.methods.base import with_family_defaults
     from autopeft.runconfig import BackboneConfig, yaml_inline
-    from autopeft.runs import build_backbone
 
     if args.num_classes < 1:
         raise ConfigError(f"--num-classes: got {args.num_classes}; allowed: an integer >= 1")
@@ -83,74 +85,32 @@ def _datasets(args: argparse.Namespace) -> None:
             print(textwrap.fill(text, console.width, initial_indent="  ", subsequent_indent="  "))
 
 
-def _train(args: argparse.Namespace) -> None:
-    """Train one configuration into a run directory."""
-    from autopeft.progress import TrainProgress
-    from autopeft.runconfig import load_run_config
-    from autopeft.runs import check_buildable, train_run
-
-    config = load_run_config(args.config, args.set)
-    check_buildable(config, args.config)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    run = train_run(config, out, resume=args.resume, progress=TrainProgress(out.name))
-    if run.status != "completed":
-        raise AutopeftError(f"run failed: {run.reason} (status in {out / 'result.json'})")
-    print(
-        f"{out}: val {_pct(run.val_acc)}  test {_pct(run.test_acc)}  "
-        f"trainable {run.trainable_params:,}  {run.wall_time_s:.0f} s"
-    )
-
-
-def _run(args: argparse.Namespace) -> None:
-    """The main job: supernet, search, retrain, final runs, comparison table."""
+def _job(args: argparse.Namespace) -> None:
+    """A config job (train, run, search, select): the config file (or the embedded default) with the --set
+    overrides, parsed by the job and run into --out (default runs/<config name>); then what it wrote."""
     from autopeft.progress import PipelineProgress
     from autopeft.runconfig import apply_overrides, read_yaml
-    from autopeft.search.pipeline import parse_pipeline, run_pipeline
 
-    data = read_yaml(args.config) if args.config else {}
-    base = Path(args.config).resolve().parent if args.config else None
-    config = parse_pipeline(apply_overrides(data, args.set), args.config or "the embedded default", base)
-    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "demo")
-    note = "" if args.config else DEMO_NOTE
-    run_pipeline(config, out, resume=args.resume, progress=PipelineProgress(), note=note)
-    print((out / "summary.md").read_text())
-    print(
-        f"{out}: result.json, candidates.csv, pareto.csv, best.yaml (train the winner: autopeft train {out}/best.yaml)"
-    )
+    job, source = args.job(args), args.config
+    data = apply_overrides(read_yaml(source) if source else {}, args.set)
+    config = job.parse(data, source or "the embedded default", Path(source).resolve().parent if source else None)
+    out = Path(args.out) if args.out else Path("runs") / (Path(source).stem if source else job.name)
+    print(job.done(job.run(config, out, args.resume, PipelineProgress()), out))
 
 
-DEMO_NOTE = (
-    "This is the embedded demo: every row is at one parameter budget, but its schedules are short, chosen so "
-    "the demo ends in minutes, and its learning rates are not tuned. The converged, compute-fair comparison of "
-    "the search against tuned single methods, Optuna and random search is results/search_vs_sweep.md in "
-    "autopeft's repository."
-)
+def _train_job(args: argparse.Namespace) -> Job:
+    return make("train")
 
 
-def _search(args: argparse.Namespace) -> None:
-    """A search on val: the supernet pipeline up to its winner, or a sweep of standalone trials
-    on the optuna or the ray engine."""
-    from autopeft.progress import PipelineProgress
-    from autopeft.runconfig import apply_overrides, read_yaml
-    from autopeft.search.engines import run_sweep
-    from autopeft.search.pipeline import parse_pipeline, run_pipeline
-    from autopeft.search.sweep import Where, parse_sweep
+def _run_job(args: argparse.Namespace) -> Job:
+    return make("run", embedded=args.config is None)
 
-    data = apply_overrides(read_yaml(args.config) if args.config else {}, args.set)
-    base = Path(args.config).resolve().parent if args.config else None
-    source = args.config or "the embedded default"
-    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "search")
+
+def _search_job(args: argparse.Namespace) -> Job:
     if args.engine == "supernet":
-        record = run_pipeline(
-            parse_pipeline(data, source, base), out, args.resume, PipelineProgress(), choose_only=True
-        )
-        print(
-            f"{out}: winner of {record.candidates} candidates: val {_pct(record.val_acc)}  "
-            f"trainable {record.trainable_params:,}\n"
-            f"{out}: candidates.csv, pareto.csv, best.yaml (test it on train+val: autopeft retrain {out})"
-        )
-        _print_selection(record.selection)
-        return
+        return make("search supernet")
+    from autopeft.search.sweep import Where
+
     where = Where(
         args.storage,
         args.study,
@@ -160,63 +120,32 @@ def _search(args: argparse.Namespace) -> None:
         args.gpus_per_trial,
         args.max_concurrent,
     )
-    record = run_sweep(args.engine, parse_sweep(data, source, base), out, where, args.resume, PipelineProgress())
-    print(
-        f"{out}: best trial {record.best_trial}: val {_pct(record.val_acc)}  "
-        f"trainable {record.trainable_params:,}  ({record.trials_completed} completed, "
-        f"{record.trials_pruned} pruned, {record.trials_failed} failed)\n"
-        f"{out}: candidates.csv, pareto.csv, best.yaml (train the winner: autopeft train {out}/best.yaml)"
-    )
-    _print_selection(record.selection)
+    return make("search sweep", engine=args.engine, where=where)
 
 
-def _print_selection(summary: SelectionSummary | None) -> None:
-    """How a search's winner was chosen: the tied set and each interval (when its selection recorded one)."""
-    from autopeft.selection import selection_lines
-
-    if summary is not None:
-        print("\n" + "\n".join(selection_lines(summary)))
-
-
-def _select(args: argparse.Namespace) -> None:
-    """Per-dataset method selection over a suite: strategies on val, finalists on train+val per seed."""
-    from autopeft.progress import PipelineProgress
-    from autopeft.runconfig import apply_overrides, read_yaml
-    from autopeft.search.select import parse_suite, run_select
-
-    data = apply_overrides(read_yaml(args.suite), args.set)
-    if args.engine:
-        data["engine"] = args.engine
-    config = parse_suite(data, args.suite, Path(args.suite).resolve().parent)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.suite).stem
-    again = f"autopeft select {out / 'config.yaml'} --out {out} --resume"
-    run_select(config, out, resume=args.resume, progress=PipelineProgress(), again=again)
-    print((out / "summary.md").read_text())
-    print(f"{out}: result.json, summary.md, <dataset>/selection.json; final runs in <dataset>/final/<strategy>/seed<s>")
+def _select_job(args: argparse.Namespace) -> Job:
+    return make("select", engine=args.engine)
 
 
 def _retrain(args: argparse.Namespace) -> None:
     """Retrain a finished search's best.yaml on train+val once per seed; test mean +- std."""
+    from autopeft.jobs.train import retrain_run
     from autopeft.progress import PipelineProgress
-    from autopeft.runs import retrain_run
+    from autopeft.report.summaries import percent
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "retrain"
     record = retrain_run(run_dir, args.seeds, out, PipelineProgress(), args.set)
     spread = f" +- {record.test_acc_std:.2f}" if record.test_acc_std is not None and record.seeds_completed > 1 else ""
     print(
-        f"{out}: test {_pct(record.test_acc)}{spread} over seeds {args.seeds} "
+        f"{out}: test {percent(record.test_acc, '%')}{spread} over seeds {args.seeds} "
         f"({record.seeds_completed} completed)  trainable {record.trainable_params:,}"
     )
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"
-
-
 def _export(args: argparse.Namespace) -> None:
     """Write a run's weights: its adapter directory, or with --merge a plain timm checkpoint."""
-    from autopeft.runs import export_run
+    from autopeft.jobs.train import export_run
 
     print(f"wrote {export_run(Path(args.run_dir), Path(args.out), args.merge)}")
 
@@ -261,6 +190,40 @@ def _report(args: argparse.Namespace) -> None:
     print(f"{args.out}: {', '.join(p.name for p in written)}")
 
 
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, its own arguments, and what runs it (``job``: a config job, run by ``_job``)."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None] = _job
+    job: Callable[[argparse.Namespace], Job] | None = None
+
+
+def _job_arguments(config: str, out: str, resume: str, optional: bool = False) -> Callable:
+    """A config job's arguments: its config file, --out, --set and --resume."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", nargs="?" if optional else None, help=config)
+        parser.add_argument("--out", help=out)
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        parser.add_argument("--resume", action="store_true", help=resume)
+
+    return add
+
+
+def _both(*adders: Callable[[argparse.ArgumentParser], None]) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        for adder in adders:
+            adder(parser)
+
+    return add
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None: ...
+
+
 def build_parser() -> argparse.ArgumentParser:
     from autopeft import __version__
 
@@ -269,136 +232,169 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_training_commands(commands)
-    _add_search_commands(commands)
-    _add_result_commands(commands)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help)
+        command.arguments(sub)
+        sub.set_defaults(run=command.run, job=command.job)
     return parser
 
 
-def _add_training_commands(commands: argparse._SubParsersAction) -> None:
-    """methods, datasets, train and run."""
-    methods = commands.add_parser("methods", help="list methods, default options and parameter counts")
-    methods.add_argument(
+def _methods_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--backbone", default="vit_base_patch16_224", help="a timm model or built-in backbone (%(default)s)"
     )
-    methods.add_argument("--num-classes", type=int, default=100, help="classes of the head (%(default)s)")
-    methods.set_defaults(run=_methods)
-    commands.add_parser("datasets", help="list the built-in offline datasets").set_defaults(run=_datasets)
-    train = commands.add_parser("train", help="train one configuration (methods + hyperparameters)")
-    train.add_argument("config", help="run config YAML")
-    train.add_argument("--out", help="run directory (default runs/<config name>)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    train.set_defaults(run=_train)
-    run = commands.add_parser("run", help="main job: supernet -> search -> retrain -> test -> comparison table")
-    run.add_argument("config", nargs="?", help="pipeline config YAML (default: the embedded offline demo)")
-    run.add_argument("--out", help="run directory (default runs/<config name>, or runs/demo)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted pipeline in --out")
-    run.set_defaults(run=_run)
+    parser.add_argument("--num-classes", type=int, default=100, help="classes of the head (%(default)s)")
 
 
-def _add_search_commands(commands: argparse._SubParsersAction) -> None:
-    """search, select and retrain."""
-    search = commands.add_parser("search", help="search on val: a supernet, or a sweep of standalone trials")
-    search.add_argument(
-        "config",
-        nargs="?",
-        help="sweep config YAML, or for --engine supernet a pipeline config as `run` takes "
-        "(default: the full space on digits, or the embedded demo)",
-    )
-    search.add_argument(
+def _search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--engine",
         choices=("supernet", "optuna", "ray"),
         default="optuna",
         help="supernet: `autopeft run` stopped at its val-chosen winner; optuna/ray: standalone trials",
     )
-    search.add_argument("--out", help="run directory (default runs/<config name>, or runs/search)")
-    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    search.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
-    search.add_argument("--storage", help="optuna: SQLAlchemy URL or journal file (default: SQLite in --out)")
-    search.add_argument("--study", default="autopeft", help="optuna: study name; workers on one storage share it")
-    search.add_argument("--address", help="ray: join this cluster (host:port or auto); default: start a local Ray")
-    search.add_argument("--storage-path", help="ray: results and checkpoints, on a filesystem every node reaches")
-    search.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs each trial reserves")
-    search.add_argument(
+    parser.add_argument("--storage", help="optuna: SQLAlchemy URL or journal file (default: SQLite in --out)")
+    parser.add_argument("--study", default="autopeft", help="optuna: study name; workers on one storage share it")
+    parser.add_argument("--address", help="ray: join this cluster (host:port or auto); default: start a local Ray")
+    parser.add_argument("--storage-path", help="ray: results and checkpoints, on a filesystem every node reaches")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs each trial reserves")
+    parser.add_argument(
         "--gpus-per-trial", type=float, default=0.0, help="ray: GPUs each trial reserves (0.5 shares one)"
     )
-    search.add_argument(
+    parser.add_argument(
         "--max-concurrent", type=int, default=0, help="ray: most trials at once (0: what the cluster's CPUs/GPUs hold)"
     )
-    search.set_defaults(run=_search)
-    select = commands.add_parser("select", help="per-dataset method selection over a suite of datasets")
-    select.add_argument("suite", help="suite YAML (e.g. search_spaces/suite_demo.yaml)")
-    select.add_argument("--out", help="output directory (default runs/<suite name>)")
-    select.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key")
-    select.add_argument("--resume", action="store_true", help="continue an interrupted selection in --out")
-    select.add_argument(
+
+
+def _select_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--engine", choices=("optuna", "ray"), help="the single-method sweeps' engine (overrides the suite)"
     )
-    select.set_defaults(run=_select)
-    retrain = commands.add_parser("retrain", help="retrain a finished search's best.yaml on train+val per seed")
-    retrain.add_argument("run_dir", help="a run directory of autopeft search, run or select that holds best.yaml")
-    retrain.add_argument(
+
+
+def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory of autopeft search, run or select that holds best.yaml")
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED", help="one final run per seed (0 1 2)"
     )
-    retrain.add_argument("--out", help="where the seed runs go (default RUN_DIR/retrain)")
-    retrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of best.yaml")
-    retrain.set_defaults(run=_retrain)
+    parser.add_argument("--out", help="where the seed runs go (default RUN_DIR/retrain)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of best.yaml")
 
 
-def _add_result_commands(commands: argparse._SubParsersAction) -> None:
-    """export, prune, choose, config and report."""
-    export = commands.add_parser("export", help="export a finished run's weights")
-    export.add_argument("run_dir", help="a finished run directory (autopeft train, or a final run of run/select)")
-    export.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")
-    export.add_argument("--merge", action="store_true", help="fold LoRA/SSF into the backbone (plain timm weights)")
-    export.set_defaults(run=_export)
-    prune = commands.add_parser("prune", help="E2VPT: prune a finished run's vpt/kv_prompt prompts to rewind them")
-    prune.add_argument("run_dir", help="a finished autopeft train run directory with vpt or kv_prompt")
-    prune.add_argument("--fraction", type=float, required=True, help="share of each layer's tokens/segments to remove")
-    prune.add_argument(
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a finished run directory (autopeft train, or a final run of run/select)")
+    parser.add_argument("--out", required=True, help="output: adapter folder, or a .safetensors file with --merge")
+    parser.add_argument("--merge", action="store_true", help="fold LoRA/SSF into the backbone (plain timm weights)")
+
+
+def _prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a finished autopeft train run directory with vpt or kv_prompt")
+    parser.add_argument("--fraction", type=float, required=True, help="share of each layer's tokens/segments to remove")
+    parser.add_argument(
         "--level",
         choices=("token", "segment", "both"),
         default="token",
         help="token: drop whole prompt tokens; segment: zero parts of tokens; both: tokens, then segments",
     )
-    prune.add_argument("--segments", type=int, default=8, help="equal parts each token is cut into (E2VPT: 8)")
-    prune.add_argument(
+    parser.add_argument("--segments", type=int, default=8, help="equal parts each token is cut into (E2VPT: 8)")
+    parser.add_argument(
         "--importance",
         choices=("gradient", "random"),
         default="gradient",
         help="gradient: E2VPT's |dL/d mask| over the run's training split; random: a control with the same counts",
     )
-    prune.add_argument("--seed", type=int, default=0, help="random importance's seed")
-    prune.add_argument("--out", required=True, help="new run directory: pruned adapter and the rewinding config")
-    prune.set_defaults(run=_prune)
-    choose = commands.add_parser("choose", help="choose among candidates' val counts, with the tied set")
-    choose.add_argument("table", help="CSV with columns name, correct, n (optional params, loss)")
-    choose.add_argument("--alpha", type=float, default=0.05, help="two-sided level of each interval")
-    choose.add_argument(
+    parser.add_argument("--seed", type=int, default=0, help="random importance's seed")
+    parser.add_argument("--out", required=True, help="new run directory: pruned adapter and the rewinding config")
+
+
+def _choose_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", help="CSV with columns name, correct, n (optional params, loss)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="two-sided level of each interval")
+    parser.add_argument(
         "--prefer",
         choices=("best", "fewest_params"),
         default="best",
         help="best: the leader; fewest_params: the smallest candidate tied with it",
     )
-    choose.add_argument("--adjust", choices=("none", "holm"), default="none", help="holm: over the P - 1 comparisons")
-    choose.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
-    choose.add_argument("--json", action="store_true", help="print the choice as JSON")
-    choose.set_defaults(run=_choose)
-    config = commands.add_parser("config", help="every option of a command's config file: type, default, help")
-    config.add_argument(
+    parser.add_argument("--adjust", choices=("none", "holm"), default="none", help="holm: over the P - 1 comparisons")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    parser.add_argument("--json", action="store_true", help="print the choice as JSON")
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "topic",
         nargs="?",
         choices=("train", "run", "search", "select", "methods"),
         help="whose options (default: every command's)",
     )
-    config.add_argument("--markdown", action="store_true", help="the whole reference as Markdown (docs/config.md)")
-    config.set_defaults(run=_config)
-    report = commands.add_parser("report", help="leaderboard tables, plots and HTML over run directories")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding a result.json")
-    report.add_argument("--out", required=True, help="folder for leaderboard.{md,csv,tex,html} and the plots")
-    report.set_defaults(run=_report)
+    parser.add_argument("--markdown", action="store_true", help="the whole reference as Markdown (docs/config.md)")
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding a result.json")
+    parser.add_argument("--out", required=True, help="folder for leaderboard.{md,csv,tex,html} and the plots")
+
+
+COMMANDS = (
+    Command("methods", "list methods, default options and parameter counts", _methods_arguments, _methods),
+    Command("datasets", "list the built-in offline datasets", _no_arguments, _datasets),
+    Command(
+        "train",
+        "train one configuration (methods + hyperparameters)",
+        _job_arguments(
+            "run config YAML",
+            "run directory (default runs/<config name>)",
+            "continue a killed run from its last checkpoint",
+        ),
+        job=_train_job,
+    ),
+    Command(
+        "run",
+        "main job: supernet -> search -> retrain -> test -> comparison table",
+        _job_arguments(
+            "pipeline config YAML (default: the embedded offline demo)",
+            "run directory (default runs/<config name>, or runs/demo)",
+            "continue an interrupted pipeline in --out",
+            optional=True,
+        ),
+        job=_run_job,
+    ),
+    Command(
+        "search",
+        "search on val: a supernet, or a sweep of standalone trials",
+        _both(
+            _job_arguments(
+                "sweep config YAML, or for --engine supernet a pipeline config as `run` takes "
+                "(default: the full space on digits, or the embedded demo)",
+                "run directory (default runs/<config name>, or runs/search)",
+                "continue an interrupted sweep in --out",
+                optional=True,
+            ),
+            _search_arguments,
+        ),
+        job=_search_job,
+    ),
+    Command(
+        "select",
+        "per-dataset method selection over a suite of datasets",
+        _both(
+            _job_arguments(
+                "suite YAML (e.g. search_spaces/suite_demo.yaml)",
+                "output directory (default runs/<suite name>)",
+                "continue an interrupted selection in --out",
+            ),
+            _select_arguments,
+        ),
+        job=_select_job,
+    ),
+    Command("retrain", "retrain a finished search's best.yaml on train+val per seed", _retrain_arguments, _retrain),
+    Command("export", "export a finished run's weights", _export_arguments, _export),
+    Command("prune", "E2VPT: prune a finished run's vpt/kv_prompt prompts to rewind them", _prune_arguments, _prune),
+    Command("choose", "choose among candidates' val counts, with the tied set", _choose_arguments, _choose),
+    Command("config", "every option of a command's config file: type, default, help", _config_arguments, _config),
+    Command("report", "leaderboard tables, plots and HTML over run directories", _report_arguments, _report),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,12 @@ class DataError(AutopeftError, ValueError):
 
 
 class RunInterrupted(AutopeftError):
-    """Ctrl-C during training; the last epoch checkpoint is on disk (the command exits 130, as for SIGINT)."""
+    """Ctrl-C during training; the last epoch checkpoint is on disk (the command exits 130, as for SIGINT).
+    ``resumable`` is False when nothing was saved to continue from."""
+
+    def __init__(self, message: str, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.resumable = resumable
 
 
 class RunLocked(ConfigError):

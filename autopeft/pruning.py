@@ -32,16 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopeft.api import count_trainable, get_sizes, load_adapter, save_adapter
+from autopeft.build import build_model
 from autopeft.config import parse_options
 from autopeft.data import Split, TaskData
 from autopeft.data.transforms import input_config, normalize
 from autopeft.errors import ConfigError
 from autopeft.files import write_json, write_text
+from autopeft.jobs.rundir import RunDir
+from autopeft.jobs.train import check_finished
 from autopeft.methods.prompts import PromptWrapper, mask_rows, prompt_wrappers
 from autopeft.records import Compute
 from autopeft.runconfig import dump_run_config, load_run_config
-from autopeft.rundir import LOCK, locked
-from autopeft.runs import build_model, check_finished
 from autopeft.train import batches, device_of, resolve_device
 
 Level = Literal["token", "segment", "both"]
@@ -310,9 +311,7 @@ def prune_run(
     _check_settings(fraction, level, importance)
     check_finished(run_dir)
     config = load_run_config(run_dir / "config.yaml")
-    with locked(out):
-        if any(path.name != LOCK for path in out.iterdir()):
-            raise ConfigError(f"{out}: already holds files; allowed: a new or empty folder for the pruned run")
+    with RunDir(out, command="prune").writing(None, None):
         model, task, _ = build_model(config, with_methods=False)
         load_adapter(model, run_dir)
         model.to(resolve_device(config.train.device))

@@ -3,7 +3,7 @@
 The key covers the backbone and the identity of its weights, the data, the methods with every
 option, the schedule, the split and the seed; settings that do not change the numbers (the
 device) are left out. ``row_key`` is the same without the seed: runs that pool into mean +- std.
-Benchmarks train through ``autopeft.runs.cached_run``, so a configuration trained before is read
+Benchmarks train through ``autopeft.jobs.train.cached_run``, so a configuration trained before is read
 back instead of trained again.
 """
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from autopeft.choice import Choice, choice_table, choose
+from autopeft.choice import Choice, choose
 from autopeft.config import option
 from autopeft.data import canonical, fold_data
 from autopeft.errors import ConfigError
@@ -235,27 +235,3 @@ def _why(name: str, failed: set[str], rounds: list[RaceRound]) -> str:
         return "failed"
     fold = next(r.fold for r in rounds if name in r.dropped)
     return f"dropped by the race after fold {fold}: {rounds[fold].dropped[name]}"
-
-
-def selection_lines(summary: SelectionSummary) -> list[str]:
-    """A summary's markdown: how candidates were scored, the choice with each interval, the race, the cost."""
-    choice = Choice.from_dict(summary.choice)
-    evidence = {name: Evidence.from_json(e) for name, e in summary.evidence.items() if e is not None}
-    how = "the holdout val split" if summary.mode == "holdout" else f"{summary.folds} folds of train+val"
-    seeds = f", {summary.seeds} seeds each" if summary.seeds > 1 else ""
-    lines = [
-        f"Selection: scored on {how}{seeds}" + (", raced" if summary.race else "") + f" (prefer {summary.prefer}).",
-        "",
-    ]
-    lines += choice_table(choice, evidence)
-    for r in summary.rounds if summary.race else []:
-        dropped = "; ".join(f"{name} {why}" for name, why in r.dropped.items()) or "none"
-        lines.append(f"Race, fold {r.fold}: {r.scored} scored ({r.compute.wall_s:.0f} s), dropped: {dropped}.")
-    c = summary.compute
-    if c.train_images or c.eval_images:  # none when the candidates' own runs were compared, as they were scored
-        lines.append(
-            f"Selection compute: {c.train_images:,} training + {c.eval_images:,} evaluation images, {c.wall_s:.0f} s."
-        )
-    if summary.versus_lora:
-        lines.append(summary.versus_lora[0].upper() + summary.versus_lora[1:] + ".")
-    return lines

@@ -37,10 +37,12 @@ from typing import Any
 
 import torch
 
+from autopeft.build import build_model
 from autopeft.data import DataConfig
+from autopeft.fit import CHECKPOINT
 from autopeft.ground import load_ground
+from autopeft.jobs.train import cached_run
 from autopeft.runconfig import BackboneConfig, RunConfig
-from autopeft.runs import CHECKPOINT, build_model, cached_run
 from autopeft.search.ranking import Estimate, bootstrap, draw_panel, kendall_tau, spearman, top_pick_regret
 from autopeft.search.supernet_stage import SupernetSteps, inherited_score, refit_score, train_supernet
 from autopeft.supernet import SubnetConfig, Supernet, load_space, method_config

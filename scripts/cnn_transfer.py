@@ -43,12 +43,11 @@ from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.data.builtin import SIZES as SPLIT_SIZES
 from autopeft.errors import BackboneError
 from autopeft.ground import load_ground
+from autopeft.jobs.train import cached, cached_run
 from autopeft.methods import describe_methods
 from autopeft.records import Compute, RunRecord
 from autopeft.runconfig import BackboneConfig, RunConfig
-from autopeft.runkey import config_key
-from autopeft.runs import RESULT, cached_run, read_run
-from autopeft.search.candidates import standalone_order
+from autopeft.search.candidates import best_on_val
 from autopeft.stats import paired_seeds, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,11 +186,6 @@ def recorded(json_path: Path, setup: Setup) -> dict[str, TaskResult]:
 Fetch = Callable[[list[RunConfig]], list[RunRecord] | None]  # records in order, or None when not all available
 
 
-def best_on_val(records: list[RunRecord]) -> int:
-    """Index of the best record on val: accuracy, ties by val loss, then the earlier one."""
-    return standalone_order([(r.val_acc, r.val_loss) for r in records])[-1]
-
-
 def selection_configs(spec: RowSpec, task: str, setup: Setup) -> list[RunConfig]:
     return [setup.config(spec.group, task, json.loads(m), lr) for m, lr in spec.candidates]
 
@@ -286,11 +280,6 @@ def run_job(job: tuple[RunConfig, Path]) -> RunRecord:
     return cached_run(config, cache)
 
 
-def cached(config: RunConfig, cache: Path) -> RunRecord | None:
-    path = cache / config_key(config)
-    return read_run(path) if (path / RESULT).is_file() else None
-
-
 def training(pool: ProcessPoolExecutor, cache: Path) -> Fetch:
     def fetch(configs: list[RunConfig]) -> list[RunRecord]:
         stage = f"{configs[0].data.name}: {'final' if configs[0].final else 'selection'} runs"
@@ -375,8 +364,8 @@ def plan(tasks: list[str], setup: Setup, cache: Path, workers: int, step_ms: dic
 
 def measure_step_ms(img_size: int) -> dict[str, dict[str, float]]:
     """Time training and evaluation per image for every method of the plan (1 thread; about a minute)."""
+    from autopeft.build import build_model
     from autopeft.data import Split
-    from autopeft.runs import build_model
     from autopeft.train import TrainConfig, evaluate, make_optimizer, make_scheduler, train_epoch
 
     torch.set_num_threads(1)

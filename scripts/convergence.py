@@ -24,9 +24,9 @@ import torch
 
 from autopeft.data import BUILTIN_TASKS
 from autopeft.ground import load_ground
+from autopeft.jobs.train import cached_run
 from autopeft.runconfig import parse_run_config
 from autopeft.runkey import config_key
-from autopeft.runs import cached_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "convergence.md"

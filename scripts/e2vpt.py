@@ -50,16 +50,18 @@ from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
 from autopeft.api import WEIGHTS_FILE
+from autopeft.build import build_backbone, build_model
 from autopeft.data import BUILTIN_TASKS, DataConfig, from_arrays
 from autopeft.errors import ConfigError, RunLocked
 from autopeft.files import write_json
 from autopeft.ground import load_ground
+from autopeft.jobs.rundir import RESULT
+from autopeft.jobs.train import cached, cached_run
 from autopeft.pruning import prune_run, read_prune_run
 from autopeft.records import Compute, RunRecord, SeedStats, read_record
 from autopeft.runconfig import BackboneConfig, RunConfig, load_run_config
 from autopeft.runkey import config_key
-from autopeft.runs import RESULT, build_backbone, build_model, cached_run
-from autopeft.search.candidates import standalone_order
+from autopeft.search.candidates import best_on_val
 from autopeft.search.prune_stage import RULE, PruneCandidate, PruneStage, choose_fraction
 from autopeft.stats import PairedSeeds, paired_seeds, verdict
 from autopeft.train import evaluate_with_loss, resolve_device, train_mode
@@ -203,15 +205,6 @@ def summary(record: RunRecord) -> dict[str, Any]:
 
 
 # The evidence ---------------------------------------------------------------------------------------------------
-
-
-def best_on_val(runs: list[RunRecord]) -> int:
-    """Index of the best run: val accuracy, ties by lower val loss (search_vs_sweep's rule)."""
-    return standalone_order([(r.val_acc, r.val_loss) for r in runs])[-1]
-
-
-def is_cached(config: RunConfig, cache: Path) -> bool:
-    return (cache / config_key(config) / RESULT).is_file()
 
 
 def run_task(task: str, pool: ProcessPoolExecutor, setup: Setup) -> dict[str, Any]:
@@ -700,11 +693,6 @@ def tally_lines(tasks: list[dict[str, Any]]) -> list[str]:
 # --plan -----------------------------------------------------------------------------------------------------------
 
 
-def read_cached(config: RunConfig, cache: Path) -> RunRecord | None:
-    path = cache / config_key(config) / RESULT
-    return read_record(path) if path.is_file() else None
-
-
 def plan(setup: Setup, tasks: list[str], workers: int) -> str:
     """What every stage needs, what the cache already holds, and a rough CPU time (per-image costs measured on the
     cache's own runs); stages whose configs depend on results not there yet count as not cached."""
@@ -715,12 +703,12 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
         train_images, final_images = images_per_run(task, epochs)
 
         def add(stage: str, method: str, configs: list[RunConfig | None], images: float, task: str = task) -> None:
-            cached = sum(c is not None and is_cached(c, setup.cache) for c in configs)
+            cached = sum(c is not None and cached(c, setup.cache) is not None for c in configs)
             rows.append((task, stage, len(configs), cached, (len(configs) - cached) * images * cost[method]))
 
         linear = [setup.run_config(task, LINEAR, lr) for lr in setup.lrs]
         add("linear lr grid (train)", "linear", linear, train_images)
-        records = [read_cached(c, setup.cache) for c in linear]
+        records = [cached(c, setup.cache) for c in linear]
         linear_lr = setup.lrs[best_on_val(records)] if all(records) else None
         add(
             "linear finals",
@@ -732,7 +720,7 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
             specs = [(o, lr) for o in SIZES[method] for lr in setup.lrs]
             grid = [setup.run_config(task, {method: o}, lr) for o, lr in specs]
             add(f"{method}: size x lr grid (train)", method, grid, train_images)
-            records = [read_cached(c, setup.cache) for c in grid]
+            records = [cached(c, setup.cache) for c in grid]
             best = specs[best_on_val(records)] if all(records) else None
             selects = [
                 setup.run_config(task, {method: best[0]}, best[1], seed=s) if best else None for s in setup.select_seeds
@@ -753,11 +741,11 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
             )
             rewinds = [load_run_config(d / "config.yaml") if (d / "config.yaml").is_file() else None for d in dirs]
             add(f"{method}: rewinds (train)", method, rewinds, train_images)
-            records = [read_cached(c, setup.cache) if c else None for c in rewinds]
+            records = [cached(c, setup.cache) if c else None for c in rewinds]
             finals = [None] * (4 * len(setup.final_seeds))  # assumes a fraction passes (an upper bound)
             if best is not None:
                 finals[: len(setup.final_seeds)] = final_configs(task, {method: best[0]}, best[1], setup)
-            selected = [read_cached(c, setup.cache) if c else None for c in selects]
+            selected = [cached(c, setup.cache) if c else None for c in selects]
             if all(records) and all(selected):
                 result = {
                     "candidates": [

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.backbones import DEMO_BACKBONES
+from autopeft.jobs.train import train_or_reuse
 from autopeft.records import RunRecord
 from autopeft.runconfig import parse_run_config
-from autopeft.runs import train_or_reuse
 
 
 def runs_folder(report: str, backbone: str = "vit_demo_fmnist") -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.data import DataConfig, load_task
+from autopeft.jobs.rundir import RESULT
 from autopeft.records import RunRecord, read_record
-from autopeft.runs import RESULT
 
 
 def run_jobs(pool: Executor, job: Callable[[Any], Any], args: Iterable[Any], stage: str) -> list[Any]:

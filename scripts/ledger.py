@@ -17,7 +17,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from autopeft.runs import RESULT
+from autopeft.jobs.rundir import RESULT
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"

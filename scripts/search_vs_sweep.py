@@ -33,11 +33,12 @@ from jobs import images_per_run, recorded_time, run_jobs, seconds_per_image
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import ConfigError
 from autopeft.ground import load_ground
+from autopeft.jobs.rundir import RESULT
+from autopeft.jobs.train import cached, cached_run
 from autopeft.records import Compute, RunRecord, SearchRecord, read_record
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_yaml, load_yaml, read_yaml
-from autopeft.runkey import changed_keys, config_key
-from autopeft.runs import RESULT, cached_run
-from autopeft.search.candidates import standalone_order
+from autopeft.runkey import changed_keys
+from autopeft.search.candidates import best_on_val
 from autopeft.search.engines import run_sweep
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
 from autopeft.search.prune_stage import claimed
@@ -209,10 +210,10 @@ class Strategy:
         return [t for c in self.choices for t in c.tests]
 
 
-def best_on_val(runs: dict[tuple, RunRecord]) -> tuple[tuple, RunRecord]:
-    keys = list(runs)
-    pick = standalone_order([(runs[k].val_acc, runs[k].val_loss) for k in keys])[-1]
-    return keys[pick], runs[keys[pick]]
+def best_of(runs: dict[tuple, RunRecord]) -> tuple[tuple, RunRecord]:
+    """The key and run best on val (``best_on_val``'s rule)."""
+    key = list(runs)[best_on_val(list(runs.values()))]
+    return key, runs[key]
 
 
 def paired(strategy: list[float], baseline: list[float]) -> tuple[float, float]:
@@ -291,7 +292,7 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
     run_s = Compute.total([*(r.compute for r in grid.values()), *searches, *distinct.values()]).wall_s
     per_method = {}
     for method in SIZES:
-        (key, lr), best = best_on_val({k: r for k, r in grid.items() if _method(k[0]) == method})
+        (key, lr), best = best_of({k: r for k, r in grid.items() if _method(k[0]) == method})
         per_method[method] = (json.loads(key)[method], lr, best.val_acc)
     return TaskResult(task, strategies, per_method, c_sweep, trials, run_s)
 
@@ -301,7 +302,7 @@ def _method(key: str) -> str:
 
 
 def _tuned(grid: dict, c_sweep: Compute) -> Strategy:
-    (key, lr), best = best_on_val({k: r for k, r in grid.items() if _method(k[0]) in SIZES})
+    (key, lr), best = best_of({k: r for k, r in grid.items() if _method(k[0]) in SIZES})
     choice = Choice(json.loads(key), lr, best.val_acc, best.trainable_params)
     return Strategy("tuned single method (best on val)", [choice], c_sweep, note=f"{_method(key)}")
 
@@ -317,7 +318,7 @@ def _searched(name: str, results: list[dict]) -> list[Strategy]:
 def _fixed(name: str, grid: dict, methods: dict, outside: bool = False) -> Strategy:
     key = json.dumps(methods, sort_keys=True)
     runs = {k: r for k, r in grid.items() if k[0] == key}
-    (_, lr), best = best_on_val(runs)
+    (_, lr), best = best_of(runs)
     compute = Compute.total(r.compute for r in runs.values())
     return Strategy(name, [Choice(methods, lr, best.val_acc, best.trainable_params)], compute, outside_budget=outside)
 
@@ -326,7 +327,7 @@ def _fixed(name: str, grid: dict, methods: dict, outside: bool = False) -> Strat
 
 
 def is_cached(job: tuple, cache: Path) -> bool:
-    return (cache / config_key(run_config(*job[:5])) / RESULT).is_file()
+    return cached(run_config(*job[:5]), cache) is not None
 
 
 def plan(tasks: list[str], cache: Path, root: Path, workers: int) -> str:

@@ -391,7 +391,7 @@ def test_run_on_a_cnn_leaves_out_the_default_baselines_it_cannot_take():
         built, said = _build(config), Said()
         _say_left_out(config, built, said)
         assert built.baselines == [name for name in config.baselines if name not in left_out] and said.lines == lines
-        assert built.budget == max(autopeft.runs.methods_count(config.backbone, {m: {}}) for m in built.baselines)
+        assert built.budget == max(autopeft.build.methods_count(config.backbone, {m: {}}) for m in built.baselines)
 
 
 def one_step(model: torch.nn.Module, bn: str = "auto") -> None:
@@ -495,9 +495,9 @@ def test_the_built_in_efficientnet_lite0_knows_imagenet():
     ("resnet10t", TINY["resnet10t"]),  # a timm name: timm's own overlay
 ])  # fmt: skip
 def test_a_cnn_trains_at_the_input_size_of_timms_pretrained_cfg_overlay(name, options):
+    from autopeft.build import build_model
     from autopeft.data import DataConfig
     from autopeft.runconfig import BackboneConfig, RunConfig
-    from autopeft.runs import build_model
 
     overlay = {"pretrained_cfg_overlay": {"input_size": [3, 64, 64]}}
     backbone = BackboneConfig(name=name, pretrained=False, options={**options, **overlay})

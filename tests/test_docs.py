@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 import autopeft
+from autopeft.build import build_backbone
 from autopeft.docs import command_options, markdown_reference
 from autopeft.runconfig import BackboneConfig
-from autopeft.runs import build_backbone
 from tests.test_data import make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,11 @@ import pytest
 
 from autopeft.api import WEIGHTS_FILE
 from autopeft.errors import ConfigError
+from autopeft.jobs.rundir import RESULT
+from autopeft.jobs.train import cached_run
 from autopeft.records import Compute, RunRecord, SearchRecord
 from autopeft.runconfig import dump_yaml, load_run_config
 from autopeft.runkey import config_key
-from autopeft.runs import RESULT, cached_run
 from tests.test_train import write_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ import torch
 
 from autopeft.cli import one_line
 from autopeft.errors import ConfigError, RunInterrupted, RunLocked
+from autopeft.jobs.rundir import LOCK, locked
+from autopeft.jobs.train import train_run
 from autopeft.runconfig import load_run_config
-from autopeft.rundir import LOCK, locked
 from autopeft.runkey import changed_keys
-from autopeft.runs import train_run
 from tests.test_train import cli, write_config
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from autopeft.jobs.train import cached_run
 from autopeft.runconfig import load_run_config
 from autopeft.runkey import config_key
-from autopeft.runs import cached_run
 from tests.test_train import write_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ledger.py"

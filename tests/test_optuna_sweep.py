@@ -18,8 +18,8 @@ import yaml
 
 from autopeft.api import apply, count_trainable
 from autopeft.backbones import build_demo_architecture
+from autopeft.jobs.rundir import locked
 from autopeft.runconfig import load_run_config
-from autopeft.rundir import locked
 from autopeft.search.optuna_sweep import open_storage
 from autopeft.search.sweep import SweepConfig, params_of, prepare
 from autopeft.supernet import method_config, suggest

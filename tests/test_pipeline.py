@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from autopeft.errors import ConfigError
+from autopeft.jobs.rundir import locked
 from autopeft.runconfig import load_run_config
-from autopeft.rundir import locked
 from autopeft.search.pipeline import parse_pipeline
 from tests.killpoints import epochs_done, kill_and_resume
 from tests.test_train import TINY, cli

@@ -15,12 +15,12 @@ import yaml
 from safetensors.torch import load_file
 
 import autopeft
+from autopeft.build import build_model
 from autopeft.data import from_arrays
 from autopeft.errors import ConfigError
 from autopeft.pruning import read_prune_run
 from autopeft.runconfig import load_run_config
 from autopeft.runkey import config_key
-from autopeft.runs import build_model
 from tests.conftest import WIDTH, randomise_trainable, tiny_vit
 from tests.test_errors import assert_unchanged, snapshot
 from tests.test_train import write_config
@@ -235,7 +235,7 @@ def test_cli_prunes_a_run_into_a_run_that_rewinds_it(tmp_path, run_cli):
     )
     code, err = run_cli("prune", str(run), *args)
     assert code == 2 and err.endswith(
-        f"{pruned}: already holds files; allowed: a new or empty folder for the pruned run\n"
+        f"{pruned}: already holds files; allowed: a new or empty folder for autopeft prune's output\n"
     )
     control = ["--fraction", "0.5", "--importance", "random", "--seed", "3", "--out", str(tmp_path / "random")]
     assert run_cli("prune", str(run), *control) == (0, "")

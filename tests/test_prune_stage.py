@@ -13,7 +13,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from autopeft import runs
+from autopeft.jobs import train as training
 from autopeft.records import Compute
 from autopeft.report import write_report
 from autopeft.runconfig import load_run_config
@@ -65,9 +65,11 @@ def expected_kept(lengths: list[int], fraction: float) -> list[int]:
 
 def test_run_prunes_the_winner_on_val_and_its_final_runs_hold_only_the_kept_prompts(tmp_path, monkeypatch):
     tested = []  # test-split evaluations, with whether the prune stage had finished by then
-    evaluate = runs.evaluate
+    evaluate = training.evaluate
     monkeypatch.setattr(
-        runs, "evaluate", lambda *a: tested.append((tmp_path / "on" / "prune_choice.json").is_file()) or evaluate(*a)
+        training,
+        "evaluate",
+        lambda *a: tested.append((tmp_path / "on" / "prune_choice.json").is_file()) or evaluate(*a),
     )
     record = run(tmp_path / "on", PRUNE)
     out = tmp_path / "on"
@@ -125,9 +127,9 @@ def test_a_resumed_run_keeps_finished_rewinds_and_never_redoes_a_finished_stage(
     first = json.loads((out / "result.json").read_text())["table"]
     choice = json.loads((out / "prune_choice.json").read_text())
     pruned, trained = [], []
-    prune_run, train_run = prune_stage.prune_run, runs.train_run
+    prune_run, train_run = prune_stage.prune_run, training.train_run
     monkeypatch.setattr(prune_stage, "prune_run", lambda src, o, *a: pruned.append(o.name) or prune_run(src, o, *a))
-    monkeypatch.setattr(runs, "train_run", lambda c, o, *a, **k: trained.append(o) or train_run(c, o, *a, **k))
+    monkeypatch.setattr(training, "train_run", lambda c, o, *a, **k: trained.append(o) or train_run(c, o, *a, **k))
     for name in (
         "prune_choice.json",
         "result.json",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from autopeft.runconfig import parse_run_config
 from autopeft.runkey import config_key, row_key
@@ -47,3 +48,42 @@ def test_a_start_from_saved_weights_keys_on_their_content_not_their_path(tmp_pat
     assert config_key(a) == config_key(b) != config_key(config())
     (tmp_path / "b" / "adapter.safetensors").write_bytes(b"other weights")
     assert config_key(dataclasses.replace(b)) != config_key(a)
+
+
+TRIAL = {  # one trial of the default sweep (the full space on digits)
+    **{f"lora.{i}": r for i, r in enumerate((2, 8, 8, 16, 0, 4))},
+    **{f"adapter.{i}": k for i, k in enumerate((8, 32, 16, 0, 16, 8))},
+    **{f"vpt.{i}": p for i, p in enumerate((5, 10, 5, 10, 10, 50))},
+    **{f"kv_prompt.{i}": t for i, t in enumerate((10, 5, 0, 1, 10, 1))},
+    **{f"ssf.{i}": on for i, on in enumerate((0, 0, 0, 0, 0, 1))},
+    "lora.alpha": 8.0,
+    "adapter.position": "parallel",
+    "adapter.scale": 4.0,
+    "lr": 0.0014081551171078593,
+    "weight_decay": 0.0004100183366103222,
+}
+
+
+def test_the_runs_of_a_sweep_a_pipeline_and_a_suite_keep_their_keys():
+    # The run configs the commands make from their defaults, keyed as when the studies' caches were filled:
+    # a change here orphans those runs.
+    import optuna
+
+    from autopeft.runconfig import read_yaml
+    from autopeft.search.pipeline import _run_config, parse_pipeline
+    from autopeft.search.select import _selection_run, data_configs, parse_suite
+    from autopeft.search.suite_records import StrategyOutcome
+    from autopeft.search.sweep import parse_sweep, prepare, trial_run
+    from autopeft.supernet import suggest
+
+    sweep = parse_sweep({}, "the default sweep")
+    prepared = prepare(sweep)
+    subnet = suggest(optuna.trial.FixedTrial(TRIAL), prepared.space, prepared.depth)
+    assert config_key(trial_run(sweep, prepared.space, subnet)) == "112a94619e64047c"
+    pipeline = parse_pipeline({}, "the embedded default")
+    assert config_key(_run_config(pipeline, {"lora": {}})) == "a518043dbb2b4fd4"  # a baseline on train
+    assert config_key(_run_config(pipeline, {"lora": {}}, seed=0)) == "9d3e007b1f9398fd"  # its final run
+    spaces = Path(__file__).resolve().parents[1] / "autopeft" / "search_spaces"
+    suite = parse_suite(read_yaml(spaces / "suite_demo.yaml"), "suite_demo.yaml", spaces)
+    lora = StrategyOutcome("lora", "completed", methods={"lora": {"rank": 4}}, train={"lr": 0.01, "weight_decay": 0.0})
+    assert config_key(_selection_run(suite, data_configs(suite)[0], lora)) == "6ceb13dfb0a97796"

@@ -17,7 +17,7 @@ import yaml
 import autopeft
 from autopeft.backbones import create_backbone
 from autopeft.data import DataConfig
-from autopeft.rundir import locked
+from autopeft.jobs.rundir import locked
 from autopeft.search.candidates import standalone_order
 from autopeft.search.select import METHOD_SIZES, _sizes_in_budget, parse_suite
 from tests.killpoints import epochs_done, kill_and_resume

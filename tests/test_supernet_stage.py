@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from autopeft.build import build_model
 from autopeft.errors import RunInterrupted
 from autopeft.optim import MaskedAdamW
 from autopeft.runconfig import parse_run_config
-from autopeft.runs import build_model
 from autopeft.search.supernet_stage import SupernetSteps, fit_head, inherited_score, refit_score, train_supernet
 from autopeft.supernet import Supernet, parse_space
 from autopeft.train import Precision

@@ -11,10 +11,10 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from autopeft.files import write_text
 from autopeft.pareto import pareto_front
@@ -71,6 +71,18 @@ def read_candidates(path: Path) -> dict[SubnetConfig, tuple[float, float]]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {SubnetConfig.from_dict(json.loads(r["subnet"])): (float(r["score"]), float(r["loss"])) for r in rows}
+
+
+class OnVal(Protocol):
+    """Anything scored on val: a run's record, a report's row."""
+
+    val_acc: float | None
+    val_loss: float | None
+
+
+def best_on_val(runs: Sequence[OnVal]) -> int:
+    """Index of the best of ``runs`` on val: accuracy, ties by lower val loss, then the earlier one."""
+    return standalone_order([(r.val_acc, r.val_loss) for r in runs])[-1]
 
 
 def standalone_order(scores: list[tuple[float | None, float | None]]) -> list[int]:

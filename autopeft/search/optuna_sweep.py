@@ -25,9 +25,10 @@ import optuna
 from optuna.trial import TrialState
 
 from autopeft.errors import ConfigError, RunInterrupted, SearchFailed
+from autopeft.fit import CHECKPOINT, saved_history
+from autopeft.jobs.rundir import CONFIG
 from autopeft.progress import StageProgress
 from autopeft.records import Compute, SearchRecord
-from autopeft.runs import CHECKPOINT, saved_history
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
 from autopeft.search.sweep import (
@@ -36,12 +37,13 @@ from autopeft.search.sweep import (
     SweepConfig,
     SweepTally,
     Where,
-    claim,
+    claimed_sweep,
     finish_sweep,
     params_of,
     prepare,
     run_trial,
     scored_by,
+    sweep_dir,
 )
 from autopeft.supernet import SearchSpace, suggest
 
@@ -98,37 +100,44 @@ def optuna_sweep(
 ) -> SearchRecord:
     """Work on the study ``where.study`` in ``where.storage`` (default: SQLite in ``out``) until it has
     ``config.trials`` finished trials; write the run files."""
-    storage, study_name = where.storage, where.study
+    storage, study_name, shared = where.storage, where.study, where.storage is not None
     start = time.perf_counter()
     prepared = prepare(config)
-    if storage is None:  # the study lives in the run directory
-        claim(out, resume, config, "optuna")
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    backend = open_storage(url)
-    if storage is not None:  # a shared study: workers may share one run directory too
-        claim(out, resume or (out / "config.yaml").is_file(), config, "optuna")
-    study, seed = _open_study(config, backend, study_name, resume, url, shared=storage is not None)
-    if resume:
-        _retry_unfinished(study, config.retries)
-    say = display.say if display is not None else (lambda message: None)
-    say(f"search: optuna {config.sampler} on {_redact(url)}, study {study_name!r}, {config.trials} trials")
-    try:
-        while _finished(study) < config.trials:
-            _check_failures(study, config.trials)
-            study.sampler = make_sampler(config.sampler, proposal_seed(seed, study))
-            trial = study.ask()
-            if _surplus(study, trial, config.trials):
-                trial.set_user_attr(SURPLUS, True)
-                study.tell(trial, state=TrialState.FAIL)
-                break
-            _run(config, prepared.space, prepared.depth, study, trial, out, display)
-    except KeyboardInterrupt as err:
-        raise RunInterrupted(
-            f"interrupted; finished trials are kept in the study: continue with --out {out} --resume"
-        ) from err
-    candidates = study_candidates(config, prepared, study)
-    tally = _accounting(study, SweepTally("optuna", _redact(url), study_name))
-    return finish_sweep(config, prepared.space, out, candidates, tally, start, display)
+    # a shared study: workers may share one run directory too, and its storage is reached before --out is touched
+    rundir = sweep_dir(out, resume or (shared and (out / CONFIG).is_file()), "optuna")
+
+    def reach() -> optuna.storages.BaseStorage | None:
+        return open_storage(url) if shared else None
+
+    with rundir.writing(claimed_sweep(config), None, reach, lock=False) as backend:
+        study, seed = _open_study(config, backend or open_storage(url), study_name, resume, url, shared)
+        if resume:
+            _retry_unfinished(study, config.retries)
+        say = display.say if display is not None else (lambda message: None)
+        say(f"search: optuna {config.sampler} on {_redact(url)}, study {study_name!r}, {config.trials} trials")
+        try:
+            _work(config, prepared, study, seed, out, display)
+        except KeyboardInterrupt as err:
+            raise RunInterrupted("interrupted; finished trials are kept in the study") from err
+        candidates = study_candidates(config, prepared, study)
+        tally = _accounting(study, SweepTally("optuna", _redact(url), study_name))
+        return finish_sweep(config, prepared.space, rundir, candidates, tally, start, display)
+
+
+def _work(
+    config: SweepConfig, prepared: Prepared, study: optuna.Study, seed: int, out: Path, display: StageProgress | None
+) -> None:
+    """Ask, train and tell trials until the study holds ``config.trials`` finished ones."""
+    while _finished(study) < config.trials:
+        _check_failures(study, config.trials)
+        study.sampler = make_sampler(config.sampler, proposal_seed(seed, study))
+        trial = study.ask()
+        if _surplus(study, trial, config.trials):
+            trial.set_user_attr(SURPLUS, True)
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        _run(config, prepared.space, prepared.depth, study, trial, out, display)
 
 
 def _open_study(

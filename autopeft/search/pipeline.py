@@ -30,12 +30,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autopeft.backbones import family_of
+from autopeft.build import build_model, methods_count, provenance
 from autopeft.choice import versus
 from autopeft.config import option, parse_options
 from autopeft.data import DataConfig, TaskData
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
-from autopeft.methods import REGISTRY, describe_methods
+from autopeft.fit import CHECKPOINT, history_compute
+from autopeft.jobs.rundir import RunDir
+from autopeft.jobs.train import train_or_reuse
+from autopeft.methods import REGISTRY
 from autopeft.progress import SilentProgress, StageProgress
 from autopeft.records import (
     OUTCOMES,
@@ -44,23 +48,12 @@ from autopeft.records import (
     FinalRow,
     Outcomes,
     PipelineRecord,
-    Pruning,
     RunRecord,
     SearchRecord,
     SelectionSummary,
 )
+from autopeft.report.summaries import render_table
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
-from autopeft.rundir import claim_dir, locked
-from autopeft.runs import (
-    CHECKPOINT,
-    RESULT,
-    RunInterrupted,
-    build_model,
-    history_compute,
-    methods_count,
-    provenance,
-    train_or_reuse,
-)
 from autopeft.search.candidates import (
     Candidate,
     candidate_front,
@@ -81,7 +74,7 @@ from autopeft.search.prune_stage import (
     prunes,
 )
 from autopeft.search.supernet_stage import Sampling, SupernetSteps, inherited_score, refit_score, train_supernet
-from autopeft.selection import SelectionConfig, select_runs, selection_lines, summarize
+from autopeft.selection import SelectionConfig, select_runs, summarize
 from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
@@ -369,20 +362,17 @@ def run_pipeline(
             "prune.enabled: got true; allowed: false here (pruning is a step of autopeft run before its final runs; "
             "autopeft search --engine supernet stops at the val winner)"
         )
-    built = _build(config)  # a bad space, backbone, budget or prune section fails before anything is written
-    command = f"search {out / 'config.yaml'} --engine supernet" if choose_only else f"run {out / 'config.yaml'}"
-    again = f"autopeft {command} --out {out} --resume"
+    command = "search --engine supernet" if choose_only else "run"
+    rundir = RunDir(out, resume, command)
     progress = progress or SilentProgress()
-    _say_left_out(config, built, progress)
+    # a bad space, backbone, budget or prune section fails before anything is written
     try:
-        with locked(out):
-            claim_dir(out, resume, claimed(config), again)
+        with rundir.writing(claimed(config), "finished stages", lambda: _build(config)) as built:
+            _say_left_out(config, built, progress)
             if choose_only:
                 chosen = _choose(config, built, out, resume, progress)
-                return _search_result(config, built, chosen, out, start, resume)
-            return _pipeline(config, built, out, resume, progress, start, note)
-    except RunInterrupted as err:
-        raise RunInterrupted(f"interrupted; finished stages are saved in {out}: continue with `{again}`") from err
+                return _search_result(config, built, chosen, rundir, start)
+            return _pipeline(config, built, rundir, progress, start, note)
     except NonFiniteLoss as err:
         raise SearchFailed(f"supernet training diverged ({err}); lower supernet.train.lr") from err
 
@@ -526,9 +516,9 @@ def _retrain_dir(number: int, lr: float, lrs: list[float]) -> str:
 
 
 def _pipeline(
-    config: PipelineConfig, built: _Built, out: Path, resume: bool, progress: StageProgress, start: float, note: str
+    config: PipelineConfig, built: _Built, rundir: RunDir, progress: StageProgress, start: float, note: str
 ) -> PipelineRecord:
-    run, task, norm = built.run, built.task, built.norm
+    run, task, norm, out, resume = built.run, built.task, built.norm, rundir.path, rundir.resume
     chosen = _choose(config, built, out, resume, progress)
     pruned = _prune(config, chosen, out, progress)
     rows = {"searched": chosen.row}
@@ -578,8 +568,7 @@ def _pipeline(
         selection=chosen.selection,
     )
     write_text(out / "summary.md", render_table(record) + (f"\n{note}\n" if note else ""))
-    record.write(out / RESULT)
-    return record
+    return rundir.write(record)
 
 
 def _versus_lora(chosen: _Chosen, out: Path, rows: dict[str, RunRecord]) -> str | None:
@@ -601,7 +590,7 @@ def _prune(config: PipelineConfig, chosen: _Chosen, out: Path, progress: StagePr
 
 
 def _search_result(
-    config: PipelineConfig, built: _Built, chosen: _Chosen, out: Path, start: float, resume: bool
+    config: PipelineConfig, built: _Built, chosen: _Chosen, rundir: RunDir, start: float
 ) -> SearchRecord:
     """result.json of a supernet search stopped at its winner: the winner's standalone val run, no test."""
     row, train = chosen.row, replace(config.retrain.select_train(), lr=chosen.lr)
@@ -620,14 +609,13 @@ def _search_result(
         scoring=config.search.scoring,
         retrained=len(chosen.top),
         search_cost_s=chosen.cost,
-        wall_time_s=_wall_s(start, chosen.compute.values(), resume),
+        wall_time_s=_wall_s(start, chosen.compute.values(), rundir.resume),
         status=row.status,
         compute=Compute.total(chosen.compute.values()),
         provenance=provenance(built.run, built.task, built.norm, test_read=False),
         selection=chosen.selection,
     )
-    record.write(out / RESULT)
-    return record
+    return rundir.write(record)
 
 
 def _search(
@@ -734,58 +722,3 @@ def _final_row(
     seeds = config.retrain.seeds if final else []
     runs = [_train(config, methods, out / "final" / name / f"seed{s}", progress, s, lr, init) for s in seeds]
     return FinalRow.of_runs(name, methods, params, val_run.val_acc, runs, pruning)
-
-
-def pruning_line(pruning: Pruning) -> str:
-    """What pruning did to a row: the fraction chosen on val and the trainable parameters before and after."""
-    chosen = "no fraction passed the rule: not pruned" if pruning.fraction is None else f"fraction {pruning.fraction:g}"
-    return (
-        f"E2VPT pruning ({pruning.level} level), chosen on val by the rule in {pruning.record}: {chosen}; trainable "
-        f"{pruning.params_before:,} -> {pruning.params_after:,}; the final runs start from the pruned adapter."
-    )
-
-
-SCORINGS = {"inherited": "with the supernet's shared head", "refit": "with a linear head refit per candidate"}
-
-
-def render_table(record: PipelineRecord) -> str:
-    """The comparison table: the searched subnet vs each baseline (params, val, test mean +- std),
-    with what each stage processed."""
-    seeds, select = len(record.seeds), record.select_epochs
-    lines = [
-        f"# autopeft run: {record.dataset} on {record.backbone}",
-        "",
-        f"val: trained on train for {select} epoch{'s' if select > 1 else ''} (the selection schedule), scored on "
-        f"val. test: retrained on train+val for {record.epochs} epochs, final epoch, mean +- std over {seeds} "
-        f"seed{'s' if seeds > 1 else ''}. params: trainable, classifier head excluded"
-        + (f"; budget {record.budget:,}." if record.budget is not None else "; no parameter budget."),
-        "",
-        "| strategy | params | val % | test % |",
-        "|---|---:|---:|---:|",
-    ]
-    for row in record.table:
-        test = f"{row.test_acc:.2f} +- {row.test_acc_std or 0.0:.2f}" if row.test_acc is not None else "failed"
-        test = test if row.seeds_run else "not run (not best on val)"
-        val = "-" if row.val_acc is None else f"{row.val_acc:.2f}"
-        lines.append(f"| {row.name} | {row.params:,} | {val} | {test} |")
-    cost, compute = record.search_cost_s, record.compute
-    ratio = "n/a" if record.search_cost_ratio is None else f"{record.search_cost_ratio:.1f}x"
-    pruning = "" if "prune" not in cost else f" + prune {cost['prune']:.0f} s"
-    lines += [
-        "",
-        f"Searched subnet: {describe_methods(record.methods)}.",
-        f"{record.candidates} candidates scored by val loss on the supernet's features, "
-        f"{SCORINGS[record.scoring]}; the top {record.retrained} trained standalone and chosen on val. (How well "
-        "this ranks subnets like standalone training is measured over random panels of subnets in autopeft's "
-        "results/ranking.md.)",
-        *([pruning_line(record.table[0].pruning)] if record.table[0].pruning else []),
-        *(["", *selection_lines(record.selection), ""] if record.selection else []),
-        f"Search cost: supernet {cost['supernet']:.0f} s + search {cost['search']:.0f} s + top-{record.retrained} "
-        f"selection runs {cost['retrain_top_k']:.0f} s{pruning} = {ratio} one final training run of the searched "
-        f"subnet ({record.table[0].run_s or 0:.0f} s). Wall time {(record.wall_time_s or 0) / 60:.1f} min.",
-        "Images processed (training passes + forward-only evaluation): "
-        + ", ".join(f"{stage} {c.train_images:,} + {c.eval_images:,}" for stage, c in compute.items())
-        + ".",
-        "",
-    ]
-    return "\n".join(lines)

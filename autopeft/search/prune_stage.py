@@ -26,15 +26,16 @@ from typing import Any
 import torch
 
 from autopeft.api import apply
+from autopeft.build import build_backbone
 from autopeft.config import option, parse_options
 from autopeft.errors import ConfigError
 from autopeft.files import write_json
+from autopeft.jobs.train import read_run, train_or_reuse
 from autopeft.methods.prompts import prompt_wrappers
 from autopeft.progress import StageProgress
 from autopeft.pruning import PRUNABLE, Level, check_fraction, check_segments, prune_run, read_prune_run
 from autopeft.records import Compute, Pruning, SeedStats, Status
 from autopeft.runconfig import BackboneConfig, load_run_config
-from autopeft.runs import build_backbone, read_run, train_or_reuse
 from autopeft.selection import without_default_selection
 
 CHOICE = "prune_choice.json"

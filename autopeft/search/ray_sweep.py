@@ -29,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from autopeft.errors import ConfigError, RunInterrupted
+from autopeft.jobs.rundir import RunDir
 from autopeft.progress import StageProgress
 from autopeft.records import Compute, SearchRecord
 from autopeft.search import ray_reaper
@@ -36,15 +37,17 @@ from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
 from autopeft.search.sweep import (
     METRIC,
+    Prepared,
     SweepConfig,
     SweepTally,
     Where,
-    claim,
+    claimed_sweep,
     finish_sweep,
     params_of,
     prepare,
     run_trial,
     scored_by,
+    sweep_dir,
 )
 from autopeft.supernet import SearchSpace, suggest
 
@@ -55,15 +58,24 @@ def ray_sweep(
     config: SweepConfig, out: Path, where: Where, resume: bool, display: StageProgress | None = None
 ) -> SearchRecord:
     """Run ``config.trials`` trials with Ray Tune (or finish an interrupted sweep); write the run files."""
-    address, storage_path, max_concurrent = where.address, where.storage_path, where.max_concurrent
-    cpus_per_trial, gpus_per_trial = where.cpus_per_trial, where.gpus_per_trial
     start = time.perf_counter()
     if config.budget is not None:
         raise ConfigError("budget: the ray engine cannot constrain parameters; use --engine optuna or drop budget")
     prepared = prepare(config)
-    if address not in (None, "auto"):
-        _check_reachable(address)
-    claim(out, resume, config, "ray")
+    if where.address not in (None, "auto"):
+        _check_reachable(where.address)
+    rundir = sweep_dir(out, resume, "ray")
+    with rundir.writing(claimed_sweep(config), None, lock=False):
+        return _tune(config, prepared, rundir, where, start, display)
+
+
+def _tune(
+    config: SweepConfig, prepared: Prepared, rundir: RunDir, where: Where, start: float, display: StageProgress | None
+) -> SearchRecord:
+    """The sweep's Tune experiment, started or restored, its trials scored into the run files."""
+    out, resume = rundir.path, rundir.resume
+    address, storage_path, max_concurrent = where.address, where.storage_path, where.max_concurrent
+    cpus_per_trial, gpus_per_trial = where.cpus_per_trial, where.gpus_per_trial
     path = Path(storage_path or out / "ray").resolve() / EXPERIMENT
     if resume and not tune.Tuner.can_restore(str(path)):
         raise ConfigError(f"--resume: {path} holds no Ray Tune experiment; nothing was changed")
@@ -101,14 +113,14 @@ def ray_sweep(
             )
         tuner.fit()
         analysis = tune.ExperimentAnalysis(str(path))
-        _check_finished(analysis, config.trials, out)
+        _check_finished(analysis, config.trials)
     finally:
         if watchdog is not None:
             ray.shutdown()
             ray_reaper.stop(watchdog)
     tally = SweepTally("ray", str(path), address=address or "local")
     candidates = _collect(config, prepared.space, prepared.depth, analysis, tally)
-    return finish_sweep(config, prepared.space, out, candidates, tally, start, display)
+    return finish_sweep(config, prepared.space, rundir, candidates, tally, start, display)
 
 
 class TrialLines(tune.Callback):
@@ -205,11 +217,11 @@ def _trial(params: dict[str, Any], sweep: SweepConfig, space: SearchSpace, depth
         raise RuntimeError(f"trial failed: {record.reason}")
 
 
-def _check_finished(analysis: tune.ExperimentAnalysis, trials: int, out: Path) -> None:
+def _check_finished(analysis: tune.ExperimentAnalysis, trials: int) -> None:
     """Refuse to score a sweep that Ctrl-C (which ``fit`` survives) left with unfinished trials."""
     done = [t for t in analysis.trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
     if len(done) < trials:
-        raise RunInterrupted(f"interrupted after {len(done)} of {trials} trials: continue with --out {out} --resume")
+        raise RunInterrupted(f"interrupted after {len(done)} of {trials} trials")
 
 
 def _collect(

@@ -24,18 +24,20 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 import torch
 
+from autopeft.build import machine_provenance
 from autopeft.config import option, parse_options
 from autopeft.data import BUILTIN_TASKS, DataConfig, split_sizes
-from autopeft.errors import BudgetError, ConfigError, RunInterrupted, SearchFailed
+from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
-from autopeft.methods import describe_methods
+from autopeft.jobs.rundir import RunDir
+from autopeft.jobs.train import train_or_reuse
 from autopeft.progress import SilentProgress, StageProgress
 from autopeft.records import (
     Compute,
@@ -46,11 +48,10 @@ from autopeft.records import (
     SelectionRecord,
     SelectionSummary,
 )
+from autopeft.report.summaries import render_summary
 from autopeft.runconfig import BackboneConfig, RunConfig
-from autopeft.rundir import claim_dir, locked
-from autopeft.runs import RESULT, machine_provenance, train_or_reuse
 from autopeft.search.engines import run_sweep
-from autopeft.search.pipeline import PipelineConfig, parse_pipeline, pruning_line, run_pipeline
+from autopeft.search.pipeline import PipelineConfig, parse_pipeline, run_pipeline
 from autopeft.search.prune_stage import (
     FOLDER,
     UNPRUNED,
@@ -62,8 +63,9 @@ from autopeft.search.prune_stage import (
     claimed,
     prunes,
 )
+from autopeft.search.suite_records import DatasetSelection, Finalist, StrategyOutcome, read_selection
 from autopeft.search.sweep import SweepConfig, Where, backbone_depth, params_of, parse_sweep
-from autopeft.selection import SelectionConfig, select_on_counts, select_runs, selection_lines, summarize
+from autopeft.selection import SelectionConfig, select_on_counts, select_runs, summarize
 from autopeft.supernet import FloatRange, load_space, parse_space, suggest
 from autopeft.train import TrainConfig
 
@@ -287,26 +289,19 @@ def supernet_config(suite: SuiteConfig, data: DataConfig, index: int = 0) -> Pip
 
 
 def run_select(
-    config: SuiteConfig, out: Path, resume: bool = False, progress: StageProgress | None = None, again: str = ""
+    config: SuiteConfig, out: Path, resume: bool = False, progress: StageProgress | None = None
 ) -> SelectionRecord:
     """Select a strategy for every dataset of the suite into ``out`` (with ``resume``: finished
     datasets are kept as they are, an interrupted one continues); returns result.json."""
     start = time.perf_counter()
     progress = progress or SilentProgress()
     datasets = data_configs(config)
-    again = again or f"autopeft select {out / 'config.yaml'} --out {out} --resume"
-    with locked(out):
-        claim_dir(out, resume, claimed(config), again)
-        try:
-            selections = [_selection(config, data, i, out, progress) for i, data in enumerate(datasets)]
-        except RunInterrupted as err:
-            raise RunInterrupted(
-                f"interrupted; finished datasets and runs are saved in {out}: continue with `{again}`"
-            ) from err
+    rundir = RunDir(out, resume, "select")
+    with rundir.writing(claimed(config), "finished datasets and runs"):
+        selections = [_selection(config, data, i, out, progress) for i, data in enumerate(datasets)]
         record = _suite_record(config, selections, start)
         write_text(out / "summary.md", render_summary(record, selections))
-        record.write(out / RESULT)
-        return record
+        return rundir.write(record)
 
 
 def _selection(
@@ -318,70 +313,6 @@ def _selection(
         progress.say(f"{folder.name}: selected before, kept as it is")
         return read_selection(folder / "selection.json")
     return select_dataset(config, data, index, folder, progress)
-
-
-@dataclass
-class StrategyOutcome:
-    """One strategy on one dataset: trained on train, scored on val (skipped or failed: why)."""
-
-    name: str
-    status: Literal["completed", "failed", "skipped"]
-    reason: str | None = None
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    trainable_params: int | None = None
-    val_acc: float | None = None
-    val_loss: float | None = None
-    train: dict[str, float] = field(default_factory=dict)  # lr and weight decay it was selected with
-    scored_by: str | None = None
-    run_dir: str | None = None
-    wall_time_s: float = 0.0
-    compute: Compute = field(default_factory=Compute)
-
-
-@dataclass
-class Finalist:
-    """A finalist strategy: its val outcome and its final runs on train+val per seed."""
-
-    row: FinalRow
-    train: dict[str, float]
-    seeds: list[int]
-    run_dirs: list[str]
-
-
-@dataclass
-class DatasetSelection:
-    """``<dataset>/selection.json``: every strategy's val outcome, the finalists' final runs and the
-    strategy chosen on val; written last, so a finished dataset is never redone."""
-
-    dataset: str
-    data: DataConfig
-    ranking: list[str]
-    strategies: list[StrategyOutcome]
-    finalists: list[Finalist]
-    chosen: str
-    selected_on: str = "val"
-    selection_wall_time_s: float | None = None
-    selection: SelectionSummary | None = None  # the choice among the strategies, with its tied set
-
-    @property
-    def choice(self) -> Finalist:
-        return next(f for f in self.finalists if f.row.name == self.chosen)
-
-    def compute(self) -> dict[str, Compute]:
-        """What each strategy's selection processed, the pruning of the chosen one, and every final run together."""
-        pruning = self.choice.row.pruning
-        return {
-            **{o.name: o.compute for o in self.strategies},
-            **({} if pruning is None else {"prune": pruning.compute}),
-            "final": Compute.total(f.row.compute for f in self.finalists),
-        }
-
-
-def read_selection(path: Path) -> DatasetSelection:
-    try:
-        return parse_options(DatasetSelection, json.loads(path.read_text()), str(path))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err}); delete it to select this dataset again") from err
 
 
 def select_dataset(
@@ -636,57 +567,3 @@ def _suite_record(config: SuiteConfig, selections: list[DatasetSelection], start
         this_invocation_s=round(time.perf_counter() - start, 2),
         provenance=machine_provenance(test_read=True, train=config.final.train),
     )
-
-
-def render_summary(record: SelectionRecord, selections: list[DatasetSelection]) -> str:
-    """The per-dataset choice table, then each dataset's strategies with their val scores and compute."""
-    seeds = len(selections[0].choice.seeds) if selections else 0
-    budget = "none" if record.budget is None else f"{record.budget:,}"
-    lines = [
-        f"# autopeft select on {record.backbone}",
-        "",
-        f"Strategies ranked on val (accuracy, ties by val loss); the chosen one is the finalist best on val. "
-        f"test: retrained on train+val, final epoch, mean +- std over {seeds} seeds. params: trainable, "
-        f"head excluded. Budget: {budget}. Engine: {record.engine}. Compute: images processed by the "
-        "strategy's selection (forward+backward training images + forward-only evaluation images / 3).",
-        "",
-        "| dataset | chosen | methods | params | val % | test % |",
-        "|---|---|---|---:|---:|---:|",
-    ]
-    for choice in record.datasets:
-        lines.append(
-            f"| {choice.dataset} | {choice.chosen} | {describe_methods(choice.methods)} | "
-            f"{choice.trainable_params:,} | {_pct(choice.val_acc)} | {_test(choice.test_acc, choice.test_acc_std)} |"
-        )
-    for s in selections:
-        finals = {f.row.name: f.row for f in s.finalists}
-        pruning = s.choice.row.pruning
-        lines += [
-            "",
-            f"## {s.dataset}",
-            "",
-            *([f"{s.chosen}: {pruning_line(pruning)}", ""] if pruning else []),
-            *([*selection_lines(s.selection), ""] if s.selection else []),
-            "| strategy | params | val % | test % | compute (images) | wall s |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for o in s.strategies:
-            if o.status != "completed":
-                lines.append(f"| {o.name} | - | - | {o.status}: {o.reason} | - | - |")
-                continue
-            row = finals.get(o.name)
-            test = _test(row.test_acc, row.test_acc_std) if row else "not a finalist"
-            lines.append(
-                f"| {o.name} | {o.trainable_params:,} | {_pct(o.val_acc)} | {test} | {o.compute.images:,.0f} | "
-                f"{o.wall_time_s:.0f} |"
-            )
-    lines += ["", f"Wall time {(record.wall_time_s or 0) / 60:.1f} min.", ""]
-    return "\n".join(lines)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _test(mean: float | None, std: float | None) -> str:
-    return "failed" if mean is None else f"{mean:.2f} +- {std or 0.0:.2f}"

@@ -28,10 +28,10 @@ from torch import nn
 
 from autopeft.data import TaskData
 from autopeft.data.transforms import normalize
+from autopeft.fit import FitHooks, fit
 from autopeft.optim import Masks
 from autopeft.progress import RunProgress
 from autopeft.runconfig import RunConfig
-from autopeft.runs import FitHooks, fit
 from autopeft.supernet import SubnetConfig, Supernet
 from autopeft.train import Normalization, Precision, check_finite, evaluate_with_loss
 

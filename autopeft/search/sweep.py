@@ -25,15 +25,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from autopeft.build import backbone_depth, machine_provenance, methods_count
 from autopeft.config import option, parse_options
 from autopeft.data import DataConfig, split_sizes
 from autopeft.errors import ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
+from autopeft.jobs.rundir import RunDir
+from autopeft.jobs.train import train_or_reuse, train_run
 from autopeft.progress import RunProgress, SilentProgress, StageProgress
 from autopeft.records import Compute, RunRecord, SearchRecord, SelectionSummary
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config, dump_yaml
-from autopeft.rundir import claim_dir
-from autopeft.runs import backbone_depth, machine_provenance, methods_count, train_or_reuse, train_run
 from autopeft.search.candidates import Candidate, candidate_front, ranked, write_candidates
 from autopeft.search.optuna_search import SAMPLERS
 from autopeft.selection import SelectionConfig, select_on_counts, select_runs, summarize, without_default_selection
@@ -232,7 +233,7 @@ class SweepTally:
 def finish_sweep(
     config: SweepConfig,
     space: SearchSpace,
-    out: Path,
+    rundir: RunDir,
     candidates: list[Candidate],
     tally: SweepTally,
     start: float,
@@ -240,6 +241,7 @@ def finish_sweep(
 ) -> SearchRecord:
     """Write candidates.csv, pareto.csv, best.yaml and result.json; returns the search record. Under a
     ``selection`` with kfold or several seeds, the best ``shortlist`` trials are re-scored and chosen first."""
+    out = rundir.path
     completed = [c for c in candidates if not c.scored_by]
     if not completed:
         raise SearchFailed(f"search: no trial completed ({tally}); nothing to choose from")
@@ -284,8 +286,7 @@ def finish_sweep(
         provenance=machine_provenance(test_read=False, train=config.train),
         selection=selection,
     )
-    record.write(out / "result.json")
-    return record
+    return rundir.write(record)
 
 
 def _rescore(
@@ -311,9 +312,6 @@ def _rescore(
     return trials[selected.choice.winner], summary
 
 
-def claim(out: Path, resume: bool, config: SweepConfig, engine: str) -> None:
-    """Make ``out`` this sweep's run directory (after the config was checked): refuse another
-    run's directory, or a resume with another config; write config.yaml."""
-    again = f"autopeft search {out / 'config.yaml'} --engine {engine} --out {out} --resume"
-    # not locked: workers sharing a study share --out
-    claim_dir(out, resume, claimed_sweep(config), again)
+def sweep_dir(out: Path, resume: bool, engine: str) -> RunDir:
+    """A sweep's run directory (not locked: workers sharing a study share --out)."""
+    return RunDir(out, resume, f"search --engine {engine}")
