@@ -18,8 +18,9 @@ import torch
 
 from autopeft.cli import one_line
 from autopeft.errors import ConfigError, RunInterrupted, RunLocked
-from autopeft.jobs.rundir import LOCK, locked
+from autopeft.jobs.rundir import LOCK, RunDir, locked
 from autopeft.jobs.train import train_run
+from autopeft.records import RunRecord
 from autopeft.runconfig import load_run_config
 from autopeft.runkey import changed_keys
 from tests.test_train import cli, write_config
@@ -241,3 +242,39 @@ def test_a_damaged_checkpoint_is_one_line_with_the_next_step_and_kept(tmp_path):
     assert message.startswith(f"{checkpoint}: checkpoint cannot be read (") and "\n" not in message
     assert message.endswith("delete it to start the run over, or train into a new --out")
     assert checkpoint.read_bytes() == before
+
+
+def test_a_run_dir_checks_before_it_writes_and_names_the_command_that_continues(tmp_path):
+    out = tmp_path / "run"
+    rundir = RunDir(out, command="search --engine optuna")
+
+    def refuse() -> None:
+        raise ConfigError("bad space")
+
+    with pytest.raises(ConfigError, match="bad space"), rundir.writing({"a": 1}, "finished trials", refuse):
+        pass
+    assert not out.exists()  # the check failed before the folder was made
+    with pytest.raises(RunInterrupted) as err, rundir.writing({"a": 1}, "finished trials"):
+        raise RunInterrupted("interrupted")
+    assert str(err.value) == (
+        f"interrupted; finished trials saved in {out}: continue with "
+        f"`autopeft search {out / 'config.yaml'} --engine optuna --out {out} --resume`"
+    )
+    assert (out / "config.yaml").read_text() == "a: 1\n" and not locked_elsewhere(out)
+    with pytest.raises(ConfigError, match="already holds a run"), rundir.writing({"a": 1}, None):
+        pass
+    resumed = RunDir(out, resume=True, command="search --engine optuna")
+    with pytest.raises(ConfigError, match="--resume: a differs"), resumed.writing({"a": 2}, None):
+        pass
+    with resumed.writing({"a": 1}, None):
+        record = resumed.write(RunRecord(dataset="d", backbone="b", methods={}, trainable_params=1, seed=0, epochs=1))
+    assert json.loads((out / "result.json").read_text())["trainable_params"] == record.trainable_params
+
+
+def locked_elsewhere(out: Path) -> bool:
+    """Whether another writer would be refused now (the lock still held)."""
+    try:
+        with locked(out):
+            return False
+    except RunLocked:
+        return True
