@@ -9,11 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+TEMPORARY_SUFFIX = ".tmp"  # of write_atomic's temporary files, which start with a dot
+
 
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file in the same folder, then rename it over ``path``
     (with the permissions a plain ``open`` would give: 0666 less the umask, not mkstemp's 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     os.close(fd)
     try:
         write(tmp)

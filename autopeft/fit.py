@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from autopeft.progress import RunProgress
 from autopeft.records import (
     OUTCOMES,
     Compute,
+    Epoch,
     Outcomes,
 )
 from autopeft.runconfig import RunConfig
@@ -54,7 +54,7 @@ class FitHooks:
     step_loss: StepLoss | None = None
     active: Callable[[], Masks] | None = None
     before_eval: Callable[[], None] | None = None
-    after_epoch: Callable[[dict[str, Any]], bool | None] | None = None
+    after_epoch: Callable[[Epoch], bool | None] | None = None
 
 
 def fit(
@@ -64,7 +64,7 @@ def fit(
     config: RunConfig,
     out: Path,
     hooks: FitHooks = FitHooks(),
-) -> tuple[list[dict[str, Any]], float]:
+) -> tuple[list[Epoch], float]:
     """Train on train (trainval when ``config.final``), val accuracy per epoch, a checkpoint in
     ``out`` after every epoch; returns the per-epoch history and the start time (perf_counter,
     shifted back by the time already spent before a resume). Raises NonFiniteLoss (with ``.history``)
@@ -100,16 +100,8 @@ def fit(
                 val, val_loss = scored.accuracy, scored.loss
                 _val_outcomes(scored, val_split, task, config).write(out / OUTCOMES)
             evaluated = len(val_split) if val_split is not None else 0
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    **stats,
-                    "eval_images": evaluated,
-                    "val_acc": val,
-                    "val_loss": val_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                }
-            )
+            lr = scheduler.get_last_lr()[0]
+            history.append(Epoch(epoch + 1, **stats, eval_images=evaluated, val_acc=val, val_loss=val_loss, lr=lr))
             _save_checkpoint(out, model, optimizer, scheduler, generator, history, time.perf_counter() - start)
             if progress is not None:
                 progress.epoch(history[-1])
@@ -141,9 +133,9 @@ def _val_outcomes(scored: Scored, val: Split, task: TaskData, config: RunConfig)
     )
 
 
-def history_compute(history: list[dict[str, Any]]) -> Compute:
+def history_compute(history: list[Epoch]) -> Compute:
     """Images a training history processed: every forward+backward pass, and the val evaluations."""
-    return Compute(sum(h["train_images"] for h in history), sum(h["eval_images"] for h in history))
+    return Compute(sum(h.train_images for h in history), sum(h.eval_images for h in history))
 
 
 def _save_checkpoint(out, model, optimizer, scheduler, generator, history, elapsed) -> None:
@@ -154,20 +146,25 @@ def _save_checkpoint(out, model, optimizer, scheduler, generator, history, elaps
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "history": history,
+        "history": [line.to_json() for line in history],
         "elapsed": elapsed,
     }
     write_atomic(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
-    write_text(out / METRICS, "".join(json.dumps(line) + "\n" for line in history))
+    write_metrics(out, history)
 
 
-def saved_history(out: Path) -> list[dict[str, Any]]:
+def write_metrics(out: Path, history: list[Epoch]) -> None:
+    """``out/metrics.jsonl``: a line per epoch."""
+    write_text(out / METRICS, "".join(json.dumps(line.to_json()) + "\n" for line in history))
+
+
+def saved_history(out: Path) -> list[Epoch]:
     """The epoch history in ``out``'s checkpoint (empty without one): the epochs a resume continues after."""
     path = out / CHECKPOINT
-    return torch.load(path, weights_only=True)["history"] if path.is_file() else []
+    return [Epoch.from_json(line) for line in torch.load(path, weights_only=True)["history"]] if path.is_file() else []
 
 
-def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[dict], float]:
+def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[Epoch], float]:
     try:
         state = torch.load(path, weights_only=True)
     except Exception as err:
@@ -189,4 +186,4 @@ def _restore(path, model, optimizer, scheduler, generator) -> tuple[list[dict], 
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
-    return state["history"], state["elapsed"]
+    return [Epoch.from_json(line) for line in state["history"]], state["elapsed"]

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from autopeft.records import Epoch
+
 
 class RunProgress(Protocol):
     """What a training run reports: its start, every step, every epoch's metrics, its end."""
@@ -67,14 +69,14 @@ class TrainProgress:
         if self.bar is not None:
             self.bar.update(self.task, advance=images, info=f"loss {loss:.3f}")
 
-    def epoch(self, metrics: dict[str, Any]) -> None:
-        val = "-" if metrics["val_acc"] is None else f"{metrics['val_acc']:.2f}%"
-        line = f"loss {metrics['loss']:.4f}  val {val}  {metrics['images_per_s']:.0f} img/s"
+    def epoch(self, metrics: Epoch) -> None:
+        val = "-" if metrics.val_acc is None else f"{metrics.val_acc:.2f}%"
+        line = f"loss {metrics.loss:.4f}  val {val}  {metrics.images_per_s:.0f} img/s"
         if self.bar is not None:
-            self.bar.update(self.task, description=self._title(metrics["epoch"]), info=line)
+            self.bar.update(self.task, description=self._title(metrics.epoch), info=line)
         else:
             minutes = (time.perf_counter() - self.start_time) / 60
-            print(f"{self.label} epoch {metrics['epoch']}/{self.epochs}  {line}  {minutes:.1f} min", file=self.stream)
+            print(f"{self.label} epoch {metrics.epoch}/{self.epochs}  {line}  {minutes:.1f} min", file=self.stream)
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -16,16 +16,13 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from autopeft.config import parse_options
 from autopeft.errors import ConfigError
 from autopeft.files import write_atomic, write_json
-
-if TYPE_CHECKING:  # records load without torch (autopeft.choose runs on records alone)
-    from autopeft.train import TrainConfig
 
 SCHEMA = 2
 EVAL_WEIGHT = 1 / 3  # a forward-only image costs about a third of a training (forward+backward) image
@@ -52,6 +49,29 @@ class SeedStats:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of a run: a line of its metrics.jsonl and of its checkpoint's history. ``loss`` is the mean
+    training loss; ``val_acc`` / ``val_loss`` are None for a final run (train+val, no val split)."""
+
+    epoch: int
+    loss: float
+    images_per_s: float
+    train_images: int
+    eval_images: int
+    val_acc: float | None
+    val_loss: float | None
+    lr: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Epoch:
+        """A history line as written (today's checkpoints and metrics.jsonl files hold exactly these keys)."""
+        return cls(**data)
 
 
 @dataclass
@@ -327,10 +347,6 @@ class Schedule:
     batch_size: int
     warmup_epochs: int
     optimizer: str = "adamw"
-
-    @classmethod
-    def of(cls, train: TrainConfig) -> Schedule:
-        return cls(train.epochs, train.lr, train.weight_decay, train.batch_size, train.warmup_epochs, train.optimizer)
 
 
 class Record:

@@ -19,6 +19,7 @@ from autopeft.data import Split
 from autopeft.data.transforms import augment, normalize
 from autopeft.errors import ConfigError
 from autopeft.optim import MaskedAdamW, Masks
+from autopeft.records import Epoch
 
 
 @dataclass
@@ -150,7 +151,7 @@ class Normalization:
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; ``history`` holds the epochs completed before."""
 
-    def __init__(self, message: str, history: list[dict] | None = None) -> None:
+    def __init__(self, message: str, history: list[Epoch] | None = None) -> None:
         super().__init__(message)
         self.history = history or []
 

@@ -42,6 +42,7 @@ from autopeft.data import DataConfig
 from autopeft.fit import CHECKPOINT
 from autopeft.ground import load_ground
 from autopeft.jobs.train import cached_run
+from autopeft.records import Epoch
 from autopeft.runconfig import BackboneConfig, RunConfig
 from autopeft.search.ranking import Estimate, bootstrap, draw_panel, kendall_tau, spearman, top_pick_regret
 from autopeft.search.supernet_stage import SupernetSteps, inherited_score, refit_score, train_supernet
@@ -170,9 +171,9 @@ def variant_job(job: tuple[str, Variant, dict[str, list[dict]], Path]) -> tuple[
     tracked: dict[str, Any] = json.loads(tracked_file.read_text()) if tracked_file.is_file() else {}
     score = inherited_score(supernet, data, norm)
 
-    def after_epoch(line: dict[str, Any]) -> None:
-        if line["epoch"] in track and str(line["epoch"]) not in tracked:
-            tracked[str(line["epoch"])] = {n: [score(s) for s in subnets] for n, subnets in panel.items() if n != "c"}
+    def after_epoch(line: Epoch) -> None:
+        if line.epoch in track and str(line.epoch) not in tracked:
+            tracked[str(line.epoch)] = {n: [score(s) for s in subnets] for n, subnets in panel.items() if n != "c"}
             tracked_file.write_text(json.dumps(tracked))
 
     start = time.perf_counter()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jobs import recorded_time, report_command, run_jobs
+from lib.study import recorded_time, report_command, run_jobs, shown, study_arguments
 from search_vs_sweep import REFERENCE_LRS
 from search_vs_sweep import SIZES as VIT_SIZES  # the demo ViT's grid: the same runs, read from the shared cache
 
@@ -572,9 +572,7 @@ def _task_lines(result: TaskResult, setup: Setup) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--workers", type=int, default=2, help="jobs at once, 1 thread each")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    study_arguments(parser, TASKS)
     parser.add_argument("--img-size", type=int, default=64, help="the CNN's input size in px (default 64)")
     parser.add_argument("--plan", action="store_true", help="print runs needed, cached and CPU hours; start nothing")
     parser.add_argument("--measure", action="store_true", help="with --plan: time the steps here first (~1-2 min)")
@@ -603,8 +601,7 @@ def main() -> None:
             task_result(task, setup, training(pool, args.cache))
             results = [r for t in TASKS if (r := task_result(t, setup, from_cache(args.cache)) or kept.get(t))]
             missing = [t for t in TASKS if t not in {r.task for r in results}]
-            shown = json_path.resolve().relative_to(ROOT) if json_path.resolve().is_relative_to(ROOT) else json_path
-            report.write_text(render(results, missing, setup, command, str(shown)))
+            report.write_text(render(results, missing, setup, command, shown(json_path)))
             json_path.write_text(
                 json.dumps(
                     {

@@ -45,7 +45,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from jobs import images_per_run, recorded_time, report_command, run_jobs, seconds_per_image
+from lib.study import (
+    images_per_run,
+    recorded_time,
+    report_command,
+    run_jobs,
+    seconds_per_image,
+    shown,
+    study_arguments,
+)
 from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
@@ -955,12 +963,6 @@ def bench_lines(b: dict[str, Any]) -> list[str]:
 # Main -------------------------------------------------------------------------------------------------------------
 
 
-def shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def write(data: dict[str, Any], md: Path, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     md.parent.mkdir(parents=True, exist_ok=True)
@@ -973,10 +975,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("all", "evidence", "bench"), default="all")
     parser.add_argument("--plan", action="store_true", help="print runs per stage, cached, estimated time; run nothing")
     parser.add_argument("--render", action="store_true", help="rewrite the markdown from the JSON; run nothing")
-    parser.add_argument("--workers", type=int, default=2, help="runs at once, 1 thread each")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--runs", type=Path, default=Path("runs/e2vpt"))
+    study_arguments(parser, TASKS, "runs/e2vpt")
     parser.add_argument("--md", type=Path, default=OUT)
     parser.add_argument("--json", type=Path, default=JSON)
     quick = parser.add_argument_group("quick checks only (not the protocol; write elsewhere with --md / --json)")

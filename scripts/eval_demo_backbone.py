@@ -15,7 +15,7 @@ import platform
 from pathlib import Path
 
 import torch
-from grid import run_all, runs_folder, select_on_val
+from lib.grid import run_all, runs_folder, select_on_val
 
 from autopeft.data import BUILTIN_TASKS
 

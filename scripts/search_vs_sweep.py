@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jobs import images_per_run, recorded_time, run_jobs, seconds_per_image
+from lib.study import images_per_run, recorded_time, run_jobs, seconds_per_image, study_arguments
 
 from autopeft.data import BUILTIN_TASKS, DataConfig
 from autopeft.errors import ConfigError
@@ -642,10 +642,7 @@ def recorded() -> dict[str, TaskResult]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--runs", type=Path, default=Path("runs/search_vs_sweep"))
-    parser.add_argument("--workers", type=int, default=2, help="jobs at once, 1 thread each")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    study_arguments(parser, TASKS, "runs/search_vs_sweep")
     parser.add_argument("--header-only", action="store_true", help="write the report's ground and stop")
     parser.add_argument("--render", action="store_true", help="rewrite the reports from the JSON, run nothing")
     parser.add_argument("--plan", action="store_true", help="print runs per stage, done, estimated time; run nothing")

@@ -42,3 +42,4 @@ def kill_and_resume(command: list[str], out: Path, epochs: int, seed: int, kills
     if not (out / "result.json").is_file():  # (a last kill may come after the record was written)
         done = cli(*command, "--out", str(out), "--resume")
         assert done.returncode == 0, done.stderr
+    assert not list(out.rglob(".*.tmp")), "a temporary file of a killed write was left behind"

@@ -32,7 +32,7 @@ def script(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
 
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"script_{name.replace('/', '_')}", SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up by name
         spec.loader.exec_module(module)
@@ -139,7 +139,7 @@ def test_a_pruning_source_that_failed_is_refused_and_kept(script, tmp_path):
 
 
 def test_reports_show_the_command_for_every_task_and_the_recorded_time(script):
-    jobs = script("jobs")
+    jobs = script("lib/study")
     argv = ["--part", "evidence", "--tasks", "digits", "mnist5k", "--workers", "2", "--tasks=shapes_position"]
     assert jobs.report_command("scripts/e2vpt.py", argv) == (
         "HF_HUB_OFFLINE=1 python scripts/e2vpt.py --part evidence --workers 2"

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from autopeft.cli import main
+from autopeft.jobs.rundir import LOCK
 from autopeft.search.sweep import dump_sweep, parse_sweep
 from tests.test_train import TINY, cli
 
@@ -256,4 +257,4 @@ def test_resume_refuses_a_directory_without_a_ray_experiment(tmp_path, capsys):
     code, err = search(capsys, str(out / "config.yaml"), "--engine", "ray", "--out", str(out), "--resume")
     assert code == 2 and err.count("\n") == 1
     assert f"{out.resolve() / 'ray' / 'sweep'} holds no Ray Tune experiment" in err
-    assert [p.name for p in out.iterdir()] == ["config.yaml"]
+    assert [p.name for p in out.iterdir() if p.name != LOCK] == ["config.yaml"]  # and the lock the search held

@@ -44,11 +44,11 @@ def test_training_updates_every_method_and_val_is_the_largest_subnets(tmp_path):
     history, seconds = train_supernet(steps, task, norm, config, tmp_path)
     after = trainable(supernet)
     assert [name for name in before if torch.equal(before[name], after[name])] == []
-    assert [h["epoch"] for h in history] == [1, 2]
-    assert [h["train_images"] for h in history] == [4 * 800, 4 * 800]  # largest, smallest, 2 random per batch
+    assert [h.epoch for h in history] == [1, 2]
+    assert [h.train_images for h in history] == [4 * 800, 4 * 800]  # largest, smallest, 2 random per batch
     assert supernet.subnet == supernet.largest()
     scored = inherited_score(supernet, task, norm)(supernet.largest())
-    assert (history[-1]["val_acc"], history[-1]["val_loss"]) == scored
+    assert (history[-1].val_acc, history[-1].val_loss) == scored
     assert 0 < seconds < 600
 
 

@@ -63,6 +63,9 @@ def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+EPOCH_KEYS = ["epoch", "loss", "images_per_s", "train_images", "eval_images", "val_acc", "val_loss", "lr"]
+
+
 def test_train_writes_the_run_directory(tmp_path):
     result = cli("train", str(write_config(tmp_path)), "--out", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
@@ -86,6 +89,8 @@ def test_train_writes_the_run_directory(tmp_path):
     assert [line["epoch"] for line in lines] == [1, 2]
     assert lines[-1]["val_acc"] == summary["val_acc"]
     assert "test_acc" not in lines[-1], "test is read once, after training"
+    history = torch.load(run / "checkpoint.pt", weights_only=True)["history"]
+    assert history == lines and list(lines[0]) == EPOCH_KEYS  # the checkpoints written before Epoch was typed
     assert yaml.safe_load((run / "config.yaml").read_text())["methods"]["lora"]["rank"] == 4
     outcomes = Outcomes.read(run / OUTCOMES)  # the last epoch's val outcomes, named by pool position
     assert outcomes.split == "val" and outcomes.correct.shape == (1, 200)

@@ -1,7 +1,8 @@
 """Run directories: one writer at a time, never overwritten, resumed only with the config they began with.
 
 ``RunDir`` is the one owner of a command's run-directory lifecycle: it validates before anything is
-written, holds an OS-level lock (``flock`` on ``<out>/.lock``) while the command writes, refuses to
+written, holds an OS-level lock (``flock`` on ``<out>/.lock``) while the command writes (and clears the
+temporary files of writes a killed run left), refuses to
 overwrite a run or to resume one with a changed result-changing key, writes ``config.yaml``, turns
 Ctrl-C into the command that continues, and writes the record. The operating system releases the
 lock when its process dies, so a lock left by a killed run is taken over silently; the file names the
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from autopeft.errors import ConfigError, RunInterrupted, RunLocked
-from autopeft.files import write_text
+from autopeft.files import TEMPORARY_SUFFIX, write_text
 from autopeft.runconfig import dump_yaml, load_yaml, read_yaml
 from autopeft.runkey import refuse_changes
 
@@ -58,6 +59,14 @@ def locked(out: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # releases the lock
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete what an atomic write killed half-way left under ``out`` (``files.write_atomic``'s temporary
+    files). Call it holding the lock: no live writer has one open then."""
+    for path in out.rglob(f"*{TEMPORARY_SUFFIX}"):
+        if path.name.startswith(".") and path.is_file():
+            path.unlink()
 
 
 def _same(data: Any) -> Any:
@@ -104,7 +113,10 @@ class RunDir:
         claim of ``config`` (None: the folder must be new or empty) and config.yaml. Ctrl-C in the body says
         what is ``kept`` (None: what the interruption said it saved) and how to continue."""
         checked = check()
+        self._check_resumable()  # before the lock makes the folder
         with locked(self.path) if lock else nullcontext():
+            if lock:
+                remove_stale_temporaries(self.path)
             self.claim(config, key)
             try:
                 yield checked
@@ -122,10 +134,7 @@ class RunDir:
         """Refuse to overwrite a run, or to resume one with a config whose ``key`` view changes a
         result-changing value; write config.yaml. Call it holding the lock."""
         saved = self.path / CONFIG
-        if self.resume and not (self.path / self.resumes_from).is_file():
-            raise ConfigError(
-                f"--resume: {self.path} holds no run to continue ({self.resumes_from} missing); nothing was changed"
-            )
+        self._check_resumable()
         current = None if config is None else load_yaml(dump_yaml(config))
         if self.resume and current is not None:
             refuse_changes(key(read_yaml(saved)), key(current), self.path, self.again)
@@ -139,6 +148,12 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         if current is not None:
             write_text(saved, dump_yaml(current))
+
+    def _check_resumable(self) -> None:
+        if self.resume and not (self.path / self.resumes_from).is_file():
+            raise ConfigError(
+                f"--resume: {self.path} holds no run to continue ({self.resumes_from} missing); nothing was changed"
+            )
 
     def _holds_run(self) -> bool:
         if self.holds_run:

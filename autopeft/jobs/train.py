@@ -15,12 +15,13 @@ from autopeft.api import WEIGHTS_FILE, count_trainable, load_adapter, save_adapt
 from autopeft.build import build_model, check_buildable, provenance, timm_metadata
 from autopeft.data import TaskData
 from autopeft.errors import AutopeftError, ConfigError
-from autopeft.files import write_atomic, write_text
-from autopeft.fit import CHECKPOINT, METRICS, FitHooks, fit, history_compute
+from autopeft.files import write_atomic
+from autopeft.fit import CHECKPOINT, FitHooks, fit, history_compute, write_metrics
 from autopeft.jobs.rundir import CONFIG, RESULT, RunDir, locked
 from autopeft.methods import REGISTRY
 from autopeft.progress import RunProgress, StageProgress, TrainProgress
 from autopeft.records import (
+    Epoch,
     FinalRow,
     RetrainRecord,
     RunRecord,
@@ -50,7 +51,7 @@ def train_run(
     out: Path,
     resume: bool = False,
     progress: RunProgress | None = None,
-    stop_after: Callable[[dict[str, Any]], bool] | None = None,
+    stop_after: Callable[[Epoch], bool] | None = None,
 ) -> RunRecord:
     """Train ``config`` into ``out`` (select on val, test read once for the final epoch); return its record.
 
@@ -80,7 +81,7 @@ def train_run(
         except NonFiniteLoss as err:
             return _finish(rundir, replace(record, status="failed", reason=str(err)), err.history, task, start)
         save_adapter(model, out)
-        record.val_acc, record.val_loss = history[-1]["val_acc"], history[-1]["val_loss"]
+        record.val_acc, record.val_loss = history[-1].val_acc, history[-1].val_loss
         if len(history) < config.train.epochs:
             record.status, record.reason = "stopped", f"stopped after epoch {len(history)} of {config.train.epochs}"
         elif config.test:
@@ -128,18 +129,20 @@ def _base_record(config: RunConfig, task: TaskData, model: torch.nn.Module, norm
         epochs=train.epochs,
         config_key=config_key(config),
         row_key=row_key(config),
-        schedule=Schedule.of(train),
+        schedule=Schedule(
+            train.epochs, train.lr, train.weight_decay, train.batch_size, train.warmup_epochs, train.optimizer
+        ),
         provenance=provenance(config, task, norm, test_read=config.test),
     )
 
 
-def _finish(rundir: RunDir, record: RunRecord, history: list[dict], task: TaskData, start: float) -> RunRecord:
+def _finish(rundir: RunDir, record: RunRecord, history: list[Epoch], task: TaskData, start: float) -> RunRecord:
     """Record the compute and wall time, write metrics.jsonl and result.json."""
     record.wall_time_s = round(time.perf_counter() - start, 2)
     tested = len(task.split("test")) if record.test_acc is not None else 0
     record.compute = replace(history_compute(history), wall_s=record.wall_time_s)
     record.compute.eval_images += tested
-    write_text(rundir.path / METRICS, "".join(json.dumps(line) + "\n" for line in history))
+    write_metrics(rundir.path, history)
     return rundir.write(record)
 
 

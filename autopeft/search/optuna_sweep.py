@@ -28,7 +28,7 @@ from autopeft.errors import ConfigError, RunInterrupted, SearchFailed
 from autopeft.fit import CHECKPOINT, saved_history
 from autopeft.jobs.rundir import CONFIG
 from autopeft.progress import StageProgress
-from autopeft.records import Compute, SearchRecord
+from autopeft.records import Compute, Epoch, SearchRecord
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
 from autopeft.search.sweep import (
@@ -110,7 +110,8 @@ def optuna_sweep(
     def reach() -> optuna.storages.BaseStorage | None:
         return open_storage(url) if shared else None
 
-    with rundir.writing(claimed_sweep(config), None, reach, lock=False) as backend:
+    # its own study is this command's alone; workers sharing a study share --out, unlocked
+    with rundir.writing(claimed_sweep(config), None, reach, lock=not shared) as backend:
         study, seed = _open_study(config, backend or open_storage(url), study_name, resume, url, shared)
         if resume:
             _retry_unfinished(study, config.retries)
@@ -236,18 +237,18 @@ def _run(
     folder = out / "trials" / f"{trial.number:04d}"
     resume = _take_over(out, trial, folder)
 
-    def report(metrics: dict[str, Any]) -> bool:
+    def report(metrics: Epoch) -> bool:
         """Report the epoch to the study; True when its pruner stops the trial."""
-        trial.report(metrics[METRIC], metrics["epoch"])
-        trial.set_user_attr("val_loss", metrics["val_loss"])
+        trial.report(getattr(metrics, METRIC), metrics.epoch)
+        trial.set_user_attr("val_loss", metrics.val_loss)
         for key in IMAGES:  # what the trial processed so far (pruned and killed trials count too)
-            trial.set_user_attr(key, trial.user_attrs.get(key, 0) + metrics[key])
+            trial.set_user_attr(key, trial.user_attrs.get(key, 0) + getattr(metrics, key))
         return not config.pareto and trial.should_prune()
 
     if resume:  # the epochs trained before the kill, reported to the retry too (their images stay counted)
         for line in saved_history(folder):
-            trial.report(line[METRIC], line["epoch"])
-            trial.set_user_attr("val_loss", line["val_loss"])
+            trial.report(getattr(line, METRIC), line.epoch)
+            trial.set_user_attr("val_loss", line.val_loss)
     bar = display.run(f"trial {trial.number}") if display is not None else None
     run = run_trial(config, space, subnet, folder, report, resume, bar)
     if run.status == "stopped":

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from autopeft.backbones import family_of
 from autopeft.build import build_model, methods_count, provenance
@@ -56,6 +56,7 @@ from autopeft.report.summaries import render_table
 from autopeft.runconfig import BackboneConfig, RunConfig, dump_run_config
 from autopeft.search.candidates import (
     Candidate,
+    Scorer,
     candidate_front,
     ranked,
     read_candidates,
@@ -78,7 +79,6 @@ from autopeft.selection import SelectionConfig, select_runs, summarize
 from autopeft.supernet import SubnetConfig, Supernet, check_shareable, load_space, method_config
 from autopeft.train import NonFiniteLoss, Normalization, TrainConfig
 
-ENGINES = ("evolution", *SAMPLERS)
 SEARCH_TIME = "search_time.json"  # seconds the candidate search took, over every session
 SELECTION = "selection.json"  # how the winner was chosen: the choice, each candidate's evidence, the rounds
 SCORED_BY = (
@@ -197,6 +197,33 @@ class SearchStage:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"search.engine: got {self.engine!r}; allowed: {', '.join(ENGINES)}")
+
+
+class SearchEngine(Protocol):
+    """How the search stage proposes subnets of the supernet to ``score``: every candidate scored, in order, each
+    also passed to ``on_candidate`` as it is scored."""
+
+    def __call__(
+        self, supernet: Supernet, score: Scorer, stage: SearchStage, on_candidate: Callable[[Candidate], None]
+    ) -> list[Candidate]: ...
+
+
+def _evolution(
+    supernet: Supernet, score: Scorer, stage: SearchStage, on_candidate: Callable[[Candidate], None]
+) -> list[Candidate]:
+    return evolve(supernet, score, stage.evolution, stage.budget, on_candidate, stage.seed)
+
+
+def _optuna(
+    supernet: Supernet, score: Scorer, stage: SearchStage, on_candidate: Callable[[Candidate], None]
+) -> list[Candidate]:
+    return optuna_search(
+        supernet, score, stage.engine, stage.trials, stage.pareto, stage.budget, stage.seed, on_candidate
+    )
+
+
+SEARCH_ENGINES: dict[str, SearchEngine] = {"evolution": _evolution, **dict.fromkeys(SAMPLERS, _optuna)}
+ENGINES = tuple(SEARCH_ENGINES)
 
 
 @dataclass
@@ -648,12 +675,7 @@ def _search(
     progress.say(
         f"search: {stage.engine} on val, {stage.scoring} head" + (f", budget {stage.budget:,}" if stage.budget else "")
     )
-    if stage.engine == "evolution":
-        candidates = evolve(supernet, cached, stage.evolution, stage.budget, record, stage.seed)
-    else:
-        candidates = optuna_search(
-            supernet, cached, stage.engine, stage.trials, stage.pareto, stage.budget, stage.seed, record
-        )
+    candidates = SEARCH_ENGINES[stage.engine](supernet, cached, stage, record)
     if not candidates:
         raise ConfigError("search: no candidate fits the space and budget")
     write_candidates(out / "candidates.csv", candidates, SCORED_BY, "loss")

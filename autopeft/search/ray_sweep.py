@@ -31,7 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from autopeft.errors import ConfigError, RunInterrupted
 from autopeft.jobs.rundir import RunDir
 from autopeft.progress import StageProgress
-from autopeft.records import Compute, SearchRecord
+from autopeft.records import Compute, Epoch, SearchRecord
 from autopeft.search import ray_reaper
 from autopeft.search.candidates import Candidate
 from autopeft.search.optuna_search import make_sampler
@@ -65,7 +65,7 @@ def ray_sweep(
     if where.address not in (None, "auto"):
         _check_reachable(where.address)
     rundir = sweep_dir(out, resume, "ray")
-    with rundir.writing(claimed_sweep(config), None, lock=False):
+    with rundir.writing(claimed_sweep(config), None):
         return _tune(config, prepared, rundir, where, start, display)
 
 
@@ -207,8 +207,8 @@ def _trial(params: dict[str, Any], sweep: SweepConfig, space: SearchSpace, depth
             shutil.copytree(saved, run)
     extra = {"params": params_of(sweep, space, subnet), "node": ray.get_runtime_context().get_node_id()}
 
-    def report(metrics: dict[str, Any]) -> bool:
-        keys = {key: metrics[key] for key in (METRIC, "val_loss", "epoch", "train_images", "eval_images")}
+    def report(metrics: Epoch) -> bool:
+        keys = {key: getattr(metrics, key) for key in (METRIC, "val_loss", "epoch", "train_images", "eval_images")}
         tune.report({**keys, **extra}, checkpoint=tune.Checkpoint.from_directory(run))
         return False  # ASHA stops a trial through Tune itself
 

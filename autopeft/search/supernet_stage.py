@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from autopeft.data.transforms import normalize
 from autopeft.fit import FitHooks, fit
 from autopeft.optim import Masks
 from autopeft.progress import RunProgress
+from autopeft.records import Epoch
 from autopeft.runconfig import RunConfig
 from autopeft.supernet import SubnetConfig, Supernet
 from autopeft.train import Normalization, Precision, check_finite, evaluate_with_loss
@@ -101,8 +102,8 @@ def train_supernet(
     masked: bool = True,
     resume: bool = False,
     progress: RunProgress | None = None,
-    after_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[list[dict[str, Any]], float]:
+    after_epoch: Callable[[Epoch], None] | None = None,
+) -> tuple[list[Epoch], float]:
     """Train every method's shared weights on the train split; val accuracy per epoch is the
     largest (in-budget) subnet's. Checkpoints (trainable weights only) go to ``out`` after every
     epoch. Returns the per-epoch history and the training time in seconds (across resumes)."""

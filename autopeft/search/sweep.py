@@ -313,5 +313,5 @@ def _rescore(
 
 
 def sweep_dir(out: Path, resume: bool, engine: str) -> RunDir:
-    """A sweep's run directory (not locked: workers sharing a study share --out)."""
+    """A sweep's run directory."""
     return RunDir(out, resume, f"search --engine {engine}")

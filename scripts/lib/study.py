@@ -1,10 +1,12 @@
-"""Parallel jobs for the long evidence scripts (``search_vs_sweep.py``, ``cnn_transfer.py``, ``e2vpt.py``): a
-process pool's map that says on stderr how far each stage has come, so hours of work are never silent; what a
-plan needs to price runs before launching them; and the lines that say how to regenerate a report and what the
-runs behind it cost."""
+"""What the long evidence studies (``search_vs_sweep.py``, ``cnn_transfer.py``, ``e2vpt.py``) share: their common
+options, a process pool's map that says on stderr how far each stage has come (so hours of work are never
+silent), what a plan needs to price runs before launching them, and the lines that say how to regenerate a report,
+where its files are and what the runs behind it cost. The run cache itself is the package's
+(``autopeft.jobs.train.cached_run`` trains or reads back, ``cached`` only reads)."""
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import statistics
 import sys
@@ -17,6 +19,25 @@ from typing import Any
 from autopeft.data import DataConfig, load_task
 from autopeft.jobs.rundir import RESULT
 from autopeft.records import RunRecord, read_record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def study_arguments(parser: argparse.ArgumentParser, tasks: Iterable[str], runs: str | None = None) -> None:
+    """The options every study takes: the run cache, its own runs folder (where it has one), the workers and the
+    tasks."""
+    tasks = list(tasks)
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    if runs is not None:
+        parser.add_argument("--runs", type=Path, default=Path(runs))
+    parser.add_argument("--workers", type=int, default=2, help="jobs at once, 1 thread each")
+    parser.add_argument("--tasks", nargs="+", default=tasks, choices=tasks)
+
+
+def shown(path: Path) -> str:
+    """``path`` as a report shows it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def run_jobs(pool: Executor, job: Callable[[Any], Any], args: Iterable[Any], stage: str) -> list[Any]:
