@@ -11,13 +11,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from autopeft.errors import AutopeftError, BackboneError, ConfigError, RunInterrupted
 from autopeft.jobs import Job, make
-
-if TYPE_CHECKING:
-    pass
 
 
 def _methods(args: argparse.Namespace) -> None:

@@ -117,7 +117,7 @@ class RunDir:
         with locked(self.path) if lock else nullcontext():
             if lock:
                 remove_stale_temporaries(self.path)
-            self.claim(config, key)
+            self._claim(config, key)
             try:
                 yield checked
             except RunInterrupted as err:
@@ -130,11 +130,10 @@ class RunDir:
             return RunInterrupted(f"{err}: continue with `{self.again}`")
         return RunInterrupted(f"{err}: start again with `{self.start}`", resumable=False)
 
-    def claim(self, config: dict[str, Any] | None, key: Callable[[Any], Any] = _same) -> None:
+    def _claim(self, config: dict[str, Any] | None, key: Callable[[Any], Any]) -> None:
         """Refuse to overwrite a run, or to resume one with a config whose ``key`` view changes a
         result-changing value; write config.yaml. Call it holding the lock."""
         saved = self.path / CONFIG
-        self._check_resumable()
         current = None if config is None else load_yaml(dump_yaml(config))
         if self.resume and current is not None:
             refuse_changes(key(read_yaml(saved)), key(current), self.path, self.again)

@@ -19,7 +19,7 @@ from autopeft.files import write_atomic
 from autopeft.fit import CHECKPOINT, FitHooks, fit, history_compute, write_metrics
 from autopeft.jobs.rundir import CONFIG, RESULT, RunDir, locked
 from autopeft.methods import REGISTRY
-from autopeft.progress import RunProgress, StageProgress, TrainProgress
+from autopeft.progress import RunProgress, StageProgress
 from autopeft.records import (
     Epoch,
     FinalRow,
@@ -245,7 +245,7 @@ class TrainJob:
         return config
 
     def run(self, config: RunConfig, out: Path, resume: bool, progress: StageProgress) -> RunRecord:
-        record = train_run(config, out, resume, TrainProgress(out.name))
+        record = train_run(config, out, resume, progress.run(out.name))
         if record.status != "completed":
             raise AutopeftError(f"run failed: {record.reason} (status in {out / RESULT})")
         return record
