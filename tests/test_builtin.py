@@ -199,7 +199,10 @@ def test_a_larger_test_split_leaves_train_and_val_as_they_are(name):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"name": "mnist5k", "test_size": 4001}, "data.test_size: got 4001; allowed for mnist5k: a multiple of 10 (its classes) up to 4000"),
+        (
+            {"name": "mnist5k", "test_size": 4001},
+            "data.test_size: got 4001; allowed for mnist5k: a multiple of 10 (its classes) up to 4000",
+        ),
         ({"name": "digits", "test_size": 500}, "data.test_size: got 500; allowed for digits: null"),
         ({"name": "digits", "test_size": 0}, "data.test_size: got 0; allowed: null, or a positive integer"),
     ],

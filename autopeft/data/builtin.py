@@ -125,7 +125,7 @@ def _make_mnist5k(seed: int, test_size: int | None = None) -> Arrays:
 
 def _make_digits(seed: int, test_size: int | None = None) -> Arrays:
     if test_size is not None:
-        raise ConfigError(f"data.test_size: got {test_size}; allowed for digits: null (its test split is every image left)")
+        raise ConfigError(f"data.test_size: got {test_size}; allowed for digits: null (its test is every image left)")
     table = _packaged_csv("sklearn", "datasets", "data", "digits.csv.gz")
     if table is None:
         try:
