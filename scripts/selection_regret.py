@@ -42,7 +42,7 @@ from search_vs_sweep import (
     with_comparison_sites,
 )
 
-from autopeft.api import load_adapter
+from autopeft.api import WEIGHTS_FILE, load_adapter
 from autopeft.build import build_model
 from autopeft.data import BUILTIN_TASKS
 from autopeft.data.folds import fold_data
@@ -56,8 +56,6 @@ from autopeft.search.candidates import best_on_val
 from autopeft.search.ranking import draw_panel
 from autopeft.supernet import SPACES, Supernet, load_space, method_config
 from autopeft.train import score
-
-ADAPTER = "adapter.safetensors"
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "selection_regret.md"
@@ -268,7 +266,7 @@ def fold_config(task: str, member: Member, fold: int) -> RunConfig:
 
 def kept(run: Path) -> bool:
     """Whether a finished run folder still has what the study reads: its record, weights and val outcomes."""
-    return all((run / name).is_file() for name in (RESULT, ADAPTER, OUTCOMES))
+    return all((run / name).is_file() for name in (RESULT, WEIGHTS_FILE, OUTCOMES))
 
 
 def fold_done(task: str, member: Member, fold: int, args: argparse.Namespace) -> bool:
