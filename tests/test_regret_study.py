@@ -106,3 +106,36 @@ def test_the_analysis_of_a_suite_where_holdout_is_fooled_and_k_fold_is_not():
     assert result.headroom["t0"].value == 0 and result.ratioed == [] and by_name["holdout"].captured is None
     assert by_name[regret.KFOLD].compute["t0"].train_images == 3 * 4 * 100
     assert result.coverage == 1.0 and result.epsilon_size == 1.0
+
+
+def study():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "selection_regret.py"
+    spec = importlib.util.spec_from_file_location("selection_regret_script", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_keeps_the_header_written_before_the_first_run():
+    script = study()
+    committed = script.OUT.read_text().splitlines()
+    assert committed[: len(script.header())] == script.header()
+
+
+def test_the_results_section_names_every_rule_with_its_interval():
+    script = study()
+    tables = [
+        table([[0.8] * FOLDS, [0.7] * FOLDS], [[0.85] * FOLDS, [0.80] * FOLDS], ["lora", "adapter"], f"t{i}")
+        for i in range(2)
+    ]
+    analysis = regret.analyse(tables, ["lora", "adapter"], {"m1": 3}, resamples=50)
+    lines = script.render(analysis, tables, ["shapes_count"])
+    text = "\n".join(lines)
+    for name in [*regret.FOLD_RULES, "m1", regret.FIXED]:
+        assert f"| {name} | " in text
+    assert "| holdout | +0.00 [+0.00, +0.00] | +0.00 [+0.00, +0.00] | 1.00x" in text
+    assert "| m1 | +5.00 [+4." in text  # the 200 test images only m0 gets right, resampled
+    assert "Not yet in the table: shapes_count." in text
