@@ -54,7 +54,7 @@ from autopeft.records import OUTCOMES, Compute, Outcomes, RunRecord
 from autopeft.runconfig import RunConfig, parse_run_config, read_yaml
 from autopeft.runkey import config_key
 from autopeft.search.candidates import best_on_val
-from autopeft.search.ranking import draw_panel
+from autopeft.search.ranking import draw_panel, kendall_tau
 from autopeft.supernet import SPACES, Supernet, load_space, method_config
 from autopeft.train import score
 
@@ -408,13 +408,43 @@ def load_table(task: str, members: list[Member], folds: Path, cache: Path) -> re
     )
 
 
+def calibration(table: regret.Table, members: list[Member], cache: Path) -> list[tuple[str, float, float]]:
+    """Per calibrated member with a finished final: its mean test accuracy over the fold models, and the final's."""
+    rows = []
+    for m in most_chosen(table):
+        record = cached(calibration_config(table.task, members[m]), cache)
+        if record is not None and record.test_acc is not None:
+            rows.append((members[m].name, float(100 * table.test[m].mean()), record.test_acc))
+    return rows
+
+
+def calibration_lines(rows: dict[str, list[tuple[str, float, float]]]) -> list[str]:
+    """Whether fold models rank members as their shipped finals do: Kendall tau per task."""
+    lines = [
+        "",
+        "Calibration: fold models (mean test over 5) against one train+val final (test once, 4,000 images).",
+        "",
+    ]
+    for task, members in rows.items():
+        tau = kendall_tau([f for _, f, _ in members], [t for _, _, t in members]) if len(members) > 1 else None
+        shown_tau = "n/a" if tau is None else f"{tau:+.2f}"
+        pairs = "; ".join(f"{name} {fold:.2f} / {final:.2f}" for name, fold, final in members)
+        lines.append(f"- {task}: tau {shown_tau} ({pairs or 'no final yet'})")
+    return lines
+
+
 def estimate(e: regret.Estimate | None, unit: str = "") -> str:
     if e is None or math.isnan(e.value):
         return "n/a"
     return f"{e.value:+.2f}{unit} [{e.low:+.2f}, {e.high:+.2f}]"
 
 
-def render(analysis: regret.Analysis, tables: list[regret.Table], pending: list[str]) -> list[str]:
+def render(
+    analysis: regret.Analysis,
+    tables: list[regret.Table],
+    pending: list[str],
+    calibrated: dict[str, list[tuple[str, float, float]]] | None = None,
+) -> list[str]:
     """The results section (dated), below the header."""
     holdout = next(r for r in analysis.rules if r.name == regret.BASELINE)
 
@@ -453,6 +483,8 @@ def render(analysis: regret.Analysis, tables: list[regret.Table], pending: list[
     ]
     if pending:
         lines += [f"- Not yet in the table: {', '.join(pending)}."]
+    if calibrated:
+        lines += calibration_lines(calibrated)
     return [*lines, ""]
 
 
@@ -488,6 +520,30 @@ def run_task(task: str, pool: ProcessPoolExecutor, args: argparse.Namespace) -> 
     jobs = [(task, m, fold, args.runs / "folds", args.cache) for m in members for fold in range(FOLDS)]
     runs = run_jobs(pool, fold_job, jobs, f"{task}: {len(members)} members x {FOLDS} folds")
     write_test_outcomes(task, runs, pool)
+    table = load_table(task, members, args.runs / "folds", args.cache)
+    finals = [(task, members[m], args.cache) for m in most_chosen(table)]
+    run_jobs(pool, calibration_job, finals, f"{task}: calibration finals")
+
+
+def most_chosen(table: regret.Table) -> list[int]:
+    """The CALIBRATED members the task's fold rules pick most often over the replicates (ties: pool order)."""
+    counts = np.zeros(len(table.members), dtype=int)
+    for config in regret.FOLD_RULES.values():
+        for r in range(table.folds):
+            counts[regret.library_rule(config)(table, r).member] += 1
+    return sorted(np.argsort(-counts, kind="stable")[:CALIBRATED].tolist())
+
+
+def calibration_config(task: str, member: Member) -> RunConfig:
+    """``member`` as a shipped final: train + val, test read once on TEST_SIZE images."""
+    config = run_config(task, member.methods, member.lr, final=True)
+    return replace(config, data=replace(config.data, test_size=TEST_SIZE))
+
+
+def calibration_job(job: tuple[str, Member, Path]) -> RunRecord:
+    task, member, cache = job
+    torch.set_num_threads(1)
+    return cached_run(calibration_config(task, member), cache)
 
 
 def test_outcomes_path(task: str) -> Path:
@@ -572,7 +628,8 @@ def write_report(args: argparse.Namespace) -> None:
     body = ["No task has a complete oracle table yet.", ""]
     if len(tables) >= 2:
         analysis = regret.analyse(tables, list(SIZES), {"largest LoRA": len(load_ground().lr_grid)}, EPSILON)
-        body = render(analysis, tables, [t for t in TASKS if t not in {table.task for table in tables}])
+        calibrated = {t.task: calibration(t, pools[t.task], args.cache) for t in tables}
+        body = render(analysis, tables, [t for t in TASKS if t not in {table.task for table in tables}], calibrated)
         data = recorded()
         data["analysis"] = json.loads(json.dumps(asdict(analysis), default=lambda o: asdict(o)))
         write_json(data)

@@ -139,3 +139,8 @@ def test_the_results_section_names_every_rule_with_its_interval():
     assert "| holdout | +0.00 [+0.00, +0.00] | +0.00 [+0.00, +0.00] | 1.00x" in text
     assert "| m1 | +5.00 [+4." in text  # the 200 test images only m0 gets right, resampled
     assert "Not yet in the table: shapes_count." in text
+
+
+def test_calibration_says_whether_fold_models_rank_as_finals_do():
+    lines = study().calibration_lines({"t0": [("a", 80.0, 81.0), ("b", 70.0, 72.5)], "t1": []})
+    assert lines[-2:] == ["- t0: tau +1.00 (a 80.00 / 81.00; b 70.00 / 72.50)", "- t1: tau n/a (no final yet)"]
