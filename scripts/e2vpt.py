@@ -45,15 +45,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from lib.study import (
-    images_per_run,
-    recorded_time,
-    report_command,
-    run_jobs,
-    seconds_per_image,
-    shown,
-    study_arguments,
-)
+from lib.charges import images_per_run, seconds_per_image
+from lib.study import recorded_time, report_command, run_jobs, shown, study_arguments
 from timing import Timed, floor_step, run_interleaved, train_step
 
 import autopeft
@@ -711,8 +704,8 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
         train_images, final_images = images_per_run(task, epochs)
 
         def add(stage: str, method: str, configs: list[RunConfig | None], images: float, task: str = task) -> None:
-            cached = sum(c is not None and cached(c, setup.cache) is not None for c in configs)
-            rows.append((task, stage, len(configs), cached, (len(configs) - cached) * images * cost[method]))
+            done = sum(c is not None and cached(c, setup.cache) is not None for c in configs)
+            rows.append((task, stage, len(configs), done, (len(configs) - done) * images * cost[method]))
 
         linear = [setup.run_config(task, LINEAR, lr) for lr in setup.lrs]
         add("linear lr grid (train)", "linear", linear, train_images)
@@ -780,10 +773,10 @@ def plan(setup: Setup, tasks: list[str], workers: int) -> str:
     lines += [f"{t:<19} {s:<52} {n:>5} {c:>6} {h / 3600:>6.2f}" for t, s, n, c, h in rows]
     shared = sum(r[4] for r in rows if "grid" in r[1])
     needed = sum(r[2] for r in rows if "prunings" not in r[1])
-    cached = sum(r[3] for r in rows if "prunings" not in r[1])
+    in_cache = sum(r[3] for r in rows if "prunings" not in r[1])
     lines += [
         "",
-        f"training runs: {needed} needed, {cached} in the cache, {needed - cached} to train "
+        f"training runs: {needed} needed, {in_cache} in the cache, {needed - in_cache} to train "
         f"(+ {sum(r[2] - r[3] for r in rows if 'prunings' in r[1])} prunings, each one pass over train)",
         f"estimated CPU time {total / 3600:.1f} h, about {total / 3600 / workers:.1f} h wall with --workers "
         f"{workers} (1 thread each), {shared / 3600:.1f} h of it the lr grids search_vs_sweep trains too (shared "

@@ -23,14 +23,15 @@ import os
 import platform
 import statistics
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from lib.study import images_per_run, recorded_time, run_jobs, seconds_per_image, study_arguments
+from lib.charges import charge, images_per_run, seconds_per_image
+from lib.study import recorded_time, run_jobs, study_arguments
 
-from autopeft.data import BUILTIN_TASKS, DataConfig
+from autopeft.data import BUILTIN_TASKS, DataConfig, builtin_arrays
 from autopeft.errors import ConfigError
 from autopeft.ground import load_ground
 from autopeft.jobs.rundir import RESULT
@@ -43,6 +44,7 @@ from autopeft.search.engines import run_sweep
 from autopeft.search.pipeline import parse_pipeline, run_pipeline
 from autopeft.search.prune_stage import claimed
 from autopeft.search.sweep import Where, parse_sweep
+from autopeft.selection import without_default_selection
 from autopeft.stats import paired_seeds, t_interval, verdict
 from autopeft.supernet import SPACES
 
@@ -163,7 +165,10 @@ def sweep_job(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
     )
     out = root / task / f"{sampler}_seed{seed}"
     resume = (out / "study.db").is_file()
-    return choice(finished(out, asdict(config)) or run_sweep("optuna", config, out, Where(), resume, None))
+    return choice(
+        finished(out, without_default_selection(asdict(config)))
+        or run_sweep("optuna", config, out, Where(), resume, None)
+    )
 
 
 def finished(out: Path, config: dict[str, Any]) -> SearchRecord | None:
@@ -240,6 +245,7 @@ class TaskResult:
     c_sweep: Compute
     trials: int
     run_s: float | None = None  # recorded wall time of every distinct run and search behind the task, 1 thread each
+    priced: int = 0  # runs whose wall time was never recorded, priced at their method's median seconds per image
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskResult:
@@ -252,19 +258,17 @@ class TaskResult:
         ]
         per_method = {m: (options, lr, acc) for m, (options, lr, acc) in data["per_method"].items()}
         c_sweep = Compute(**data["c_sweep"])
-        return cls(data["task"], strategies, per_method, c_sweep, data["trials"], data.get("run_s"))
+        return cls(
+            data["task"], strategies, per_method, c_sweep, data["trials"], data.get("run_s"), data.get("priced", 0)
+        )
 
 
 def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> TaskResult:
     """Every strategy on ``task``: its choice on val and its final runs (the test split read once each)."""
+    cost = seconds_per_image(cache, BACKBONE, [*SIZES, *REFERENCE_LRS], SECONDS_PER_IMAGE)
     jobs = grid_jobs(task, cache)
-    grid = dict(
-        zip(
-            ((json.dumps(j[1], sort_keys=True), j[2]) for j in jobs),
-            run_jobs(pool, standalone_job, jobs, f"{task}: size x lr grid"),
-            strict=True,
-        )
-    )
+    grid_bills = charged(jobs, run_jobs(pool, standalone_job, jobs, f"{task}: size x lr grid"), cost)
+    grid = dict(zip(((json.dumps(j[1], sort_keys=True), j[2]) for j in jobs), (r for r, _ in grid_bills), strict=True))
     pipelines = run_jobs(pool, pipeline_job, [(task, s, root) for s in SEARCH_SEEDS], f"{task}: supernet pipelines")
     c_sweep = Compute.total(r.compute for (key, _), r in grid.items() if _method(key) in SIZES)
     one_run = statistics.median(r.compute.images for (key, _), r in grid.items() if _method(key) in SIZES)
@@ -282,7 +286,8 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
     strategies += [_fixed("largest LoRA (rank 8, q v), lr tuned", grid, LARGEST_LORA)]
     strategies += [_fixed(f"{m} (reference)", grid, {m: {}}, outside=True) for m in REFERENCE_LRS]
     jobs = [job for s in strategies for c in s.choices for job in final_jobs(task, c, cache)]
-    records = run_jobs(pool, standalone_job, jobs, f"{task}: final runs")
+    final_bills = charged(jobs, run_jobs(pool, standalone_job, jobs, f"{task}: final runs"), cost)
+    records = [r for r, _ in final_bills]
     finals = iter(records)
     for strategy in strategies:
         for choice in strategy.choices:
@@ -294,7 +299,19 @@ def run_task(task: str, pool: ProcessPoolExecutor, cache: Path, root: Path) -> T
     for method in SIZES:
         (key, lr), best = best_of({k: r for k, r in grid.items() if _method(k[0]) == method})
         per_method[method] = (json.loads(key)[method], lr, best.val_acc)
-    return TaskResult(task, strategies, per_method, c_sweep, trials, run_s)
+    priced = sum(priced for _, priced in [*grid_bills, *final_bills])
+    return TaskResult(task, strategies, per_method, c_sweep, trials, run_s, priced)
+
+
+def charged(jobs: list[tuple], records: list[RunRecord], cost: dict[str, float]) -> list[tuple[RunRecord, bool]]:
+    """Each job's record with the compute the ledger charges it (``lib.charges``: its schedule's images, its wall
+    time as recorded or priced), and whether it was priced; cache hits pay as the runs they read back."""
+    bills = []
+    for job, record in zip(jobs, records, strict=True):
+        config = run_config(*job[:5])
+        bill = charge(config, record, cost, len(builtin_arrays(config.data.name)["test"][1]))
+        bills.append((replace(record, compute=bill.compute), bill.priced))
+    return bills
 
 
 def _method(key: str) -> str:
@@ -487,8 +504,9 @@ def _task_lines(result: TaskResult) -> list[str]:
     lines = [
         f"## {result.task} (chance {chance:.1f}%)",
         "",
-        f"C_sweep = {result.c_sweep.images:,.0f} images ({result.c_sweep.wall_s / 60:.0f} min); Optuna and random "
-        f"get {result.trials} trials each. Best per method on val: "
+        f"C_sweep = {result.c_sweep.images:,.0f} images ({result.c_sweep.wall_s / 60:.0f} min"
+        + (f"; {result.priced} runs' wall time priced, not measured" if result.priced else "")
+        + f"); Optuna and random get {result.trials} trials each. Best per method on val: "
         + "; ".join(f"{m} {_size(m, o)} lr {lr:g} ({acc:.1f})" for m, (o, lr, acc) in result.per_method.items())
         + ".",
         "",

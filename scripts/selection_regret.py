@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from lib import regret
-from lib.study import images_per_run, run_jobs, seconds_per_image, shown, study_arguments
+from lib.charges import images_per_run, seconds_per_image
+from lib.study import run_jobs, shown, study_arguments
 from search_vs_sweep import (
     BACKBONE,
     LARGEST_LORA,

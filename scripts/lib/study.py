@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, as_completed
 from pathlib import Path
 from typing import Any
-
-from autopeft.data import DataConfig, load_task
-from autopeft.jobs.rundir import RESULT
-from autopeft.records import RunRecord, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,24 +63,3 @@ def report_command(script: str, argv: list[str]) -> str:
         if not in_tasks and not arg.startswith("--tasks="):
             kept.append(arg)
     return f"HF_HUB_OFFLINE=1 {shlex.join(['python', script, *kept])}"
-
-
-def images_per_run(task: str, epochs: int) -> tuple[float, float]:
-    """Images processed (an evaluation image a third of a training one) by a run of ``epochs`` on ``task``: one on
-    train scored on val each epoch, and a final one on train+val tested once."""
-    data = load_task(DataConfig(name=task), 32)
-    n = {s: len(data.split(s)) for s in ("train", "val", "trainval", "test")}
-    return epochs * (n["train"] + n["val"] / 3), epochs * n["trainval"] + n["test"] / 3
-
-
-def seconds_per_image(cache: Path, backbone: str, methods: Iterable[str], fallback: float) -> dict[str, float]:
-    """Per method, the median wall seconds per image of its completed single-method runs on ``backbone`` in the
-    cache (as they ran: 1 thread each, 2 jobs on 2 cores here); ``fallback`` for a method the cache has none of."""
-    seen: dict[str, list[float]] = {}
-    for path in cache.glob(f"*/{RESULT}"):
-        record = read_record(path)
-        if not isinstance(record, RunRecord) or record.backbone != backbone or len(record.methods) != 1:
-            continue
-        if record.status == "completed" and record.compute.images and record.compute.wall_s:
-            seen.setdefault(next(iter(record.methods)), []).append(record.compute.wall_s / record.compute.images)
-    return {m: statistics.median(seen[m]) if m in seen else fallback for m in methods}
