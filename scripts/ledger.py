@@ -6,9 +6,10 @@ their reports and continue a script where another machine stopped (``runs/`` its
 
 A finished run is a directory holding ``result.json``: a training run of the shared cache
 (``runs/cache/<config key>/``) or a search of ``scripts/search_vs_sweep.py``
-(``runs/search_vs_sweep/<task>/<strategy>_seed<n>/``). Its ``config.yaml``, ``best.yaml`` and ``result.json``
-are kept; weights, checkpoints and a search's inner runs are not. The scripts read a restored run back as
-they read any finished one, so nothing recorded is trained again.
+(``runs/search_vs_sweep/<task>/<strategy>_seed<n>/``) or a fold run of ``scripts/selection_regret.py``
+(``runs/selection_regret/folds/<config key>/``). Its ``config.yaml``, ``best.yaml``, ``val_outcomes.npz`` and
+``result.json`` are kept; weights, checkpoints and a search's inner runs are not. The scripts read a restored run
+back as they read any finished one, so nothing recorded is trained again.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import shutil
 from pathlib import Path
 
 from autopeft.jobs.rundir import RESULT
+from autopeft.records import OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"
 LEDGER = ROOT / "results" / "runs"
-FOLDERS = {"cache": "*", "search_vs_sweep": "*/*"}  # under runs/: where the run directories the scripts read back lie
-KEPT = ("config.yaml", "best.yaml", RESULT)  # result.json last: it marks the copy finished
+# under runs/: where the run directories the scripts read back lie
+FOLDERS = {"cache": "*", "search_vs_sweep": "*/*", "selection_regret/folds": "*"}
+KEPT = ("config.yaml", "best.yaml", OUTCOMES, RESULT)  # result.json last: it marks the copy finished
 
 
 def finished(root: Path, pattern: str) -> list[Path]:

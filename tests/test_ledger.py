@@ -30,7 +30,7 @@ def test_saved_records_are_read_back_in_a_fresh_cache_without_training(tmp_path)
     assert ledger.copy_records(tmp_path / "cache", tmp_path / "ledger", "*") == 1
     assert ledger.copy_records(tmp_path / "cache", tmp_path / "ledger", "*") == 0  # already there
     saved = tmp_path / "ledger" / config_key(config)
-    assert sorted(p.name for p in saved.iterdir()) == ["config.yaml", "result.json"]  # no weights
+    assert sorted(p.name for p in saved.iterdir()) == ["config.yaml", "result.json", "val_outcomes.npz"]  # no weights
 
     assert ledger.copy_records(tmp_path / "ledger", tmp_path / "fresh", "*") == 1
     assert cached_run(config, tmp_path / "fresh") == trained
