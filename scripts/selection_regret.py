@@ -46,7 +46,7 @@ from search_vs_sweep import (
 
 from autopeft.api import WEIGHTS_FILE, load_adapter
 from autopeft.build import build_model
-from autopeft.data import BUILTIN_TASKS
+from autopeft.data import BUILTIN_TASKS, builtin_arrays
 from autopeft.data.folds import fold_data
 from autopeft.ground import load_ground
 from autopeft.jobs.rundir import CONFIG, RESULT
@@ -68,6 +68,13 @@ SANITY = ("digits",)  # its headroom is inside the noise: a sanity row, not a re
 FOLDS = 5
 FOLD_SEED = 0
 TEST_SIZE = 4000  # every task above can draw it (digits' test is the 797 images left)
+
+
+def test_size(task: str) -> int | None:
+    """The oracle's test set size: TEST_SIZE, or the sanity task's own (None)."""
+    return None if task in SANITY else TEST_SIZE
+
+
 LR_LIMITS = (1e-4, 1.0)  # no extension past these
 STOP_SE = 2.0  # an extension stops when its best val loss is >= this many SE worse than the best so far
 TOP_PER_METHOD = 3
@@ -292,10 +299,10 @@ def fold_job(job: tuple[str, Member, int, Path, Path]) -> str:
 
 
 def oracle_job(run: str) -> np.ndarray:
-    """Per test image (TEST_SIZE of them) whether the model of the finished run folder ``run`` is right."""
+    """Per test image (``test_size``'s) whether the model of the finished run folder ``run`` is right."""
     torch.set_num_threads(1)
     config = parse_run_config(read_yaml(Path(run) / CONFIG), run)
-    config = replace(config, data=replace(config.data, test_size=TEST_SIZE))
+    config = replace(config, data=replace(config.data, test_size=test_size(config.data.name)))
     model, task, norm = build_model(config, with_methods=False)
     load_adapter(model, run)
     return score(model, task.split("test"), norm).correct.numpy().astype(np.uint8)
@@ -405,7 +412,7 @@ def load_table(task: str, members: list[Member], folds: Path, cache: Path) -> re
         tuple(family(m) for m in members),
         tuple(tuple(Outcomes.read(run / OUTCOMES) for run in row) for row in runs),
         tuple(tuple(read_run(run).compute for run in row) for row in runs),
-        np.array([[np.unpackbits(scored[run.name])[:TEST_SIZE] for run in row] for row in runs]),
+        np.array([[np.unpackbits(scored[run.name])[: _test_images(task)] for run in row] for row in runs]),
     )
 
 
@@ -432,6 +439,10 @@ def calibration_lines(rows: dict[str, list[tuple[str, float, float]]]) -> list[s
         pairs = "; ".join(f"{name} {fold:.2f} / {final:.2f}" for name, fold, final in members)
         lines.append(f"- {task}: tau {shown_tau} ({pairs or 'no final yet'})")
     return lines
+
+
+def _test_images(task: str) -> int:
+    return test_size(task) or len(builtin_arrays(task)["test"][1])
 
 
 def estimate(e: regret.Estimate | None, unit: str = "") -> str:
@@ -536,9 +547,9 @@ def most_chosen(table: regret.Table) -> list[int]:
 
 
 def calibration_config(task: str, member: Member) -> RunConfig:
-    """``member`` as a shipped final: train + val, test read once on TEST_SIZE images."""
+    """``member`` as a shipped final: train + val, test read once on the oracle's test set."""
     config = run_config(task, member.methods, member.lr, final=True)
-    return replace(config, data=replace(config.data, test_size=TEST_SIZE))
+    return replace(config, data=replace(config.data, test_size=test_size(task)))
 
 
 def calibration_job(job: tuple[str, Member, Path]) -> RunRecord:
@@ -639,7 +650,7 @@ def write_report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    study_arguments(parser, TASKS, "runs/selection_regret")
+    study_arguments(parser, (*TASKS, *SANITY), "runs/selection_regret")
     parser.add_argument("--searches", type=Path, default=Path("runs/search_vs_sweep"), help="the pipelines' folder")
     parser.add_argument("--header-only", action="store_true", help="write the report's header and stop")
     parser.add_argument("--plan", action="store_true", help="print runs per stage, done, CPU hours; run nothing")
