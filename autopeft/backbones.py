@@ -12,6 +12,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import register_model
 from timm.models.beit import Beit
 from timm.models.convnext import ConvNeXt
 from timm.models.efficientnet import EfficientNet
@@ -239,26 +240,22 @@ def create_backbone(
     name: str,
     num_classes: int,
     checkpoint: str | Path | None = None,
-    pretrained: bool = False,
+    pretrained: bool | None = None,
     **timm_kwargs: Any,
 ) -> torch.nn.Module:
-    """Create a timm ViT with a fresh ``num_classes`` head.
+    """Create a timm ViT (or CNN) with a fresh ``num_classes`` head.
 
-    ``checkpoint`` loads local weights (.safetensors; .pth/.pt with ``weights_only=True``;
-    .npz as timm reads JAX checkpoints). ``pretrained=True`` uses timm's Hub download.
+    ``checkpoint`` loads local weights (.safetensors; .pth/.pt with ``weights_only=True``; .npz as timm reads JAX
+    checkpoints). ``pretrained``: True loads a built-in's shipped weights or a timm name's from the Hub, False
+    leaves the model randomly initialised; None (the default) is True for a built-in and False for a timm name.
     """
     if checkpoint is not None and pretrained:
         raise BackboneError("create_backbone: pass either checkpoint=PATH or pretrained=True, not both")
-    if name in DEMO_BACKBONES:
-        model = build_demo_architecture(name, num_classes, **timm_kwargs)
-        if checkpoint:
-            load_checkpoint(model, Path(checkpoint))
-        else:
-            load_checkpoint(model, demo_weights(name), in_order="package" in DEMO_BACKBONES[name])
-    else:
-        model = _create_timm(name, num_classes, pretrained, **timm_kwargs)
-        if checkpoint is not None:
-            load_checkpoint(model, Path(checkpoint))
+    if pretrained is None:
+        pretrained = name in DEMO_BACKBONES and checkpoint is None  # a built-in comes with its weights
+    model = _create_timm(name, num_classes, pretrained, **timm_kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, Path(checkpoint))
     model.autopeft_backbone = {"name": name, "checkpoint": str(checkpoint) if checkpoint else None}
     return model
 
@@ -270,7 +267,7 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, **timm_kwargs: A
     except TypeError as err:
         raise BackboneError(f"backbone '{name}': invalid timm option ({err})") from err
     except (OSError, RuntimeError, ValueError) as err:
-        if not pretrained:
+        if not pretrained or name in DEMO_BACKBONES:
             raise
         raise BackboneError(
             f"backbone '{name}': pretrained weights could not be fetched from the Hugging Face Hub "
@@ -298,6 +295,26 @@ def build_demo_architecture(name: str, num_classes: int, **timm_kwargs: Any) -> 
         **(timm_kwargs.get("pretrained_cfg_overlay") or {}),
     }
     return model
+
+
+def _register_in_timm(name: str) -> None:
+    """Make built-in ``name`` a timm model: once ``autopeft.backbones`` is imported (any use of autopeft's models
+    imports it), ``timm.create_model(name, pretrained=True)`` builds its architecture and loads its shipped weights."""
+
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+        for unused in ("pretrained_cfg", "cache_dir"):
+            kwargs.pop(unused, None)
+        if kwargs.get("pretrained_cfg_overlay") is None:
+            kwargs.pop("pretrained_cfg_overlay", None)
+        model = build_demo_architecture(name, kwargs.pop("num_classes", 1000), **kwargs)
+        if pretrained:
+            load_checkpoint(model, demo_weights(name), in_order="package" in DEMO_BACKBONES[name])
+        return model
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"The built-in backbone {name} (autopeft)."
+    register_model(entrypoint)
 
 
 def demo_weights(name: str) -> Path:
@@ -330,10 +347,14 @@ def _package_file(name: str, package: dict[str, str]) -> Path:
     return Path(next(iter(found.submodule_search_locations))) / package["file"]
 
 
+for _builtin in DEMO_BACKBONES:
+    _register_in_timm(_builtin)
+
+
 def _check_name(name: str) -> None:
     if timm.is_model(name):
         return
-    close = difflib.get_close_matches(name, [*DEMO_BACKBONES, *timm.list_models()], n=3)
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)  # the built-ins are timm models too
     hint = (
         f"did you mean {', '.join(close)}?"
         if close

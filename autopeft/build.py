@@ -13,7 +13,7 @@ import torch
 
 import autopeft
 from autopeft.api import apply, count_trainable, load_adapter
-from autopeft.backbones import DEMO_BACKBONES, build_demo_architecture, create_backbone
+from autopeft.backbones import DEMO_BACKBONES, create_backbone
 from autopeft.data import TaskData, load_task, split_sizes
 from autopeft.data.transforms import input_config
 from autopeft.errors import AutopeftError
@@ -52,10 +52,8 @@ def build_model(config: RunConfig, with_methods: bool = True) -> tuple[torch.nn.
 
 def build_backbone(backbone: BackboneConfig) -> torch.nn.Module:
     kwargs = {"drop_path_rate": backbone.drop_path, **backbone.options}
-    if backbone.name in DEMO_BACKBONES and not backbone.pretrained:
-        return build_demo_architecture(backbone.name, 1, **kwargs)
-    hub = backbone.pretrained and backbone.checkpoint is None and backbone.name not in DEMO_BACKBONES
-    return create_backbone(backbone.name, 1, backbone.checkpoint, pretrained=hub, **kwargs)
+    weights = backbone.pretrained and backbone.checkpoint is None  # a built-in's shipped ones, else the Hub's
+    return create_backbone(backbone.name, 1, backbone.checkpoint, pretrained=weights, **kwargs)
 
 
 def methods_count(backbone: BackboneConfig, methods: dict[str, Any]) -> int:

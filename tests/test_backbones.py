@@ -293,3 +293,28 @@ def test_demo_backbone_refuses_weights_that_do_not_match_their_sha256(tmp_path, 
     monkeypatch.setattr(backbones, "ASSETS", tmp_path)
     with pytest.raises(autopeft.BackboneError, match="does not match its recorded sha256"):
         autopeft.create_backbone("vit_demo_fmnist", 10)
+
+
+def test_a_built_in_is_a_timm_model_with_its_shipped_weights_and_keeps_its_identity():
+    import timm
+    import torch
+
+    from autopeft.runconfig import BackboneConfig
+    from autopeft.runkey import weights_id
+
+    shipped = autopeft.create_backbone("vit_demo_fmnist", 7).state_dict()
+    through_timm = timm.create_model("vit_demo_fmnist", pretrained=True, num_classes=7).state_dict()
+    body = [k for k in shipped if not k.startswith("head")]
+    assert body and all(torch.equal(shipped[k], through_timm[k]) for k in body)
+    random = autopeft.create_backbone("vit_demo_fmnist", 7, pretrained=False).state_dict()
+    assert not torch.equal(random["blocks.0.attn.qkv.weight"], shipped["blocks.0.attn.qkv.weight"])
+    assert {"vit_demo_fmnist", "swin_demo", "efficientnet_lite0_imagenet"} <= set(timm.list_models())
+    # what run keys and exports record is what it was: the weights' sha256, and plain timm's own architecture
+    sha256 = "993f65531874c249d1caee0ba58b8f6040b256e1d280ab790dd837876945a2fc"
+    assert weights_id(BackboneConfig(name="vit_demo_fmnist")) == f"sha256:{sha256}"
+    from autopeft.build import timm_metadata
+    from autopeft.train import Normalization
+
+    model = autopeft.create_backbone("vit_demo_fmnist", 7)
+    exported = timm_metadata(BackboneConfig(name="vit_demo_fmnist"), model, Normalization((0.5,) * 3, (0.5,) * 3))
+    assert exported["timm_model"] == "vit_tiny_patch16_224" and exported["timm_kwargs"]["embed_dim"] == 128
