@@ -117,6 +117,13 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path):
         history = [json.loads(line) for line in (out / "trials" / f"{trial.number:04d}" / "metrics.jsonl").open()]
         assert [h["epoch"] for h in history] == [1, 2, 3]
     assert len(rows(out / "candidates.csv")) == 5
+    trials = optuna.load_study(study_name="autopeft", storage=storage).trials
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete]
+    ran = [t for t in trials if t.datetime_complete]
+    first = sum(s for t, s in zip(ran, seconds, strict=True) if t.number < 2)  # the killed session's trials
+    second = sum(s for t, s in zip(ran, seconds, strict=True) if t.number >= 2 and t.state.name == "COMPLETE")
+    assert result["wall_time_s"] >= first + second  # both sessions counted, not only the resumed one
+    assert result["compute"]["wall_s"] == result["wall_time_s"]
     whole = tmp_path / "whole"  # the same sweep uninterrupted proposes the same trials in the same order
     assert cli("search", str(config), "--out", str(whole)).returncode == 0
     uninterrupted = finished(f"sqlite:///{whole / 'study.db'}")

@@ -13,6 +13,7 @@ a new number, continuing from their last epoch checkpoint, at most ``retries`` t
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -115,6 +116,7 @@ def optuna_sweep(
         study, seed = _open_study(config, backend or open_storage(url), study_name, resume, url, shared)
         if resume:
             _retry_unfinished(study, config.retries)
+            start -= earlier_sessions_s(study)  # the record's wall time sums every session, not this one alone
         say = display.say if display is not None else (lambda message: None)
         say(f"search: optuna {config.sampler} on {_redact(url)}, study {study_name!r}, {config.trials} trials")
         try:
@@ -295,6 +297,22 @@ def study_candidates(config: SweepConfig, prepared: Prepared, study: optuna.Stud
             )
         )
     return candidates
+
+
+def earlier_sessions_s(study: optuna.Study) -> float:
+    """The seconds earlier sessions spent on ``study``'s finished trials: the length of the union of their
+    start-to-finish intervals (trials that ran side by side count once; a killed session's unfinished trial and
+    the time between trials are not counted)."""
+    spans = sorted(
+        (t.datetime_start.timestamp(), t.datetime_complete.timestamp())
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and t.datetime_start and t.datetime_complete
+    )
+    covered, reach = 0.0, -math.inf
+    for begin, end in spans:
+        covered += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
+    return covered
 
 
 def _accounting(study: optuna.Study, tally: SweepTally) -> SweepTally:
