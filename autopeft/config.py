@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +19,54 @@ def option(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MIS
     """A config field with its help text (``default``, or ``factory`` for a mutable default). ``autopeft config``
     and docs/config.md read the text from the field's metadata."""
     return dataclasses.field(default=default, default_factory=factory, metadata={HELP: help})
+
+
+class _Unset:
+    """The value of a partial config's option that was not written: the full config's default applies."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+    def __copy__(self) -> _Unset:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> _Unset:
+        return self
+
+    def __reduce__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@functools.cache
+def partial(cls: type, exclude: tuple[str, ...] = ()) -> type:
+    """The options of dataclass ``cls`` less ``exclude`` as a partial config: every option unset unless written,
+    checked against its type when parsed (nested option sections are partial too), with its help text. ``given``
+    returns what was written, as written: the overrides of a config that another command completes."""
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (
+            f.name,
+            partial(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else hints[f.name],
+            dataclasses.field(default=UNSET, metadata=f.metadata),
+        )
+        for f in dataclasses.fields(cls)
+        if f.name not in exclude
+    ]
+    name = f"Partial{cls.__name__}"
+    made = dataclasses.make_dataclass(name, fields)
+    made.__module__ = __name__
+    made.__doc__ = f"Some options of {cls.__name__}, each unset unless written."
+    globals()[name] = made  # importable by name, so it pickles
+    return made
+
+
+def given(options: Any) -> dict[str, Any]:
+    """The options a partial config (or a mapping of them, as ``asdict`` makes) holds written, as plain mappings."""
+    items = dataclasses.asdict(options).items() if dataclasses.is_dataclass(options) else options.items()
+    return {k: given(v) if isinstance(v, dict) else v for k, v in items if v is not UNSET}
 
 
 def parse_options(cls: type[T], data: Any, where: str) -> T:

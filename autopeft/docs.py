@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from autopeft.config import HELP, describe_type
+from autopeft.config import HELP, UNSET, describe_type
 from autopeft.runconfig import yaml_inline
 
 
@@ -24,6 +24,9 @@ class OptionDoc:
     help: str
 
 
+SECTIONS_SHOWN = ("sweep", "supernet")  # sections with a row of their own: a suite's overrides, and what they leave out
+
+
 def option_docs(options: Any, prefix: str = "") -> list[OptionDoc]:
     """Every option of the options dataclass instance ``options``, its values as the defaults, nested sections
     flattened to dotted keys; a field without help text has ``help`` empty."""
@@ -31,10 +34,15 @@ def option_docs(options: Any, prefix: str = "") -> list[OptionDoc]:
     hints = typing.get_type_hints(type(options))
     for f in dataclasses.fields(options):
         value, key = getattr(options, f.name), f"{prefix}{f.name}"
+        if value is UNSET and dataclasses.is_dataclass(hints[f.name]):  # a partial config's section, unwritten
+            value = hints[f.name]()
         if dataclasses.is_dataclass(value):
+            if f.name in SECTIONS_SHOWN:
+                docs.append(OptionDoc(key, "a section", "", f.metadata.get(HELP, "")))
             docs += option_docs(value, f"{key}.")
         else:
-            docs.append(OptionDoc(key, describe_type(hints[f.name]), yaml_inline(value), f.metadata.get(HELP, "")))
+            default = "unset" if value is UNSET else yaml_inline(value)
+            docs.append(OptionDoc(key, describe_type(hints[f.name]), default, f.metadata.get(HELP, "")))
     return docs
 
 
@@ -80,7 +88,8 @@ def markdown_reference() -> str:
         "",
         "Every key of each config file, its type, its default and what it does. Nested sections are written",
         "as dotted keys: `train.epochs` is `epochs` under `train:` in YAML, or `--set train.epochs=5` on the",
-        "command line.",
+        "command line. A default of `unset` (a suite's overrides of the commands it runs) leaves the option to that",
+        "command's own default.",
     ]
     for name, (what, docs) in command_options().items():
         lines += ["", f"## {name}", "", f"Options of {what}.", "", "| key | type | default | what it does |"]

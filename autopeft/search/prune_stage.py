@@ -27,7 +27,7 @@ import torch
 
 from autopeft.api import apply
 from autopeft.build import build_backbone
-from autopeft.config import option, parse_options
+from autopeft.config import given, option, parse_options
 from autopeft.errors import ConfigError
 from autopeft.files import write_json
 from autopeft.jobs.train import read_run, train_or_reuse
@@ -267,7 +267,7 @@ def read_choice(path: Path) -> PruneChoice:
 def claimed(config: Any) -> dict[str, Any]:
     """``asdict`` of a pipeline or suite config as its run directory keeps it: ``prune`` only when on and
     ``selection`` only away from its default, so a run claimed before either existed resumes as it was."""
-    data = asdict(config)
+    data = given(asdict(config))  # a suite's overrides: as written
     if not config.prune.enabled:
         del data["prune"]
     return without_default_selection(data)

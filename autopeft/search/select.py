@@ -32,7 +32,7 @@ import optuna
 import torch
 
 from autopeft.build import machine_provenance
-from autopeft.config import option, parse_options
+from autopeft.config import given, option, parse_options, partial
 from autopeft.data import BUILTIN_TASKS, DataConfig, split_sizes
 from autopeft.errors import BudgetError, ConfigError, SearchFailed
 from autopeft.files import write_json, write_text
@@ -80,10 +80,12 @@ METHOD_SIZES: dict[str, list[int]] = {
 }
 SUPERNET = "supernet"
 STRATEGIES = (*METHOD_SIZES, SUPERNET)
-SET_BY_SELECT = {
+SET_BY_SELECT = {  # each strategy's options that the suite sets: its overrides are the rest
     "sweep": ("backbone", "data", "space", "budget"),
     "supernet": ("backbone", "data", "baselines", "prune"),
 }
+SweepOverrides = partial(SweepConfig, SET_BY_SELECT["sweep"])
+PipelineOverrides = partial(PipelineConfig, SET_BY_SELECT["supernet"])
 MIN_SEEDS = 3
 
 
@@ -138,14 +140,14 @@ class SuiteConfig:
         help="The learning-rate range every single-method sweep searches; the supernet strategy's top candidates "
         "are tried at its ends and their geometric mean (unless supernet.retrain.lrs says otherwise).",
     )
-    sweep: dict[str, Any] = option(
-        factory=lambda: {"trials": 6},
-        help="Sweep config keys (as autopeft search takes) for every single-method sweep; backbone, data, budget "
+    sweep: SweepOverrides = option(
+        factory=lambda: SweepOverrides(trials=6),
+        help="Sweep config options (as autopeft search takes) for every single-method sweep; backbone, data, budget "
         "and space (built per method: its sizes and the lr range) are set by select.",
     )
-    supernet: dict[str, Any] = option(
-        factory=dict,
-        help="Pipeline config overrides (as autopeft run takes) for the supernet strategy; backbone, data, "
+    supernet: PipelineOverrides = option(
+        factory=PipelineOverrides,
+        help="Pipeline config options (as autopeft run takes) for the supernet strategy; backbone, data, "
         "baselines, prune and search.budget are set by select, and retrain defaults to the sweeps' schedule.",
     )
     finalists: int = option(
@@ -192,11 +194,11 @@ def parse_suite(data: Any, where: str, base: Path | None = None) -> SuiteConfig:
     if base is not None and isinstance(space, str) and space.endswith((".yaml", ".yml")):
         data = {**data, "supernet": {**data["supernet"], "space": str(base / space)}}
     try:
-        suite = parse_options(SuiteConfig, data, "")
         for section, keys in SET_BY_SELECT.items():
-            given = [k for k in keys if k in getattr(suite, section)]
-            if given:
-                raise ConfigError(f"{section}.{given[0]}: set by select (from the suite's {', '.join(keys)})")
+            written = [k for k in keys if isinstance(data.get(section), dict) and k in data[section]]
+            if written:
+                raise ConfigError(f"{section}.{written[0]}: set by select (from the suite's {', '.join(keys)})")
+        suite = parse_options(SuiteConfig, data, "")
         labels = [dataset_label(d, i) for i, d in enumerate(data_configs(suite))]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"datasets: two datasets share a folder name ({', '.join(labels)}); give distinct tasks")
@@ -249,8 +251,9 @@ def sweep_config(suite: SuiteConfig, data: DataConfig, method: str, sizes: list[
         "train": {"lr": asdict(suite.lr)},
     }
     budget = suite.budget if suite.engine == "optuna" else None  # ray has no constraints: sizes are pre-filtered
-    given = {**suite.sweep, "backbone": asdict(suite.backbone), "data": asdict(data), "space": space, "budget": budget}
-    return parse_sweep(given, "sweep")
+    written = given(suite.sweep)
+    written = {**written, "backbone": asdict(suite.backbone), "data": asdict(data), "space": space, "budget": budget}
+    return parse_sweep(written, "sweep")
 
 
 def lr_grid(lr: FloatRange) -> list[float]:
@@ -263,13 +266,13 @@ def supernet_config(suite: SuiteConfig, data: DataConfig, index: int = 0) -> Pip
     use the sweeps' schedule (so val scores compare), top 3 by default, each finalist at three learning
     rates across the sweeps' lr range (the lr tuning the single-method sweeps get); no baselines."""
     sweep = sweep_config(suite, data, "lora")
-    overrides = suite.supernet
+    overrides = given(suite.supernet)
     search, retrain = overrides.get("search") or {}, overrides.get("retrain") or {}
     if not isinstance(search, dict) or not isinstance(retrain, dict):
         raise ConfigError("supernet: search and retrain must be mappings of their stage's options")
     if "budget" in search:
         raise ConfigError("supernet.search.budget: set by select (from the suite's budget)")
-    given = {
+    completed = {
         **overrides,
         "backbone": asdict(suite.backbone),
         "data": asdict(data),
@@ -285,7 +288,7 @@ def supernet_config(suite: SuiteConfig, data: DataConfig, index: int = 0) -> Pip
         },
         "seed": overrides.get("seed", sweep.seed),
     }
-    return parse_pipeline(given, "supernet")
+    return parse_pipeline(completed, "supernet")
 
 
 def run_select(
