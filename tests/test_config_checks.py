@@ -173,3 +173,38 @@ def test_a_written_warmup_is_kept_or_refused():
     assert parse_options(TrainConfig, {"epochs": 3, "warmup_epochs": 3}, "train").warmup_epochs == 3
     with pytest.raises(ConfigError, match=re.escape("train.warmup_epochs: got 3; allowed: 0..2")):
         parse_options(TrainConfig, {"epochs": 2, "warmup_epochs": 3}, "train")
+
+
+@pytest.mark.parametrize(
+    ("suite", "message"),
+    [
+        ({"sweep": {"trails": 3}}, "suite.yaml: sweep: unknown option 'trails'; allowed: train, trials, sampler"),
+        ({"sweep": {"trials": "x"}}, "suite.yaml: sweep.trials: got 'x'; allowed: an integer"),
+        ({"sweep": {"train": {"epoch": 2}}}, "suite.yaml: sweep.train: unknown option 'epoch'"),
+        ({"sweep": {"space": "demo"}}, "suite.yaml: sweep.space: set by select"),
+        ({"supernet": {"retrain": {"top_k": "two"}}}, "suite.yaml: supernet.retrain.top_k: got 'two'"),
+        ({"supernet": {"baselines": []}}, "suite.yaml: supernet.baselines: set by select"),
+    ],
+)
+def test_a_suite_s_overrides_are_checked_as_the_options_they_override(suite, message):
+    from autopeft.search.select import parse_suite
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_suite(suite, "suite.yaml")
+
+
+def test_a_suite_s_overrides_are_kept_as_written():
+    from autopeft.runkey import changed_keys
+    from autopeft.search.prune_stage import claimed
+    from autopeft.search.select import data_configs, parse_suite, supernet_config, sweep_config
+
+    written = {"sweep": {"pruner": "none", "train": {"epochs": 3}}, "supernet": {"retrain": {"top_k": 2}}}
+    suite = parse_suite(written, "suite.yaml")
+    kept = claimed(suite)
+    assert (kept["sweep"], kept["supernet"]) == (written["sweep"], written["supernet"])
+    before = {**kept, "sweep": {"train": {"epochs": 3}, "pruner": "none"}}  # as a folder made before kept it
+    assert changed_keys(before, kept) == []
+    data = data_configs(suite)[0]
+    sweep = sweep_config(suite, data, "lora")
+    assert (sweep.pruner, sweep.train.epochs, sweep.train.lr) == ("none", 3, TrainConfig().lr)
+    assert supernet_config(suite, data).retrain.top_k == 2
