@@ -288,20 +288,30 @@ def fold_dir(task: str, member: Member, fold: int, folds: Path, cache: Path) -> 
 
 
 def fold_job(job: tuple[str, Member, int, Path, Path]) -> str:
-    """``member``'s run on ``fold`` (trained in ``folds`` unless ``fold_dir`` finds it); its folder."""
+    """``member``'s run on ``fold`` (trained in ``folds`` unless ``fold_dir`` finds it), then its oracle pass while
+    its weights are here (the run cache keeps no weights across clones); its folder."""
     task, member, fold, folds, cache = job
     torch.set_num_threads(1)
     found = fold_dir(task, member, fold, folds, cache)
     if found is None:
         cached_run(fold_config(task, member, fold), folds)
         found = folds / config_key(fold_config(task, member, fold))
+    scored = oracle_path(folds, task, found.name)
+    if found.name not in committed_test_outcomes(task) and not scored.is_file():
+        scored.parent.mkdir(parents=True, exist_ok=True)
+        np.save(scored.with_suffix(".tmp.npy"), np.packbits(score_on_test(found)))
+        scored.with_suffix(".tmp.npy").replace(scored)
     return str(found)
 
 
-def oracle_job(run: str) -> np.ndarray:
-    """Per test image (``test_size``'s) whether the model of the finished run folder ``run`` is right."""
-    torch.set_num_threads(1)
-    config = parse_run_config(read_yaml(Path(run) / CONFIG), run)
+def oracle_path(folds: Path, task: str, key: str) -> Path:
+    """Where the oracle pass leaves one fold model's packed test outcomes until they join the committed file."""
+    return folds.parent / "oracle" / task / f"{key}.npy"
+
+
+def score_on_test(run: Path) -> np.ndarray:
+    """The oracle pass of one model: per test image (``test_size``'s) whether the finished run ``run`` is right."""
+    config = parse_run_config(read_yaml(run / CONFIG), str(run))
     config = replace(config, data=replace(config.data, test_size=test_size(config.data.name)))
     model, task, norm = build_model(config, with_methods=False)
     load_adapter(model, run)
@@ -400,8 +410,7 @@ def family(member: Member) -> str:
 
 def load_table(task: str, members: list[Member], folds: Path, cache: Path) -> regret.Table | None:
     """The task's oracle table from its fold runs and its oracle pass; None until every fold model is scored."""
-    path = test_outcomes_path(task)
-    scored = dict(np.load(path)) if path.is_file() else {}
+    scored = committed_test_outcomes(task)
     runs = [[fold_dir(task, m, f, folds, cache) for f in range(FOLDS)] for m in members]
     if any(run is None or run.name not in scored for row in runs for run in row):
         return None
@@ -530,8 +539,8 @@ def fixed_pool(task: str, pool: ProcessPoolExecutor, cache: Path, searches: Path
 def run_task(task: str, pool: ProcessPoolExecutor, args: argparse.Namespace) -> None:
     members = fixed_pool(task, pool, args.cache, args.searches)
     jobs = [(task, m, fold, args.runs / "folds", args.cache) for m in members for fold in range(FOLDS)]
-    runs = run_jobs(pool, fold_job, jobs, f"{task}: {len(members)} members x {FOLDS} folds")
-    write_test_outcomes(task, runs, pool)
+    run_jobs(pool, fold_job, jobs, f"{task}: {len(members)} members x {FOLDS} folds")
+    write_test_outcomes(task, args.runs / "folds")
     table = load_table(task, members, args.runs / "folds", args.cache)
     finals = [(task, members[m], args.cache) for m in most_chosen(table)]
     run_jobs(pool, calibration_job, finals, f"{task}: calibration finals")
@@ -562,15 +571,21 @@ def test_outcomes_path(task: str) -> Path:
     return JSON.parent / "selection_regret" / f"test_outcomes_{task}.npz"
 
 
-def write_test_outcomes(task: str, runs: list[str], pool: ProcessPoolExecutor) -> None:
-    """The oracle pass: every fold model's per-image test outcomes, packed, keyed by run key."""
+def committed_test_outcomes(task: str) -> dict[str, np.ndarray]:
+    """The task's test outcomes as committed: packed bits per fold model, keyed by run key."""
     path = test_outcomes_path(task)
-    have = dict(np.load(path)) if path.is_file() else {}
-    todo = [run for run in runs if Path(run).name not in have]
-    for run, correct in zip(todo, run_jobs(pool, oracle_job, todo, f"{task}: oracle pass"), strict=True):
-        have[Path(run).name] = np.packbits(correct)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **have)
+    return dict(np.load(path)) if path.is_file() else {}
+
+
+def write_test_outcomes(task: str, folds: Path) -> None:
+    """Join the oracle pass's per-model outcomes to the task's committed file (nothing scored is ever dropped)."""
+    have = committed_test_outcomes(task)
+    new = {p.stem: np.load(p) for p in sorted((folds.parent / "oracle" / task).glob("*.npy")) if p.stem not in have}
+    if new:
+        path = test_outcomes_path(task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path.with_suffix(".tmp.npz"), **have, **new)
+        path.with_suffix(".tmp.npz").replace(path)
 
 
 def plan(tasks: list[str], args: argparse.Namespace) -> str:
@@ -632,6 +647,8 @@ def write_report(args: argparse.Namespace) -> None:
     """The report: the header as written before the first run, then the results of the tasks whose oracle tables
     are complete (at least two: the best fixed method is chosen on the other tasks)."""
     pools = {task: [Member(**m) for m in entry["pool"]] for task, entry in recorded()["tasks"].items()}
+    for task in pools:
+        write_test_outcomes(task, args.runs / "folds")
     tables = [
         table
         for task in TASKS
