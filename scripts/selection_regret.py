@@ -273,18 +273,20 @@ def fold_config(task: str, member: Member, fold: int) -> RunConfig:
     return replace(config, data=fold_data(config.data, fold, FOLDS, FOLD_SEED, is_canonical=True))
 
 
-def kept(run: Path) -> bool:
-    """Whether a finished run folder still has what the study reads: its record, weights and val outcomes."""
-    return all((run / name).is_file() for name in (RESULT, WEIGHTS_FILE, OUTCOMES))
+def kept(run: Path, scored: dict[str, np.ndarray]) -> bool:
+    """Whether a finished run folder has what the study reads: its record, its val outcomes, and its weights or
+    (a run restored from the ledger) its oracle outcomes already in ``scored``."""
+    readable = all((run / name).is_file() for name in (RESULT, OUTCOMES))
+    return readable and ((run / WEIGHTS_FILE).is_file() or run.name in scored)
 
 
 def fold_dir(task: str, member: Member, fold: int, folds: Path, cache: Path) -> Path | None:
     """Where ``member``'s finished run on ``fold`` is: the study's own cache ``folds``, or for fold 0 the shared
-    cache where that run kept its weights and val outcomes; None while it has not run."""
+    cache where that run kept its val outcomes and its weights or oracle outcomes; None while it has not run."""
     key = config_key(fold_config(task, member, fold))
     if (folds / key / RESULT).is_file():
         return folds / key
-    return cache / key if fold == 0 and kept(cache / key) else None
+    return cache / key if fold == 0 and kept(cache / key, committed_test_outcomes(task)) else None
 
 
 def fold_job(job: tuple[str, Member, int, Path, Path]) -> str:
