@@ -59,6 +59,7 @@ def partial(cls: type, exclude: tuple[str, ...] = ()) -> type:
     made = dataclasses.make_dataclass(name, fields)
     made.__module__ = __name__
     made.__doc__ = f"Some options of {cls.__name__}, each unset unless written."
+    made.partial_of = cls  # what it overrides: the option reference gives a partial section a row of its own
     globals()[name] = made  # importable by name, so it pickles
     return made
 

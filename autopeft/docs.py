@@ -24,9 +24,6 @@ class OptionDoc:
     help: str
 
 
-SECTIONS_SHOWN = ("sweep", "supernet")  # sections with a row of their own: a suite's overrides, and what they leave out
-
-
 def option_docs(options: Any, prefix: str = "") -> list[OptionDoc]:
     """Every option of the options dataclass instance ``options``, its values as the defaults, nested sections
     flattened to dotted keys; a field without help text has ``help`` empty."""
@@ -37,7 +34,7 @@ def option_docs(options: Any, prefix: str = "") -> list[OptionDoc]:
         if value is UNSET and dataclasses.is_dataclass(hints[f.name]):  # a partial config's section, unwritten
             value = hints[f.name]()
         if dataclasses.is_dataclass(value):
-            if f.name in SECTIONS_SHOWN:
+            if hasattr(value, "partial_of"):  # overrides of another command's options: say which, and what they leave
                 docs.append(OptionDoc(key, "a section", "", f.metadata.get(HELP, "")))
             docs += option_docs(value, f"{key}.")
         else:

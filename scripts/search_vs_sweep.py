@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from lib.charges import charge, images_per_run, seconds_per_image
-from lib.study import recorded_time, run_jobs, study_arguments
+from lib.study import PlanRow, plan_table, recorded_time, run_jobs, study_arguments
 
 from autopeft.data import BUILTIN_TASKS, DataConfig, builtin_arrays
 from autopeft.errors import ConfigError
@@ -356,7 +356,7 @@ def plan(tasks: list[str], cache: Path, root: Path, workers: int) -> str:
     ratios = [s.compute.images / r.c_sweep.images for r in known.values() for s in r.strategies if s.name in SEARCHES]
     fraction = max(ratios, default=SEARCH_FRACTION)
     mean = statistics.mean(cost.values())  # a searched subnet's runs, priced as the mean single method
-    rows: list[tuple[str, str, int, int, float]] = []
+    rows: list[PlanRow] = []
     for task in tasks:
         train_images, final_images = images_per_run(task, load_ground().schedule(BACKBONE, task).epochs)
         grid = [(job, is_cached(job, cache), train_images * cost[next(iter(job[1]))]) for job in grid_jobs(task, cache)]
@@ -377,18 +377,13 @@ def plan(tasks: list[str], cache: Path, root: Path, workers: int) -> str:
             # the tuned single method, every search seed's choice, the largest LoRA, the references; none shared
             n = len(FINAL_SEEDS) * (1 + len(SEARCHES) * len(SEARCH_SEEDS) + 1 + len(REFERENCE_LRS))
             rows.append((task, "final runs (train+val, tested)", n, 0, n * final_images * mean))
-    total = sum(r[4] for r in rows)
-    lines = [f"{'task':<19} {'stage':<38} {'runs':>5} {'done':>5} {'CPU h':>6}"]
-    lines += [f"{t:<19} {stage:<38} {n:>5} {d:>5} {h / 3600:>6.2f}" for t, stage, n, d, h in rows]
-    lines += [
-        "",
-        f"estimated CPU time {total / 3600:.1f} h, about {total / 3600 / workers:.1f} h wall with --workers {workers} "
-        f"(1 thread each); seconds per image from the cache's runs: "
-        + ", ".join(f"{m} {s * 1000:.1f} ms" for m, s in cost.items())
-        + f"; a search at {fraction:.2f} C_sweep",
+    return plan_table(
+        rows,
+        workers,
+        cost,
+        f"; a search at {fraction:.2f} C_sweep",
         "(finals of searched subnets at the mean single-method cost; stages that wait on results count as not done)",
-    ]
-    return "\n".join(lines)
+    )
 
 
 # Report -----------------------------------------------------------------------------------------------------------

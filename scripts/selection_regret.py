@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from lib import regret
 from lib.charges import images_per_run, seconds_per_image
-from lib.study import run_jobs, shown, study_arguments
+from lib.study import PlanRow, plan_table, run_jobs, shown, study_arguments
 from search_vs_sweep import (
     BACKBONE,
     LARGEST_LORA,
@@ -595,7 +595,7 @@ def plan(tasks: list[str], args: argparse.Namespace) -> str:
     cost = seconds_per_image(args.cache, BACKBONE, SIZES, SECONDS_PER_IMAGE)
     mean = statistics.mean(cost.values())
     data = recorded()
-    rows: list[tuple[str, str, int, int, float]] = []
+    rows: list[PlanRow] = []
     for task in tasks:
         train_images, _ = images_per_run(task, load_ground().schedule(BACKBONE, task).epochs)
         grid = grid_jobs(task, sorted(load_ground().lr_grid), args.cache)
@@ -631,18 +631,11 @@ def plan(tasks: list[str], args: argparse.Namespace) -> str:
             )
         )
         rows.append((task, "calibration finals", CALIBRATED, 0, CALIBRATED * train_images * 1.25 * mean))
-    total = sum(r[4] for r in rows)
-    lines = [f"{'task':<19} {'stage':<38} {'runs':>5} {'done':>5} {'CPU h':>6}"]
-    lines += [f"{t:<19} {stage:<38} {n:>5} {d:>5} {h / 3600:>6.2f}" for t, stage, n, d, h in rows]
-    lines += [
-        "",
-        f"estimated CPU time {total / 3600:.1f} h, about {total / 3600 / args.workers:.1f} h wall with --workers "
-        f"{args.workers}; seconds per image from the cache's runs: "
-        + ", ".join(f"{m} {s * 1000:.1f} ms" for m, s in cost.items()),
+    notes = (
         f"(a pipeline priced at {PIPELINE_RUNS} runs, a pool not yet fixed at {POOL_GUESS} members; the screen's lr "
-        "steps are known only after its grid and are not priced)",
-    ]
-    return "\n".join(lines)
+        "steps are known only after its grid and are not priced)"
+    )
+    return plan_table(rows, args.workers, cost, "", notes)
 
 
 def write_report(args: argparse.Namespace) -> None:
@@ -662,9 +655,11 @@ def write_report(args: argparse.Namespace) -> None:
         calibrated = {t.task: calibration(t, pools[t.task], args.cache) for t in tables}
         body = render(analysis, tables, [t for t in TASKS if t not in {table.task for table in tables}], calibrated)
         data = recorded()
-        data["analysis"] = json.loads(json.dumps(asdict(analysis), default=lambda o: asdict(o)))
+        data["analysis"] = asdict(analysis)
         write_json(data)
-    OUT.write_text("\n".join([*header(), *body]))
+    OUT.write_text(
+        "\n".join([*header(), *body, f"Regenerate: `{COMMAND}` (`--render`: this file from the runs on disk).", ""])
+    )
 
 
 def main() -> None:

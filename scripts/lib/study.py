@@ -1,8 +1,8 @@
-"""What the long evidence studies (``search_vs_sweep.py``, ``cnn_transfer.py``, ``e2vpt.py``) share: their common
-options, a process pool's map that says on stderr how far each stage has come (so hours of work are never
-silent), what a plan needs to price runs before launching them, and the lines that say how to regenerate a report,
-where its files are and what the runs behind it cost. The run cache itself is the package's
-(``autopeft.jobs.train.cached_run`` trains or reads back, ``cached`` only reads)."""
+"""What the long evidence studies (``search_vs_sweep.py``, ``cnn_transfer.py``, ``e2vpt.py``,
+``selection_regret.py``) share: their common options, a process pool's map that says on stderr how far each stage
+has come (so hours of work are never silent), the plan's table, and the lines that say how to regenerate a report,
+where its files are and what the runs behind it cost (what one run costs is ``lib.charges``). The run cache itself
+is the package's (``autopeft.jobs.train.cached_run`` trains or reads back, ``cached`` only reads)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,23 @@ def report_command(script: str, argv: list[str]) -> str:
         if not in_tasks and not arg.startswith("--tasks="):
             kept.append(arg)
     return f"HF_HUB_OFFLINE=1 {shlex.join(['python', script, *kept])}"
+
+
+PlanRow = tuple[str, str, int, int, float]  # task, stage, runs, done, CPU seconds left
+
+
+def plan_table(rows: list[PlanRow], workers: int, cost: dict[str, float], priced: str, notes: str) -> str:
+    """``--plan``'s table: runs per task and stage, how many are done, the CPU hours left, and the total, priced
+    at ``cost`` (seconds per image per method) and what ``priced`` adds; ``notes`` says what the prices leave out."""
+    total = sum(r[4] for r in rows)
+    lines = [f"{'task':<19} {'stage':<38} {'runs':>5} {'done':>5} {'CPU h':>6}"]
+    lines += [f"{t:<19} {stage:<38} {n:>5} {d:>5} {h / 3600:>6.2f}" for t, stage, n, d, h in rows]
+    lines += [
+        "",
+        f"estimated CPU time {total / 3600:.1f} h, about {total / 3600 / workers:.1f} h wall with --workers {workers} "
+        f"(1 thread each); seconds per image from the cache's runs: "
+        + ", ".join(f"{m} {s * 1000:.1f} ms" for m, s in cost.items())
+        + priced,
+        notes,
+    ]
+    return "\n".join(lines)
